@@ -1,0 +1,128 @@
+"""Checkpoints are folders: config.json + model.safetensors + training.json (+ optimizer.pt, for resuming only).
+
+Saving is atomic: everything is written into `DIR.tmp`, then swapped in by renames; a kill at any moment
+leaves either the old or the new checkpoint complete (a leftover `DIR.old` is picked up by `resolve`).
+Loading for inference never unpickles: only JSON and safetensors are read.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from model.config import ModelConfig
+from model.model import Transformer, rope_tables
+
+CONFIG, WEIGHTS, TRAINING, OPTIMIZER = "config.json", "model.safetensors", "training.json", "optimizer.pt"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message names the file and the problem."""
+
+
+def resolve(path) -> Path:
+    """The checkpoint folder to read: `path`, or the complete previous one if a save was interrupted."""
+    path = Path(path)
+    old = path.with_name(path.name + ".old")
+    if not (path / WEIGHTS).exists() and (old / WEIGHTS).exists():
+        return old
+    return path
+
+
+def exists(path) -> bool:
+    return (resolve(path) / CONFIG).exists()
+
+
+def save(path, model: Transformer, training: dict, optimizer_state: dict | None = None) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    old = path.with_name(path.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.config.save(tmp / CONFIG)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        del state["lm_head.weight"]  # the same tensor as embed_tokens.weight
+    save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+    (tmp / TRAINING).write_text(json.dumps(training, indent=2) + "\n")
+    if optimizer_state is not None:
+        torch.save(optimizer_state, tmp / OPTIMIZER)
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    # Swap in: path -> path.old, tmp -> path, drop path.old. Each rename is atomic.
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(path, old)
+    os.rename(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_config(path) -> ModelConfig:
+    f = resolve(path) / CONFIG
+    if not f.exists():
+        raise CheckpointError(f"{f}: missing (a checkpoint folder needs {CONFIG} and {WEIGHTS})")
+    try:
+        return ModelConfig.load(f)
+    except (ValueError, TypeError, AssertionError) as e:
+        raise CheckpointError(f"{f}: invalid model config: {e}") from e
+
+
+def load_training(path) -> dict:
+    f = resolve(path) / TRAINING
+    if not f.exists():
+        return {}
+    try:
+        return json.loads(f.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{f}: invalid JSON: {e}") from e
+
+
+def load_state_dict(path, cfg: ModelConfig, device="cpu") -> dict[str, torch.Tensor]:
+    """The weights, checked against the shapes `cfg` implies."""
+    f = resolve(path) / WEIGHTS
+    if not f.exists():
+        raise CheckpointError(f"{f}: missing")
+    try:
+        with safe_open(str(f), framework="pt", device=str(device)) as sf:
+            state = {k: sf.get_tensor(k) for k in sf.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{f}: unreadable or truncated safetensors file: {e}") from e
+
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in Transformer(cfg).state_dict().items()}
+    if cfg.tie_embeddings:
+        expected.pop("lm_head.weight")
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k} is {tuple(state[k].shape)}, config implies {tuple(s)}"
+             for k, s in expected.items() if k in state and state[k].shape != s]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        problems.append(f"unexpected tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    if wrong:
+        problems.append("; ".join(wrong[:5]))
+    if problems:
+        raise CheckpointError(f"{f}: does not match {CONFIG}: " + "; ".join(problems))
+    return state
+
+
+def load_model(path, device="cpu", dtype: torch.dtype = torch.float32) -> Transformer:
+    """Build the model from the checkpoint's config and load its weights, in eval mode."""
+    cfg = load_config(path)
+    state = load_state_dict(path, cfg)
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model.load_state_dict(state, strict=not cfg.tie_embeddings, assign=True)
+    if cfg.tie_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    # buffers made on the meta device are recomputed for real
+    model.rope_cos, model.rope_sin = rope_tables(cfg)
+    return model.to(device=device, dtype=dtype).eval()

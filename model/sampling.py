@@ -1,0 +1,57 @@
+"""Sampling as pure functions of logits, with an explicit torch.Generator for reproducibility."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    repetition_penalty: float = 1.0  # 1 = off
+
+    def __post_init__(self):
+        assert self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"
+        assert self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}"
+        assert 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"
+        assert self.repetition_penalty > 0, f"repetition_penalty must be > 0, got {self.repetition_penalty}"
+
+
+def apply_repetition_penalty(logits: torch.Tensor, previous: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL-style penalty (as in Hugging Face): seen tokens' positive logits are divided, negative multiplied."""
+    if penalty == 1.0 or previous.numel() == 0:
+        return logits
+    logits = logits.clone()
+    seen = logits.gather(-1, previous)
+    logits.scatter_(-1, previous, torch.where(seen > 0, seen / penalty, seen * penalty))
+    return logits
+
+
+def logits_to_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Probabilities (vocab,) after temperature, top-k and nucleus (top-p) filtering. temperature > 0."""
+    logits = logits.float() / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        # keep the smallest prefix whose mass reaches top_p (always at least the most likely token)
+        drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+        probs = probs / probs.sum()
+    return probs
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, previous: torch.Tensor,
+           generator: torch.Generator | None) -> int:
+    """The next token id from one position's logits (vocab,), given the ids seen so far."""
+    logits = apply_repetition_penalty(logits, previous, params.repetition_penalty)
+    if params.temperature == 0:
+        return int(torch.argmax(logits))
+    probs = logits_to_probs(logits, params.temperature, params.top_k, params.top_p)
+    return int(torch.multinomial(probs, 1, generator=generator))

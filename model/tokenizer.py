@@ -1,0 +1,91 @@
+"""Bytes are tokens: id i is the byte value i (0..255). Nothing to train, every language works."""
+from __future__ import annotations
+
+import codecs
+
+
+def _display(b: int) -> str:
+    if b < 0x80:
+        ch = chr(b)
+        if ch.isprintable():
+            return ch
+        return {"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(ch, f"\\x{b:02x}")
+    return f"\\x{b:02x}"
+
+
+class ByteTokenizer:
+    vocab_size = 256
+
+    def encode(self, text: str) -> list[int]:
+        """UTF-8 bytes of `text`. Raises UnicodeEncodeError on lone surrogates (not valid Unicode text)."""
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids) -> str:
+        """Text of the bytes; invalid UTF-8 sequences become U+FFFD."""
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    def incremental_decoder(self) -> "IncrementalDecoder":
+        return IncrementalDecoder()
+
+    @staticmethod
+    def label(byte: int) -> str:
+        """A display label for one byte alone: its character if printable ASCII, else an escape like \\xe2."""
+        return _display(byte)
+
+    def char_labels(self, ids) -> list[str]:
+        """A label per byte where a multi-byte character is shown once, on its first byte.
+
+        The first byte of a complete UTF-8 character gets the character; its continuation bytes get "".
+        Bytes that form no valid character get their escape.
+        """
+        labels = [_display(b) for b in ids]
+        data = bytes(ids)
+        i = 0
+        while i < len(data):
+            n = _utf8_len(data[i])
+            if n > 1 and i + n <= len(data):
+                try:
+                    ch = data[i:i + n].decode("utf-8")
+                except UnicodeDecodeError:
+                    ch = None
+                if ch is not None:
+                    labels[i] = ch
+                    for j in range(i + 1, i + n):
+                        labels[j] = ""
+                    i += n
+                    continue
+            i += 1
+        return labels
+
+    @staticmethod
+    def byte_char_spans(text: str) -> list[tuple[int, int]]:
+        """For every UTF-8 byte of `text`, the [start, end) code-point offsets of the character it belongs to."""
+        spans = []
+        for i, ch in enumerate(text):
+            spans.extend([(i, i + 1)] * len(ch.encode("utf-8")))
+        return spans
+
+
+def _utf8_len(lead: int) -> int:
+    if lead < 0x80:
+        return 1
+    if 0xC2 <= lead <= 0xDF:
+        return 2
+    if 0xE0 <= lead <= 0xEF:
+        return 3
+    if 0xF0 <= lead <= 0xF4:
+        return 4
+    return 1
+
+
+class IncrementalDecoder:
+    """Feeds bytes one at a time; returns only whole characters, never half of a multi-byte one."""
+
+    def __init__(self):
+        self._dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, byte: int) -> str:
+        return self._dec.decode(bytes([byte]))
+
+    def flush(self) -> str:
+        return self._dec.decode(b"", final=True)
