@@ -1,0 +1,35 @@
+"""Server settings: command-line flags > TINYLLM_* environment variables > .env file > defaults."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TINYLLM_", env_file=".env", extra="ignore",
+                                      cli_prog_name="tinyllm-serve", cli_kebab_case=True,
+                                      cli_implicit_flags=True)
+
+    checkpoint: Path = Field(Path("checkpoints/shakespeare"), description="checkpoint folder to serve")
+    host: str = Field("127.0.0.1", description="address to bind (0.0.0.0 for all interfaces)")
+    port: int = Field(8000, ge=0, le=65535)
+    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto = bfloat16 on CUDA, float32 on CPU")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    # limits
+    max_prompt_bytes: int = Field(65536, ge=1, description="longest prompt accepted (before truncation)")
+    max_new_tokens: int = Field(4096, ge=1, description="largest max_new_tokens a request may ask for")
+    max_batch: int = Field(32, ge=1, description="sequences decoded together (KV-cache slots)")
+    max_queue: int = Field(256, ge=0, description="requests waiting for a slot; beyond it, 503")
+    prefill_chunk: int = Field(128, ge=1, description="prompt bytes prefilled per engine step")
+    request_timeout: float = Field(120.0, gt=0, description="seconds a request may take, queueing included")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body")
+    attention_max_cells: int = Field(4_000_000, ge=1, description="cap on JSON attention cells")
+
+    api_key: SecretStr | None = Field(None, description="when set, every route but /health needs this bearer token")
+    cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS (off when empty)")

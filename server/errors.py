@@ -1,0 +1,76 @@
+"""One error envelope for every route: {"error": {"message", "type", "param"}}. Never a stack trace."""
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("tinyllm.server")
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class APIError(Exception):
+    """An error answered to the client as-is."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.headers = status, message, type, param, headers
+
+
+def error_response(status: int, message: str, type: str, param: str | None = None, headers=None) -> JSONResponse:
+    body = {"error": {"message": message, "type": type, "param": param}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+_STATUS_TYPES = {401: "authentication_error", 404: "not_found", 405: "method_not_allowed",
+                 413: "request_too_large", 503: "overloaded"}
+
+
+def _param(loc) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    return ".".join(parts) or None
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        return error_response(exc.status, exc.message, exc.type, exc.param, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        err = exc.errors()[0]
+        if err.get("type") == "json_invalid":
+            return error_response(400, f"invalid JSON body: {err.get('msg')}", "invalid_request_error")
+        param = _param(err.get("loc", ()))
+        msg = err.get("msg", "invalid value")
+        if param is None and err.get("type") in ("model_attributes_type", "dict_type", "model_type"):
+            msg = "the request body must be a JSON object (Content-Type: application/json)"
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown field"
+        elif err.get("type") == "missing":
+            msg = "field required"
+        return error_response(400, f"{param}: {msg}" if param else msg, "invalid_request_error", param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        kind = _STATUS_TYPES.get(exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error")
+        return error_response(exc.status_code, str(exc.detail), kind, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal server error", "server_error")

@@ -1,0 +1,33 @@
+"""A PNG heatmap of one attention map, both axes labelled with the bytes (multi-byte characters once)."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+
+def render_png(attention: np.ndarray, labels: list[str], title: str) -> bytes:
+    """attention: (T, T) probabilities, queries down, keys across. Labels: one per byte ("" for continuations)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    T = attention.shape[0]
+    side = min(40.0, max(5.0, 2.0 + T * 0.13))  # about 9 pixels per byte at 100 dpi, readable at 256 bytes
+    font = 8 if T <= 64 else 6 if T <= 160 else 4.5
+    fig, ax = plt.subplots(figsize=(side + 1.2, side), dpi=100)
+    masked = np.ma.masked_where(np.triu(np.ones_like(attention, dtype=bool), 1), attention)
+    im = ax.imshow(masked, cmap="viridis", vmin=0.0, vmax=float(attention.max()) or 1.0, interpolation="nearest")
+    shown = [("␣" if lab == " " else lab) for lab in labels]
+    ax.set_xticks(range(T), shown, fontsize=font, rotation=90)
+    ax.set_yticks(range(T), shown, fontsize=font)
+    ax.tick_params(length=0)
+    ax.set_xlabel("key (attended to)")
+    ax.set_ylabel("query (attending)")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="attention probability")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
