@@ -1,0 +1,59 @@
+"""Start a real `python -m server` process on a free local port, for integration tests."""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(checkpoint: Path, *args: str, env: dict | None = None, timeout: float = 60.0):
+    """Yield a live server on 127.0.0.1 (its .url, .proc, and .log file); stop it (SIGTERM, then SIGKILL) after."""
+    port = free_port()
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"tinyllm-server-{port}.log"
+    cmd = [sys.executable, "-m", "server", "--checkpoint", str(checkpoint), "--host", "127.0.0.1",
+           "--port", str(port), "--log-level", "warning", *args]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not healthy after {timeout}s:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield Server(url, proc, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Server:
+    def __init__(self, url: str, proc: subprocess.Popen, log: Path):
+        self.url, self.proc, self.log = url, proc, log
