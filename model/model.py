@@ -60,14 +60,17 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Write k, v (B, nh, T, hs) at positions input_pos (B, T) of rows 0..B-1; return those rows' full buffers."""
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache_row: int = 0):
+        """Write k, v (B, nh, T, hs) at positions input_pos (B, T) of rows cache_row..cache_row+B-1.
+
+        Returns those rows' whole buffers (B, nh, max_len, hs), as views.
+        """
         B = k.shape[0]
-        rows = torch.arange(B, device=k.device).unsqueeze(1)  # (B, 1)
+        rows = torch.arange(cache_row, cache_row + B, device=k.device).unsqueeze(1)  # (B, 1)
         # Indexing [rows, :, input_pos] addresses a (B, T, nh, hs) block of the cache.
         self.k[rows, :, input_pos] = k.transpose(1, 2)
         self.v[rows, :, input_pos] = v.transpose(1, 2)
-        return self.k[:B], self.v[:B]  # (B, nh, max_len, hs), views
+        return self.k[cache_row:cache_row + B], self.v[cache_row:cache_row + B]
 
 
 class Attention(nn.Module):
@@ -80,7 +83,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.o_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None, input_pos, need_weights: bool):
+    def forward(self, x, cos, sin, mask, cache: KVCache | None, input_pos, need_weights: bool, cache_row: int = 0):
         B, T, C = x.shape
         # (B, T, C) -> (B, T, nh, hs) -> (B, nh, T, hs)
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
@@ -88,7 +91,7 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(input_pos, k, v)  # (B, nh, max_len, hs)
+            k, v = cache.update(input_pos, k, v, cache_row)  # (B, nh, max_len, hs)
 
         probs = None
         if need_weights:
@@ -126,8 +129,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, mask, cache, input_pos, need_weights):
-        a, probs = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, input_pos, need_weights)
+    def forward(self, x, cos, sin, mask, cache, input_pos, need_weights, cache_row=0):
+        a, probs = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, input_pos, need_weights, cache_row)
         x = x + self.resid_dropout(a)
         x = x + self.resid_dropout(self.mlp(self.post_attention_layernorm(x)))
         return x, probs
@@ -167,12 +170,12 @@ class Transformer(nn.Module):
         )
 
     def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, use_cache: bool = False,
-                need_weights: bool = False):
+                need_weights: bool = False, cache_row: int = 0):
         """Logits (B, T, vocab) for every position, and, if asked, each layer's attention probabilities.
 
         idx: (B, T) byte ids. input_pos: (B, T) absolute positions (default 0..T-1 in every row).
-        use_cache: read and write the KV cache (rows 0..B-1); keys then span the whole cache length and
-        positions after each query's own are masked. The returned attention is (B, nh, T, T_key),
+        use_cache: read and write the KV cache rows cache_row..cache_row+B-1; keys then span the whole
+        cache length and positions after each query's own are masked. The returned attention is (B, nh, T, T_key),
         T_key = T without the cache, the cache length with it.
         """
         B, T = idx.shape
@@ -195,7 +198,7 @@ class Transformer(nn.Module):
         attn = []
         for i, layer in enumerate(self.layers):
             cache = self.caches[i] if use_cache else None
-            x, probs = layer(x, cos.to(x.dtype), sin.to(x.dtype), mask, cache, input_pos, need_weights)
+            x, probs = layer(x, cos.to(x.dtype), sin.to(x.dtype), mask, cache, input_pos, need_weights, cache_row)
             attn.append(probs)
         logits = self.lm_head(self.norm(x))
         return logits, (attn if need_weights else None)

@@ -73,6 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("evaluation and runtime")
     g.add_argument("--eval-every", type=int, default=250)
     g.add_argument("--eval-windows", type=int, default=256, help="at most this many context windows per split")
+    g.add_argument("--save", choices=["last", "best"], default="last",
+                   help="at each evaluation save the latest model, or only one with a new best validation loss "
+                        "(small data overfits: nanoGPT keeps the best)")
     g.add_argument("--log-every", type=int, default=10)
     g.add_argument("--sample-bytes", type=int, default=120, help="length of the sample printed at each evaluation")
     g.add_argument("--seed", type=int, default=1337)
@@ -318,6 +321,8 @@ def train(args) -> None:
     bar = tqdm(total=args.max_steps, initial=start_step, disable=not master, unit="step", dynamic_ncols=True)
     step, t_run, t_last, last_log = start_step, time.time(), time.time(), start_step
     train_loss = val_loss = float("nan")
+    best_val = history.get("val_loss", float("inf"))  # what the checkpoint in --out already holds
+    saved_step = start_step
     while step < args.max_steps:
         lr = lr_at(step, args)
         for group in optimizer.param_groups:
@@ -363,8 +368,11 @@ def train(args) -> None:
                        "train_bits_per_byte": train_loss / LN2, "val_bits_per_byte": val_loss / LN2, "sample": text}
                 log_rows.append(row)
                 tqdm.write(f"step {step}: train {train_loss:.4f} nats/byte ({train_loss / LN2:.3f} bits), "
-                           f"val {val_loss:.4f} nats/byte ({val_loss / LN2:.3f} bits)\n  sample: {text!r}")
-                save(step, val_loss, train_loss, time.time() - t_run)
+                           f"val {val_loss:.4f} nats/byte ({val_loss / LN2:.3f} bits)"
+                           + (f"\n  sample: {text!r}" if text else ""))
+                if args.save == "last" or val_loss < best_val:
+                    save(step, val_loss, train_loss, time.time() - t_run)
+                    saved_step, best_val = step, min(best_val, val_loss)
             if ddp:
                 dist.barrier()
         if out_of_time:
@@ -373,7 +381,7 @@ def train(args) -> None:
             break
     bar.close()
     if master:
-        tqdm.write(f"saved {args.out} (step {step}, val {val_loss:.4f} nats/byte)")
+        tqdm.write(f"stopped at step {step}; {args.out} holds step {saved_step} (val {best_val:.4f} nats/byte)")
     if ddp:
         dist.destroy_process_group()
 
