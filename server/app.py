@@ -19,6 +19,7 @@ from server.config import Settings
 from server.engine import Engine, FinishEvent, GenerationRequest, QueueFull, TokenEvent
 from server.errors import APIError, ErrorResponse, install_handlers
 from server.limits import BodySizeLimit
+from server.metrics import CountRequests, Metrics
 from server.schemas import (AttentionRequest, AttentionResponse, GenerateRequest, GenerateResponse, Token,
                             TokenInfo, TokenizeRequest, TokenizeResponse, TopLogprob)
 
@@ -45,7 +46,9 @@ def create_app(settings: Settings, llm: TinyLLM | None = None) -> FastAPI:
     app = FastAPI(title="TinyLLM", version="0.1.0", lifespan=lifespan,
                   description="A byte-level transformer: generate text and look at its attention.")
     app.state.settings = settings
+    metrics = Metrics(lambda: getattr(app.state, "engine", None))
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(CountRequests, metrics=metrics)
     install_handlers(app)
 
     def engine_of(request: Request) -> Engine:
@@ -58,6 +61,11 @@ def create_app(settings: Settings, llm: TinyLLM | None = None) -> FastAPI:
     async def health(request: Request):
         engine_of(request)
         return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics():
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
 
     @app.get("/v1/model")
     async def model_info(request: Request):
@@ -82,10 +90,10 @@ def create_app(settings: Settings, llm: TinyLLM | None = None) -> FastAPI:
         except QueueFull as e:
             raise APIError(503, f"server busy: {e}; retry shortly", "overloaded", headers={"Retry-After": "1"})
         if body.stream:
-            return StreamingResponse(sse_events(seq), media_type="text/event-stream",
+            return StreamingResponse(sse_events(metrics.timed(seq)), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         tokens = []
-        async for event in seq.events():
+        async for event in metrics.timed(seq):
             if isinstance(event, TokenEvent):
                 tokens.append(token_out(event))
             else:
@@ -217,9 +225,9 @@ def finish_out(event: FinishEvent) -> dict:
                        "tokens_per_second": round(event.completion_tokens / total, 2) if total > 0 else 0.0}}
 
 
-async def sse_events(seq):
+async def sse_events(events):
     """Server-sent events: one per token, a last one with finish_reason/usage/text, then [DONE]."""
-    async for event in seq.events():
+    async for event in events:
         if isinstance(event, TokenEvent):
             payload = {"token": token_out(event), "text": event.text}
         elif event.reason in ("timeout", "error"):

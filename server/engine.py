@@ -139,8 +139,7 @@ class Sequence:
         now = time.perf_counter()
         start = self.t_start or now
         first = self.t_first or now
-        if reason != "stop":  # a stop string already released everything before it
-            self.assembler.finish()
+        self.assembler.finish()  # no-op when the last token already flushed it
         self.emit(FinishEvent(reason, "".join(self.assembler.text), len(self.req.prompt), self.generated,
                               queue_ms=(start - self.t_submit) * 1e3, prefill_ms=(first - start) * 1e3,
                               decode_ms=(now - first) * 1e3, message=message))
@@ -190,8 +189,9 @@ class Engine:
         """Queue a request; iterate the returned sequence's events(). Raises QueueFull when the queue is full."""
         seq = Sequence(req, asyncio.get_running_loop(), self.wake)
         with self.lock:
-            if len(self.waiting) >= self.max_queue:
-                raise QueueFull(f"{len(self.waiting)} requests are already waiting")
+            free_slots = self.max_batch - len(self.active) - (self.prefilling is not None)
+            if len(self.waiting) >= self.max_queue + max(0, free_slots):
+                raise QueueFull(f"all {self.max_batch} slots are busy and {len(self.waiting)} requests are waiting")
             self.waiting.append(seq)
         self.wake.set()
         return seq
@@ -334,8 +334,8 @@ class Engine:
         done = []
         for i, seq in enumerate(seqs):
             req = seq.req
-            previous = torch.tensor(seq.tokens) if req.params.repetition_penalty != 1.0 else torch.empty(0, dtype=torch.long)
-            token = sample(logits[i], req.params, previous, seq.generator)
+            previous = torch.tensor(seq.tokens) if req.params.uses_history else torch.empty(0, dtype=torch.long)
+            token = sample(logits[i], req.params, previous, seq.generator, n_prompt=len(req.prompt))
             if seq.t_first is None:
                 seq.t_first = now
             seq.tokens.append(token)
@@ -350,13 +350,13 @@ class Engine:
                 layers, heads = req.attention
                 rows = [attn_rows[i][layer][heads].float().tolist() for layer in layers]
             delta, stopped = seq.assembler.push(token)
+            reason = ("stop" if stopped else "length" if seq.generated >= req.max_new_tokens
+                      else "context_full" if len(seq.tokens) >= self.config.context_length else None)
+            if reason in ("length", "context_full"):
+                delta += seq.assembler.finish()  # a cut-off character goes out with the last token
             seq.emit(TokenEvent(token, float(logprobs[i, token]), top, delta, rows))
-            if stopped:
-                done.append((seq, "stop"))
-            elif seq.generated >= req.max_new_tokens:
-                done.append((seq, "length"))
-            elif len(seq.tokens) >= self.config.context_length:
-                done.append((seq, "context_full"))
+            if reason:
+                done.append((seq, reason))
         for seq, reason in sorted(done, key=lambda d: -d[0].slot):  # release from the top so rows stay valid
             self._release(seq)
             seq.finish(reason)

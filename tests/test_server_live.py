@@ -1,0 +1,143 @@
+"""Integration tests against a real `python -m server` process on a free port, over HTTP with httpx."""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from model import TinyLLM
+from model.generate import generate
+from model.sampling import SamplingParams
+from tests.serving import ROOT, running_server
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint):
+    with running_server(tiny_checkpoint, "--max-batch", "8", "--max-queue", "4") as srv:
+        yield srv
+
+
+def metric(url: str, name: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    m = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M)
+    assert m, f"{name} not in /metrics"
+    return float(m.group(1))
+
+
+def sse(lines) -> list:
+    return [json.loads(line[6:]) for line in lines if line.startswith("data: ") and line != "data: [DONE]"]
+
+
+def test_generate_greedy_matches_model_package(server, tiny_checkpoint):
+    r = httpx.post(f"{server.url}/v1/generate", json={"prompt": "Hello", "max_new_tokens": 50, "temperature": 0})
+    assert r.status_code == 200
+    llm = TinyLLM.load(tiny_checkpoint, device="cpu")
+    expected = [s.token for s in generate(llm.model, list(b"Hello"), 50, SamplingParams(temperature=0))]
+    assert [t["id"] for t in r.json()["tokens"]] == expected
+
+
+def test_stream_over_http(server):
+    body = {"prompt": "abc", "max_new_tokens": 30, "temperature": 0.8, "seed": 5}
+    plain = httpx.post(f"{server.url}/v1/generate", json=body).json()
+    with httpx.stream("POST", f"{server.url}/v1/generate", json={**body, "stream": True}) as r:
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    events = sse(lines)
+    assert "".join(e["text"] for e in events[:-1]) == plain["text"] == events[-1]["text"]
+    assert events[-1]["usage"]["completion_tokens"] == 30
+
+
+def test_disconnect_mid_stream_frees_the_slot(server):
+    body = {"prompt": "abc", "max_new_tokens": 60, "temperature": 1.0, "seed": 1, "stream": True}
+    before = metric(server.url, "tinyllm_tokens_generated_total")
+    with httpx.stream("POST", f"{server.url}/v1/generate", json=body) as r:
+        lines = r.iter_lines()
+        got = [next(lines) for _ in range(4)]  # two events (each followed by a blank line)
+    assert got[0].startswith("data: ")
+    deadline = time.monotonic() + 5
+    while metric(server.url, "tinyllm_active_sequences") != 0:
+        assert time.monotonic() < deadline, "the disconnected sequence still holds its slot"
+        time.sleep(0.05)
+    generated = metric(server.url, "tinyllm_tokens_generated_total") - before
+    assert generated < 60, "generation went on after the client left"
+    assert metric(server.url, "tinyllm_kv_slots_free") == 8
+    assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+    again = httpx.post(f"{server.url}/v1/generate", json={**body, "stream": False})
+    assert again.status_code == 200 and again.json()["usage"]["completion_tokens"] == 60
+
+
+def test_concurrent_requests_all_progress_and_health_answers(server):
+    async def main():
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            bodies = [{"prompt": f"request {i}", "max_new_tokens": 40, "temperature": 0.9, "seed": i} for i in range(6)]
+            alone = [(await client.post("/v1/generate", json=b)).json()["text"] for b in bodies]
+            tasks = [asyncio.create_task(client.post("/v1/generate", json=b)) for b in bodies]
+            long = asyncio.create_task(client.post("/v1/generate", json={"prompt": "x", "max_new_tokens": 63}))
+            t0 = time.perf_counter()
+            health = await client.get("/health")
+            health_s = time.perf_counter() - t0
+            together = [(await t).json()["text"] for t in tasks]
+            await long
+            return alone, together, health, health_s
+
+    alone, together, health, health_s = asyncio.run(main())
+    assert health.status_code == 200 and health_s < 2.0
+    assert together == alone  # each request's bytes do not depend on what else is in the batch
+
+
+def test_queue_full_is_503_with_retry_after(tiny_checkpoint):
+    with running_server(tiny_checkpoint, "--max-batch", "1", "--max-queue", "1") as srv:
+        async def main():
+            async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
+                body = {"prompt": "q", "max_new_tokens": 63, "temperature": 0}
+                return await asyncio.gather(*[client.post("/v1/generate", json=body) for _ in range(6)])
+
+        responses = asyncio.run(main())
+        codes = sorted(r.status_code for r in responses)
+        assert codes.count(200) >= 2 and 503 in codes, codes
+        busy = next(r for r in responses if r.status_code == 503)
+        assert busy.headers["retry-after"] and busy.json()["error"]["type"] == "overloaded"
+        assert httpx.post(f"{srv.url}/v1/generate", json={"prompt": "q", "max_new_tokens": 3}).status_code == 200
+
+
+def test_metrics_exposition(server):
+    httpx.post(f"{server.url}/v1/generate", json={"prompt": "m", "max_new_tokens": 5})
+    text = httpx.get(f"{server.url}/metrics").text
+    assert 'tinyllm_requests_total{route="/v1/generate",status="200"}' in text
+    assert "tinyllm_time_to_first_token_seconds_bucket" in text
+    assert "tinyllm_inter_token_latency_seconds_count" in text
+    assert "tinyllm_queue_length 0.0" in text
+
+
+def start_fails(checkpoint) -> str:
+    proc = subprocess.run([sys.executable, "-m", "server", "--checkpoint", str(checkpoint), "--port", "0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_startup_fails_fast_naming_the_problem(tiny_checkpoint, tmp_path):
+    assert "config.json" in start_fails(tmp_path / "nowhere")
+    broken = tmp_path / "truncated"
+    shutil.copytree(tiny_checkpoint, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    msg = start_fails(broken)
+    assert "model.safetensors" in msg and "truncated" in msg
+    mismatch = tmp_path / "mismatch"
+    shutil.copytree(tiny_checkpoint, mismatch)
+    cfg = json.loads((mismatch / "config.json").read_text())
+    cfg["d_model"] = 64
+    (mismatch / "config.json").write_text(json.dumps(cfg))
+    msg = start_fails(mismatch)
+    assert "model.safetensors" in msg and "does not match config.json" in msg
