@@ -38,7 +38,9 @@ def exists(path) -> bool:
     return (resolve(path) / CONFIG).exists()
 
 
-def save(path, model: Transformer, training: dict, optimizer_state: dict | None = None) -> None:
+def save(path, model: Transformer, training: dict, optimizer_state: dict | None = None,
+         extra_files: dict[str, bytes] | None = None) -> None:
+    """Write the checkpoint folder atomically; extra_files (name -> contents) go inside the same swap."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     old = path.with_name(path.name + ".old")
@@ -52,6 +54,8 @@ def save(path, model: Transformer, training: dict, optimizer_state: dict | None 
     (tmp / TRAINING).write_text(json.dumps(training, indent=2) + "\n")
     if optimizer_state is not None:
         torch.save(optimizer_state, tmp / OPTIMIZER)
+    for name, data in (extra_files or {}).items():
+        (tmp / name).write_bytes(data)
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())

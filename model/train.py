@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import io
 import json
 import math
 import os
@@ -180,12 +181,12 @@ def lr_at(step: int, args) -> float:
     return args.min_lr + 0.5 * (1 + math.cos(math.pi * ratio)) * (args.lr - args.min_lr)
 
 
-def plot_losses(metrics_file: Path, png: Path) -> None:
+def plot_losses(rows: list[dict]) -> bytes:
+    """loss.png of the metrics.jsonl rows."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
     steps = [r for r in rows if "loss" in r]
     evals = [r for r in rows if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
@@ -197,8 +198,10 @@ def plot_losses(metrics_file: Path, png: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
+    return png.getvalue()
 
 
 # ---------------------------------------------------------------- training
@@ -307,9 +310,10 @@ def train(args) -> None:
             "processes": world,
             "num_params": raw_model.num_params(),
         }
-        checkpoint.save(args.out, raw_model, training, {"optimizer": optimizer.state_dict()})
-        (args.out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log_rows))
-        plot_losses(args.out / "metrics.jsonl", args.out / "loss.png")
+        # metrics.jsonl and loss.png travel inside the atomic save, so they always match the checkpoint
+        metrics = "".join(json.dumps(r) + "\n" for r in log_rows).encode()
+        checkpoint.save(args.out, raw_model, training, {"optimizer": optimizer.state_dict()},
+                        extra_files={"metrics.jsonl": metrics, "loss.png": plot_losses(log_rows)})
 
     def run_eval(step: int) -> tuple[float, float]:
         val_loss = evaluate(raw_model, val_data, cfg.context_length, args.eval_windows, args.batch_size, device, autocast)
