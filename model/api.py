@@ -68,6 +68,7 @@ class TinyLLM:
             hit = next((s for s in stops if bytes(out).endswith(s)), None)
             if hit:
                 del out[len(out) - len(hit):]
+                del steps[len(out):]  # the stop string's steps go with its tokens
                 reason = "stop"
                 break
         else:
