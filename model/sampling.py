@@ -1,6 +1,7 @@
 """Sampling as pure functions of logits, with an explicit torch.Generator for reproducibility."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -12,12 +13,21 @@ class SamplingParams:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
     repetition_penalty: float = 1.0  # 1 = off
+    presence_penalty: float = 0.0  # 0 = off; OpenAI's, over generated tokens
+    frequency_penalty: float = 0.0  # 0 = off; OpenAI's, over generated tokens
 
     def __post_init__(self):
         assert self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"
         assert self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}"
         assert 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"
         assert self.repetition_penalty > 0, f"repetition_penalty must be > 0, got {self.repetition_penalty}"
+        for name in ("presence_penalty", "frequency_penalty"):
+            assert math.isfinite(getattr(self, name)), f"{name} must be finite, got {getattr(self, name)}"
+
+    @property
+    def uses_history(self) -> bool:
+        """Whether sampling depends on the tokens seen so far (a penalty is on)."""
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
 
 def apply_repetition_penalty(logits: torch.Tensor, previous: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -28,6 +38,15 @@ def apply_repetition_penalty(logits: torch.Tensor, previous: torch.Tensor, penal
     seen = logits.gather(-1, previous)
     logits.scatter_(-1, previous, torch.where(seen > 0, seen / penalty, seen * penalty))
     return logits
+
+
+def apply_presence_frequency_penalty(logits: torch.Tensor, generated: torch.Tensor, presence: float,
+                                     frequency: float) -> torch.Tensor:
+    """OpenAI's penalties: logits -= presence * (count > 0) + frequency * count, counting each id in `generated`."""
+    if (presence == 0.0 and frequency == 0.0) or generated.numel() == 0:
+        return logits
+    counts = torch.bincount(generated, minlength=logits.shape[-1]).to(logits.dtype)  # (vocab,)
+    return logits - presence * (counts > 0).to(logits.dtype) - frequency * counts
 
 
 def logits_to_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -48,9 +67,14 @@ def logits_to_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, to
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, previous: torch.Tensor,
-           generator: torch.Generator | None) -> int:
-    """The next token id from one position's logits (vocab,), given the ids seen so far."""
+           generator: torch.Generator | None, n_prompt: int = 0) -> int:
+    """The next token id from one position's logits (vocab,), given the ids seen so far.
+
+    previous[n_prompt:] are the generated ones: presence and frequency penalties count only those.
+    """
     logits = apply_repetition_penalty(logits, previous, params.repetition_penalty)
+    logits = apply_presence_frequency_penalty(logits, previous[n_prompt:], params.presence_penalty,
+                                              params.frequency_penalty)
     if params.temperature == 0:
         return int(torch.argmax(logits))
     probs = logits_to_probs(logits, params.temperature, params.top_k, params.top_p)
