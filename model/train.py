@@ -40,6 +40,13 @@ class TrainError(Exception):
     """A problem with the command line or the data; reported as one line."""
 
 
+def positive_int(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="tinyllm-train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -61,23 +68,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--tie-embeddings", action="store_true")
     g.add_argument("--dropout", type=float, default=0.0)
     g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=int, default=32, help="sequences per micro-batch per process")
-    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--batch-size", type=positive_int, default=32, help="sequences per micro-batch per process")
+    g.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     g.add_argument("--min-lr", type=float, help="final learning rate (default: lr / 10)")
     g.add_argument("--warmup-steps", type=int, default=100)
     g.add_argument("--lr-decay-steps", type=int, help="length of the cosine schedule (default: --max-steps)")
     g.add_argument("--weight-decay", type=float, default=0.1)
     g.add_argument("--grad-clip", type=float, default=1.0)
-    g.add_argument("--max-steps", type=int, default=5000)
+    g.add_argument("--max-steps", type=positive_int, default=5000)
     g.add_argument("--max-minutes", type=float, help="stop (and save) after this much wall-clock time")
     g = p.add_argument_group("evaluation and runtime")
-    g.add_argument("--eval-every", type=int, default=250)
-    g.add_argument("--eval-windows", type=int, default=256, help="at most this many context windows per split")
+    g.add_argument("--eval-every", type=positive_int, default=250)
+    g.add_argument("--eval-windows", type=positive_int, default=256, help="at most this many context windows per split")
     g.add_argument("--save", choices=["last", "best"], default="last",
                    help="at each evaluation save the latest model, or only one with a new best validation loss "
                         "(small data overfits: nanoGPT keeps the best)")
-    g.add_argument("--log-every", type=int, default=10)
+    g.add_argument("--log-every", type=positive_int, default=10)
     g.add_argument("--sample-bytes", type=int, default=120, help="length of the sample printed at each evaluation")
     g.add_argument("--seed", type=int, default=1337)
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -135,7 +142,7 @@ def load_data(args) -> tuple[np.ndarray, np.ndarray, list[dict]]:
 
 
 def get_batch(data: np.ndarray, batch: int, ctx: int, rng: np.random.Generator, device):
-    ix = rng.integers(0, data.size - ctx - 1, size=batch)
+    ix = rng.integers(0, data.size - ctx, size=batch)  # the last window's target ends on the last byte
     x = torch.from_numpy(np.stack([data[i:i + ctx] for i in ix]).astype(np.int64))
     y = torch.from_numpy(np.stack([data[i + 1:i + 1 + ctx] for i in ix]).astype(np.int64))
     if device.type == "cuda":
@@ -275,6 +282,9 @@ def train(args) -> None:
                                   lr=args.lr, betas=(0.9, 0.99), fused=device.type == "cuda")
     history = {}
     if resumed:
+        if not (resumed / checkpoint.OPTIMIZER).exists():
+            raise TrainError(f"{resumed / checkpoint.OPTIMIZER}: missing; --resume needs the optimizer state "
+                             "that training saves (this checkpoint was not written by tinyllm-train)")
         state = torch.load(resumed / checkpoint.OPTIMIZER, map_location=device, weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         history = checkpoint.load_training(resumed)
