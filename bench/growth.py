@@ -1,0 +1,83 @@
+"""Benchmark 3: how cost grows with context. Per-token decode time as the context fills, with the KV cache
+and with a no-cache recompute of the whole sequence; and prefill time against prompt length.
+
+    python -m bench.growth [--checkpoint checkpoints/shakespeare] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from bench.common import DEFAULT_CHECKPOINT, median, plot, table, write_doc
+from bench.decode import sync
+from model import checkpoint
+
+
+def timed(fn, device, repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return median(times)
+
+
+@torch.inference_mode()
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = checkpoint.load_model(args.checkpoint, device=device, dtype=dtype)
+    ctx = model.config.context_length
+    model.setup_caches(batch=1)
+    ids = torch.randint(32, 127, (1, ctx), device=device)
+    lengths = [n for n in (16, 32, 64, 128, 192, 256, 320, 384, 448, ctx - 1) if n < ctx]
+
+    def prefill(n):
+        return lambda: model(ids[:, :n], torch.arange(n, device=device)[None], use_cache=True)
+
+    def cached_step(n):  # one token at position n after a prefill of n
+        return lambda: model(ids[:, n:n + 1], torch.tensor([[n]], device=device), use_cache=True)
+
+    def recompute(n):  # what a server without a KV cache does per token: the whole sequence again
+        return lambda: model(ids[:, :n + 1])
+
+    prefill(16)(), cached_step(16)(), recompute(16)()  # warm-up
+    rows = []
+    for n in lengths:
+        t_prefill = timed(prefill(n), device)
+        t_cached = timed(cached_step(n), device, repeats=15)
+        t_recompute = timed(recompute(n), device)
+        rows.append([n, t_cached * 1e3, t_recompute * 1e3, t_recompute / t_cached, t_prefill * 1e3])
+        print(rows[-1])
+    xs = [r[0] for r in rows]
+    decode_png = plot(f"growth-decode-{device.type}", lambda ax: (
+        ax.plot(xs, [r[1] for r in rows], "o-", label="KV cache"),
+        ax.plot(xs, [r[2] for r in rows], "o-", label="no cache (recompute)"),
+        ax.set_xlabel("context length (bytes)"), ax.set_ylabel("ms per generated token"), ax.legend()))
+    prefill_png = plot(f"growth-prefill-{device.type}", lambda ax: (
+        ax.plot(xs, [r[4] for r in rows], "o-"),
+        ax.set_xlabel("prompt length (bytes)"), ax.set_ylabel("prefill time (ms)")))
+    body = f"""
+`{args.checkpoint}`, {str(dtype).removeprefix('torch.')} on {device}, batch 1, medians of repeated runs.
+The cached step feeds one token at position *n* against a cache holding *n* positions; the recompute
+runs the whole sequence of *n + 1* bytes, as a server without a KV cache must for every token.
+
+{table(["context", "cached ms/token", "recompute ms/token", "recompute ÷ cached", "prefill ms"], rows)}
+
+![decode cost]({decode_png}) ![prefill cost]({prefill_png})
+
+Reproduce: `.venv/bin/python -m bench.growth --device {device.type}`
+"""
+    write_doc(f"growth-{device.type}", f"Cost growth with context ({device.type})", body)
+
+
+if __name__ == "__main__":
+    main()
