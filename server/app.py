@@ -15,6 +15,8 @@ from starlette.concurrency import run_in_threadpool
 
 from model.api import TinyLLM
 from model.tokenizer import ByteTokenizer
+from server import openai_api
+from server.auth import install_auth
 from server.config import Settings
 from server.engine import Engine, FinishEvent, GenerationRequest, QueueFull, TokenEvent
 from server.errors import APIError, ErrorResponse, install_handlers
@@ -50,6 +52,8 @@ def create_app(settings: Settings, llm: TinyLLM | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(CountRequests, metrics=metrics)
     install_handlers(app)
+    install_auth(app, settings)
+    app.include_router(openai_api.router)
 
     def engine_of(request: Request) -> Engine:
         engine: Engine | None = getattr(request.app.state, "engine", None)

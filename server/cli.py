@@ -1,0 +1,206 @@
+"""`tinyllm`: a command-line client for a running TinyLLM server, on httpx.
+
+    tinyllm generate "ROMEO:" --max-new-tokens 200 --temperature 0.8 --seed 1   # streams to the terminal
+    tinyllm attention "To be, or not to be" --layer 0 --head 1 --png attn.png
+    tinyllm attention "To be" --layer 0 --head 1          # per byte: the byte it attends to most
+    tinyllm model
+    tinyllm tokenize "Hé 🙂"
+
+--url (TINYLLM_URL, default http://127.0.0.1:8000) and --api-key (TINYLLM_API_KEY) choose the server.
+Exit codes: 0 done, 1 an error (the server's message, or a file that cannot be written), 2 a bad command
+line, 3 the server cannot be reached. Errors are one line on standard error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+EXIT_SERVER_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+
+
+class CLIError(Exception):
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------- talking to the server
+
+def client(args) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    return httpx.Client(base_url=args.url.rstrip("/"), headers=headers,
+                        timeout=httpx.Timeout(args.timeout, connect=5.0))
+
+
+def check(response: httpx.Response) -> httpx.Response:
+    """Raise CLIError with the server's one-line message for a 4xx/5xx."""
+    if response.status_code < 400:
+        return response
+    response.read()
+    try:
+        error = response.json()["error"]
+        message = f"{error['message']} ({error['type']}, HTTP {response.status_code})"
+    except (ValueError, KeyError, TypeError):
+        message = f"HTTP {response.status_code}: {response.text.strip()[:200] or response.reason_phrase}"
+    if response.status_code == 401:
+        message += "; pass --api-key or set TINYLLM_API_KEY"
+    raise CLIError(message, EXIT_SERVER_ERROR)
+
+
+def request(args, method: str, path: str, **kwargs) -> httpx.Response:
+    with client(args) as c:
+        return check(c.request(method, path, **kwargs))
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_generate(args) -> None:
+    body = {"prompt": read_text(args.text), "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+            "top_k": args.top_k, "top_p": args.top_p, "stop": args.stop, "stream": True}
+    if args.seed is not None:
+        body["seed"] = args.seed
+    out = sys.stdout
+    with client(args) as c, c.stream("POST", "/v1/generate", json=body) as response:
+        check(response)
+        if args.echo:
+            out.write(body["prompt"])
+        for line in response.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            data = line[len("data: "):]
+            if data == "[DONE]":
+                break
+            event = json.loads(data)
+            if "error" in event:
+                raise CLIError(f"{event['error']['message']} ({event['error']['type']})", EXIT_SERVER_ERROR)
+            if "token" in event:
+                out.write(event["text"])
+                out.flush()
+    out.write("\n")
+
+
+def cmd_attention(args) -> None:
+    text = read_text(args.text)
+    one_map = args.png or not args.npy
+    layer = args.layer if args.layer is not None or not one_map else 0
+    head = args.head if args.head is not None or not one_map else 0
+    body = {"text": text, "layers": None if layer is None else [layer], "heads": None if head is None else [head]}
+    if args.png:
+        save(args.png, request(args, "POST", "/v1/attention", json={**body, "format": "png"}).content)
+    if args.npy:
+        save(args.npy, request(args, "POST", "/v1/attention", json={**body, "format": "npy"}).content)
+    if args.png or args.npy:
+        return
+    result = request(args, "POST", "/v1/attention", json=body).json()
+    print(attention_summary(result["tokens"], result["attention"][0][0], layer, head))
+
+
+def attention_summary(tokens: list[dict], rows: list[list[float]], layer: int, head: int) -> str:
+    """One line per byte: the byte it attends to most, and how strongly."""
+    labels = [shown(t["text"]) for t in tokens]
+    width = max(map(len, labels))
+    lines = [f"layer {layer}, head {head}: each byte -> the byte it attends to most"]
+    for q, row in enumerate(rows):
+        k = max(range(q + 1), key=lambda j: row[j])
+        lines.append(f"{q:4d} {labels[q]:>{width}} -> {k:4d} {labels[k]:<{width}} {row[k]:.3f}")
+    return "\n".join(lines)
+
+
+def cmd_model(args) -> None:
+    print(json.dumps(request(args, "GET", "/v1/model").json(), indent=2))
+
+
+def cmd_tokenize(args) -> None:
+    result = request(args, "POST", "/v1/tokenize", json={"text": read_text(args.text)}).json()
+    print(f"{result['count']} bytes")
+    for i, t in enumerate(result["tokens"]):
+        print(f"{i:4d} {t['id']:3d} {shown(t['text']):6} chars [{t['start']}, {t['end']})")
+
+
+def shown(label: str) -> str:
+    """A byte's label as printed: the server's (\\n, \\xe2, ...), with a space made visible."""
+    return "\u2423" if label == " " else label
+
+
+def read_text(text: str) -> str:
+    return sys.stdin.read() if text == "-" else text
+
+
+def save(path: str, data: bytes) -> None:
+    Path(path).write_bytes(data)
+    print(f"wrote {path} ({len(data):,} bytes)", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- the command line
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tinyllm", description="Talk to a running TinyLLM server.")
+    p.add_argument("--url", default=os.environ.get("TINYLLM_URL", DEFAULT_URL),
+                   help=f"server address (env TINYLLM_URL, default {DEFAULT_URL})")
+    p.add_argument("--api-key", default=os.environ.get("TINYLLM_API_KEY"),
+                   help="bearer token, when the server needs one (env TINYLLM_API_KEY)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server (default 300)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    g = sub.add_parser("generate", help="continue a text, streaming the bytes as they come")
+    g.add_argument("text", help="the prompt (- reads standard input)")
+    g.add_argument("--max-new-tokens", type=int, default=128, help="bytes to generate at most (default 128)")
+    g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
+    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely bytes (0 = off)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    g.add_argument("--seed", type=int, help="same seed and parameters give the same text")
+    g.add_argument("--stop", action="append", default=[], help="a string that ends generation (repeatable)")
+    g.add_argument("--echo", action="store_true", help="print the prompt before the continuation")
+    g.set_defaults(run=cmd_generate)
+
+    a = sub.add_parser("attention", help="attention of one layer and head: a summary, a PNG heatmap, or a .npy array")
+    a.add_argument("text", help="the text to analyse (- reads standard input)")
+    a.add_argument("--layer", type=int, help="layer index (default 0; with only --npy, all layers)")
+    a.add_argument("--head", type=int, help="head index (default 0; with only --npy, all heads)")
+    a.add_argument("--png", metavar="FILE", help="write a heatmap PNG of the map")
+    a.add_argument("--npy", metavar="FILE", help="write the maps as a .npy array (layers, heads, T, T)")
+    a.set_defaults(run=cmd_attention)
+
+    m = sub.add_parser("model", help="print the served model's config and limits as JSON")
+    m.set_defaults(run=cmd_model)
+
+    t = sub.add_parser("tokenize", help="show the byte tokens of a text")
+    t.add_argument("text", help="the text (- reads standard input)")
+    t.set_defaults(run=cmd_tokenize)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")  # a terminal that cannot show a character gets "?"
+    try:
+        args.run(args)
+    except CLIError as e:
+        print(f"tinyllm: error: {e}", file=sys.stderr)
+        sys.exit(e.code)
+    except (httpx.ConnectError, httpx.ConnectTimeout):
+        print(f"tinyllm: error: cannot reach the server at {args.url} (is it running? start it with tinyllm-serve)",
+              file=sys.stderr)
+        sys.exit(EXIT_UNREACHABLE)
+    except httpx.TimeoutException:
+        print(f"tinyllm: error: the server at {args.url} did not answer within {args.timeout:g}s", file=sys.stderr)
+        sys.exit(EXIT_UNREACHABLE)
+    except httpx.HTTPError as e:
+        print(f"tinyllm: error: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(EXIT_UNREACHABLE)
+    except OSError as e:  # writing the output file
+        print(f"tinyllm: error: {e}", file=sys.stderr)
+        sys.exit(EXIT_SERVER_ERROR)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
