@@ -10,7 +10,7 @@ from server.auth import bearer_token
 
 KEY = "tl-test-key-7f3a9c1e5b"
 OPEN = {"/health"}
-UNDOCUMENTED = [("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/metrics"), ("GET", "/no/such/route"),
+UNDOCUMENTED = [("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/metrics"), ("GET", "/"), ("GET", "/no/such/route"),
                 ("POST", "/v1/completions")]
 
 
