@@ -1,13 +1,15 @@
 # TinyLLM server image: `docker build -t tinyllm .` then `docker run -p 8000:8000 tinyllm`.
 #
-# Stages: base (Debian's Python 3.11 + the service user) -> builder (a venv: torch, then the
-# dependencies from pyproject.toml, then our code, each its own cached layer) -> checkpoint
-# (the bundled checkpoint, made world-readable) -> runtime (base + venv + checkpoint, non-root).
+# Stages: base (Debian's Python 3.11 + the service user) -> requirements (the dependency list out of
+# pyproject.toml) -> builder (a venv: torch, then those dependencies, then our code, each its own
+# cached layer) -> checkpoint (the bundled checkpoint, made world-readable) -> runtime (base + venv +
+# checkpoint, non-root).
 #
 # Build arguments:
 #   TORCH_VARIANT  cpu (default, PyTorch's CPU-only wheels, ~180 MB)
-#                  cuda (PyPI's default Linux wheel, CUDA 12 libraries included: for `docker run --gpus all`)
-#                  cu126, cu128, ... (PyTorch's wheel index for that CUDA version)
+#                  cuda (PyPI's default Linux wheel, CUDA libraries included, for `docker run --gpus all`;
+#                        torch 2.13.0's is built for CUDA 13.0: NVIDIA driver 580 or newer; image ~5.3 GB)
+#                  cu126, cu128, ... (PyTorch's wheel index for that CUDA version, for older drivers)
 #   TORCH_VERSION  2.13.0 (the version the Makefile installs)
 # Secret (optional, BuildKit): `--secret id=extra_ca,src=FILE` adds PEM CA certificates for pip,
 # for networks behind a TLS-inspecting proxy. Without it nothing changes.
@@ -23,6 +25,13 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
+
+
+# The runtime and build requirements, out of pyproject.toml.
+FROM base AS requirements
+COPY pyproject.toml /tmp/
+RUN python3 -c 'import tomllib; p = tomllib.load(open("/tmp/pyproject.toml", "rb")); \
+print("\n".join(p["build-system"]["requires"] + p["project"]["dependencies"]))' > /requirements.txt
 
 
 FROM base AS builder
@@ -57,15 +66,13 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     torch=$(python -c 'import importlib.util; print(importlib.util.find_spec("torch").submodule_search_locations[0])'); \
     rm -rf "$torch/include" "$torch/test" "$torch"/bin/test_* "$torch"/bin/*Test "$torch"/bin/protoc*
 
-# Dependencies before code: editing model/ or server/ does not reinstall them.
-WORKDIR /src
-COPY pyproject.toml ./
-RUN --mount=type=cache,target=/root/.cache/pip \
-    python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb")); \
-print("\n".join(p["build-system"]["requires"] + p["project"]["dependencies"]))' > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt
+# Dependencies before code: editing model/ or server/ does not reinstall them, nor does editing
+# pyproject.toml elsewhere than its dependency lists (the copied file is what the cache compares).
+COPY --from=requirements /requirements.txt /tmp/requirements.txt
+RUN --mount=type=cache,target=/root/.cache/pip pip install -r /tmp/requirements.txt
 
-COPY README.md ./
+WORKDIR /src
+COPY pyproject.toml README.md ./
 COPY model ./model
 COPY server ./server
 RUN pip install --no-deps --no-build-isolation --no-cache-dir . && rm -rf build
