@@ -312,7 +312,7 @@ def train(args) -> None:
             "train_loss": train_loss, "val_loss": val_loss,
             "train_bits_per_byte": train_loss / LN2, "val_bits_per_byte": val_loss / LN2,
             "data": data_record,
-            "command": " ".join(shlex.quote(a) for a in sys.argv),
+            "command": shlex.join(sys.orig_argv),  # as typed, e.g. python -m model.train ...
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "wall_time_s": round(history.get("wall_time_s", 0.0) + wall, 1),
             "torch_version": torch.__version__,
