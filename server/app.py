@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
+import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
@@ -126,22 +127,28 @@ def create_app(settings: Settings, llm: TinyLLM | None = None) -> FastAPI:
                                 "ask for fewer layers or heads, use aggregate: \"mean\", or format: \"npy\"",
                            param="layers")
         maps = await engine.run(lambda: request.app.state.llm.attention(bytes(ids)))  # (L, H, T, T) float32
-        maps = maps[layers][:, heads]
+        if layers != list(range(cfg.n_layer)):  # indexing copies the whole array: only when a subset is asked for
+            maps = maps[layers]
+        if heads != list(range(cfg.n_head)):
+            maps = maps[:, heads]
         if body.aggregate == "mean":
             maps = maps.mean(dim=1, keepdim=True)
         headers = {"X-Tokens": json.dumps([t.id for t in token_infos(body.text)]),
                    "X-Layers": ",".join(map(str, layers)), "X-Heads": ",".join(map(str, heads))}
         if body.format == "npy":
-            buf = io.BytesIO()
-            np.save(buf, maps.numpy().astype(body.dtype))
-            return Response(buf.getvalue(), media_type="application/octet-stream", headers=headers)
+            npy = await run_in_threadpool(npy_bytes, maps, body.dtype)
+            return Response(npy, media_type="application/octet-stream", headers=headers)
         if body.format == "png":
             from server.heatmap import render_png
             title = f"layer {layers[0]}, " + (f"head {heads[0]}" if body.aggregate == "none" else "mean of heads")
             png = await run_in_threadpool(render_png, maps[0, 0].numpy(), tokenizer.char_labels(ids), title)
             return Response(png, media_type="image/png", headers=headers)
-        return JSONResponse({"tokens": [t.model_dump() for t in token_infos(body.text)], "layers": layers,
-                             "heads": heads, "aggregate": body.aggregate, "attention": maps.tolist()})
+        answer = {"tokens": [t.model_dump() for t in token_infos(body.text)], "layers": layers, "heads": heads,
+                  "aggregate": body.aggregate}
+        # Millions of floats take seconds to encode: off the event loop, so streams keep flowing meanwhile.
+        content = await run_in_threadpool(lambda: json.dumps({**answer, "attention": maps.tolist()},
+                                                             separators=(",", ":"), ensure_ascii=False).encode())
+        return Response(content, media_type="application/json")
 
     if (STATIC / "index.html").exists():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -159,6 +166,14 @@ def token_infos(text: str) -> list[TokenInfo]:
     ids = tokenizer.encode(text)
     spans = tokenizer.byte_char_spans(text)
     return [TokenInfo(id=i, text=tokenizer.label(i), start=s, end=e) for i, (s, e) in zip(ids, spans)]
+
+
+def npy_bytes(maps: torch.Tensor, dtype: str) -> bytes:
+    """The array as a .npy file, the same bytes np.save writes; torch casts to float16 (vectorised, unlike numpy)."""
+    arr = maps.to(getattr(torch, dtype)).contiguous().numpy()
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(arr))
+    return b"".join((header.getvalue(), arr.data))  # one copy of the data, not np.save's two
 
 
 def check_indices(chosen: list[int] | None, n: int, param: str) -> list[int]:

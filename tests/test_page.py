@@ -1,0 +1,281 @@
+"""The attention page at `/`, in a real headless Chromium (Debian's package, driven by Playwright) against a
+real server process.
+
+How cells are counted: the map is a <canvas> holding exactly one pixel per (query, key) cell, scaled up by
+CSS. The test reads the pixels back with getImageData and checks that every cell on or below the diagonal is
+painted and none above it is, that the colours rise with the probabilities the API serves, and that both axes
+carry one label element per byte. Screenshots go to test-artifacts/.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from model import checkpoint
+from model.config import ModelConfig
+from model.model import Transformer
+from model.tokenizer import ByteTokenizer
+from tests.serving import ROOT, running_server
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover - the skip below says what to install
+    sync_playwright = None
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+pytestmark = [
+    pytest.mark.skipif(sync_playwright is None,
+                       reason="playwright is not installed: .venv/bin/pip install playwright "
+                              "(never `playwright install`: the test drives Debian's chromium)"),
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing: apt-get install -y chromium"),
+]
+
+TEXT = "Hé! ☃ to be, or not"  # 2- and 3-byte characters: 23 bytes
+AXIS_SHOWN = {" ": "␣", "\\n": "↵", "\\t": "⇥", "\\r": "␍"}
+
+# Reads a canvas back: its size, how many cells on/below and above the diagonal are painted, and (for small
+# canvases) the RGBA bytes.
+READ_CANVAS = """(el) => {
+  const {width: w, height: h} = el;
+  const px = el.getContext("2d").getImageData(0, 0, w, h).data;
+  let lower = 0, upper = 0;
+  for (let q = 0; q < h; q++) for (let k = 0; k < w; k++) {
+    if (px[(q * w + k) * 4 + 3] > 0) { if (k <= q) lower++; else upper++; }
+  }
+  return {w, h, lower, upper, rgba: w * h <= 128 * 128 ? Array.from(px) : null};
+}"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint):
+    with running_server(tiny_checkpoint) as s:
+        yield s
+
+
+def open_page(browser, url):
+    """A fresh page on `url`; it records page errors and every URL requested (all must be this server's)."""
+    context = browser.new_context(viewport={"width": 1300, "height": 1000})
+    page = context.new_page()
+    page.errors, page.requests = [], []
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.on("console", lambda m: m.type == "error" and page.errors.append(m.text))
+    page.on("request", lambda r: page.requests.append(r.url))
+    page.goto(url)
+    page.wait_for_function("document.getElementById('head').options.length > 0")  # GET /v1/model answered
+    return page
+
+
+@pytest.fixture
+def page(browser, server):
+    page = open_page(browser, server.url)
+    yield page
+    assert not [e for e in page.errors if "Failed to load resource" not in e], page.errors
+    outside = [u for u in page.requests if not (u.startswith(server.url) or u.startswith("data:"))]
+    assert not outside, f"the page loaded something from outside this server: {outside}"
+    page.context.close()
+
+
+def analyse(page, text: str) -> int:
+    page.fill("#text", text)
+    page.click("#analyse")
+    T = len(text.encode("utf-8"))
+    page.wait_for_selector(f"#heatmap[data-t='{T}']")
+    return T
+
+
+def screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+def api_attention(server, text: str, **body) -> np.ndarray:
+    r = httpx.post(f"{server.url}/v1/attention", json={"text": text, **body}, timeout=30)
+    assert r.status_code == 200, r.text
+    return np.array(r.json()["attention"], dtype=np.float32)
+
+
+def floats(page, selector: str, attr: str) -> dict[int, float]:
+    """{byte index: value} of the data-`attr` attribute of the elements matched by selector, where present."""
+    pairs = page.eval_on_selector_all(selector, f"els => els.filter(e => '{attr}' in e.dataset)"
+                                                f".map(e => [+e.dataset.i, +e.dataset.{attr}])")
+    return {i: v for i, v in pairs}
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+# ------------------------------------------------------------------ the map and the head view
+
+def test_analysis_draws_every_cell_and_hovering_a_byte_highlights_its_row(page, server):
+    T = analyse(page, TEXT)
+    data = TEXT.encode("utf-8")
+    expected = api_attention(server, TEXT)  # (layers, heads, T, T)
+
+    # Every cell of the causal map is painted, nothing above the diagonal; colours rise with probability.
+    canvas = page.eval_on_selector("#heatmap", READ_CANVAS)
+    assert (canvas["w"], canvas["h"]) == (T, T)
+    assert canvas["lower"] == T * (T + 1) // 2 and canvas["upper"] == 0
+    rgba = np.array(canvas["rgba"], dtype=np.float64).reshape(T, T, 4)
+    luminance = rgba[..., :3] @ [0.2126, 0.7152, 0.0722]
+    lower = np.tril_indices(T)
+    assert spearman(luminance[lower], expected[0, 0][lower]) > 0.95, "colours do not follow layer 0, head 0"
+
+    # One label per byte on each axis; a multi-byte character once, as the character, on its first byte.
+    labels = [AXIS_SHOWN.get(lab, "·" if lab.startswith("\\") and len(lab) > 1 else lab)
+              for lab in ByteTokenizer().char_labels(list(data))]
+    for axis in ("#key-labels", "#query-labels"):
+        assert page.eval_on_selector_all(f"{axis} span", "els => els.map(e => e.textContent)") == labels
+    assert labels[1:3] == ["é", ""] and labels[5:8] == ["☃", "", ""]
+    assert page.locator("#bytes .b").count() == T
+    assert page.eval_on_selector("#heatmap-frame", "el => el.classList.contains('dense')") is False
+
+    # Hovering a byte outlines its row on the map and shades what it attends to and what attends to it.
+    i = TEXT.encode().index(b"be")  # 'b'
+    page.hover(f"#bytes .b[data-i='{i}']")
+    row = page.locator("#row-highlight")
+    assert row.is_visible() and row.get_attribute("data-row") == str(i)
+    box, plot = row.bounding_box(), page.locator("#heatmap").bounding_box()
+    cell = plot["height"] / T
+    assert abs((box["y"] - plot["y"]) - i * cell) < 1.5 and abs(box["height"] - cell) < 1.5, (box, plot, cell)
+    assert abs(box["width"] - (i + 1) * cell) < 1.5  # the row up to the diagonal
+    assert "on" in page.locator(f"#query-labels span:nth-child({i + 1})").get_attribute("class")
+    assert "focus" in page.locator(f"#bytes .b[data-i='{i}']").get_attribute("class")
+    to, frm = floats(page, "#bytes .b", "to"), floats(page, "#bytes .b", "from")
+    assert sorted(to) == list(range(i + 1)) and sorted(frm) == list(range(i, T))
+    np.testing.assert_allclose([to[k] for k in range(i + 1)], expected[0, 0, i, :i + 1], atol=1e-3)  # float16
+    np.testing.assert_allclose([frm[q] for q in range(i, T)], expected[0, 0, i:, i], atol=1e-3)
+    assert "attends to" in page.inner_text("#readout")
+    screenshot(page, "page-analysis.png")
+
+    # The mean of heads: the same row, averaged over the heads.
+    page.select_option("#head", "mean")
+    page.wait_for_selector("#heatmap[data-head='mean']")
+    to = floats(page, "#bytes .b", "to")
+    np.testing.assert_allclose([to[k] for k in range(i + 1)], expected[0, :, i, :i + 1].mean(0), atol=1e-3)
+
+    # Moving off the text clears it.
+    page.mouse.move(1, 1)
+    assert not page.locator("#row-highlight").is_visible()
+
+
+def test_all_heads_grid_has_every_layer_and_head_and_selects_one(page, server):
+    T = analyse(page, TEXT)
+    info = httpx.get(f"{server.url}/v1/model").json()["config"]
+    minis = page.locator("#grid canvas.mini")
+    assert minis.count() == info["n_layer"] * info["n_head"]
+    for n in range(minis.count()):
+        mini = minis.nth(n).evaluate(READ_CANVAS)
+        assert (mini["w"], mini["lower"], mini["upper"]) == (T, T * (T + 1) // 2, 0)
+
+    last = f"#grid canvas.mini[data-layer='{info['n_layer'] - 1}'][data-head='{info['n_head'] - 1}']"
+    page.click(last)
+    page.wait_for_selector(f"#heatmap[data-layer='{info['n_layer'] - 1}'][data-head='{info['n_head'] - 1}']")
+    assert page.input_value("#layer") == str(info["n_layer"] - 1)
+    assert page.input_value("#head") == str(info["n_head"] - 1)
+    assert page.locator("#grid canvas.mini.selected").count() == 1
+    assert "selected" in page.locator(last).get_attribute("class")
+    # the big map now shows exactly the clicked small one
+    assert page.eval_on_selector("#heatmap", READ_CANVAS)["rgba"] == page.eval_on_selector(last, READ_CANVAS)["rgba"]
+    screenshot(page, "page-all-heads.png")
+
+
+# ------------------------------------------------------------------ streaming generation
+
+def test_streamed_generation_appends_bytes_and_a_generated_byte_shows_its_row(page, server):
+    prompt, n_new = "To be, or", 12
+    P = len(prompt.encode())
+    # A MutationObserver counts generated bytes as they land, to see them arrive in more than one step.
+    page.evaluate("""() => { window.seenCounts = [];
+      new MutationObserver(() => window.seenCounts.push(document.querySelectorAll('#gen-bytes .b.gen').length))
+        .observe(document.getElementById('gen-bytes'), {childList: true}); }""")
+    page.fill("#text", prompt)
+    page.fill("#max-new", str(n_new))
+    page.fill("#temperature", "0")
+    with page.expect_response("**/v1/generate") as response:
+        page.click("#generate")
+    assert response.value.headers["content-type"].startswith("text/event-stream")
+    page.wait_for_selector("#gen-bytes[data-done='true']")
+    assert page.locator("#gen-bytes .b.prompt").count() == P
+    assert page.locator("#gen-bytes .b.gen").count() == n_new
+    seen = page.evaluate("window.seenCounts")
+    assert seen[-1] == n_new and seen == sorted(seen), seen
+    assert "finished: length" in page.inner_text("#gen-status")
+
+    # The same request, not streamed, from the test: the page shows the very bytes and rows it returns.
+    r = httpx.post(f"{server.url}/v1/generate", timeout=30, json={
+        "prompt": prompt, "max_new_tokens": n_new, "temperature": 0, "attention": {"layers": None, "heads": None}})
+    tokens = r.json()["tokens"]
+    shown_ids = page.eval_on_selector_all("#gen-bytes .b.gen", "els => els.map(e => +e.dataset.i)")
+    assert shown_ids == list(range(P, P + n_new))
+
+    j = 5  # the sixth generated byte: chosen by the query at P + j - 1, over keys 0..P + j - 1
+    page.click(f"#gen-bytes .b[data-i='{P + j}']")
+    assert "was chosen looking at" in page.inner_text("#gen-readout")
+    assert "focus" in page.locator(f"#gen-bytes .b[data-i='{P + j}']").get_attribute("class")
+    w = floats(page, "#gen-bytes .b", "w")
+    assert sorted(w) == list(range(P + j))
+    np.testing.assert_allclose([w[k] for k in range(P + j)], tokens[j]["attention"][0][0], rtol=1e-6)
+
+    page.select_option("#layer", "1")
+    page.select_option("#head", "1")
+    w = floats(page, "#gen-bytes .b", "w")
+    np.testing.assert_allclose([w[k] for k in range(P + j)], tokens[j]["attention"][1][1], rtol=1e-6)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator(".generate").screenshot(path=str(ARTIFACTS / "page-generate.png"))
+
+
+# ------------------------------------------------------------------ 512 bytes
+
+@pytest.fixture(scope="module")
+def wide_checkpoint(tmp_path_factory) -> Path:
+    """A random model with the default model's shape of attention (512 context, 6 layers x 6 heads), tiny widths."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(context_length=512, n_layer=6, n_head=6, d_model=48, mlp_hidden=64)).eval()
+    path = tmp_path_factory.mktemp("wide") / "ctx512"
+    checkpoint.save(path, model, training={"note": "random weights for the page test"})
+    return path
+
+
+def test_usable_at_512_bytes(browser, wide_checkpoint):
+    text = ("ROMEO: But, soft! what light through yonder window breaks? It is the east, and Juliet is the sun. "
+            * 6)[:512]
+    assert len(text.encode()) == 512
+    with running_server(wide_checkpoint) as server:
+        page = open_page(browser, server.url)
+        t0 = time.perf_counter()
+        T = analyse(page, text)
+        seconds = time.perf_counter() - t0
+        canvas = page.eval_on_selector("#heatmap", READ_CANVAS)
+        assert (canvas["w"], canvas["lower"], canvas["upper"]) == (512, 512 * 513 // 2, 0)
+        assert page.locator("#grid canvas.mini").count() == 36
+        assert page.locator("#bytes .b").count() == T == 512
+        t1 = time.perf_counter()
+        page.hover("#bytes .b[data-i='500']")
+        page.wait_for_selector("#row-highlight[data-row='500']")
+        hover_seconds = time.perf_counter() - t1
+        screenshot(page, "page-512.png")
+        print(f"\n512 bytes, 6 x 6 heads: analysed and drawn in {seconds:.2f} s "
+              f"({page.inner_text('#status')}); hover {hover_seconds * 1e3:.0f} ms")
+        assert seconds < 10, f"analysing 512 bytes took {seconds:.1f} s"
+        assert hover_seconds < 2, f"hovering a byte took {hover_seconds:.1f} s"
+        assert not page.errors, page.errors
+        page.context.close()
