@@ -56,7 +56,10 @@ def save(path, model: Transformer, training: dict, optimizer_state: dict | None 
         torch.save(optimizer_state, tmp / OPTIMIZER)
     for name, data in (extra_files or {}).items():
         (tmp / name).write_bytes(data)
+    umask = os.umask(0)
+    os.umask(umask)
     for f in tmp.iterdir():
+        f.chmod(0o666 & ~umask)  # safetensors writes 0600; a checkpoint is for others to read (a container user)
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     # Swap in: path -> path.old, tmp -> path, drop path.old. Each rename is atomic.
@@ -92,6 +95,8 @@ def load_state_dict(path, cfg: ModelConfig, device="cpu") -> dict[str, torch.Ten
     f = resolve(path) / WEIGHTS
     if not f.exists():
         raise CheckpointError(f"{f}: missing")
+    if not os.access(f, os.R_OK):
+        raise CheckpointError(f"{f}: not readable by this user (permission denied)")
     try:
         with safe_open(str(f), framework="pt", device=str(device)) as sf:
             state = {k: sf.get_tensor(k) for k in sf.keys()}
