@@ -287,7 +287,7 @@ function currentMap() {  // the selected (T, T) map, a view into the array
 }
 
 function renderAnalysis() {
-  const { bytes, labels, T } = state.an;
+  const { bytes, labels } = state.an;
   state.an.chips = renderStrip($("bytes"), bytes, labels, () => []);
   layoutHeatmap();
   renderHeatmap();
