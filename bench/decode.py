@@ -72,6 +72,7 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cfg = checkpoint.load_config(args.checkpoint)
     model = checkpoint.load_model(args.checkpoint, device=device, dtype=dtype)
+    model.fuse_projections()
     hf = LlamaForCausalLM(LlamaConfig.from_dict(hf_config(cfg)))
     hf.load_state_dict(to_hf_state_dict(checkpoint.load_state_dict(args.checkpoint, cfg), cfg),
                        strict=not cfg.tie_embeddings)

@@ -35,6 +35,7 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = checkpoint.load_model(args.checkpoint, device=device, dtype=dtype)
+    model.fuse_projections()
     ctx = model.config.context_length
     model.setup_caches(batch=1)
     ids = torch.randint(32, 127, (1, ctx), device=device)

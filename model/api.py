@@ -51,6 +51,7 @@ class TinyLLM:
     def load(cls, path, device: str = "auto", dtype: str | torch.dtype | None = "auto") -> "TinyLLM":
         dev = resolve_device(device)
         model = checkpoint.load_model(path, device=dev, dtype=resolve_dtype(dtype, dev))
+        model.fuse_projections()
         return cls(model, dev, checkpoint.load_training(path))
 
     def generate(self, prompt: str | bytes, max_new_tokens: int = 200, temperature: float = 1.0, top_k: int = 0,

@@ -47,7 +47,8 @@ def save(path, model: Transformer, training: dict, optimizer_state: dict | None 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model.config.save(tmp / CONFIG)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    # clone: parameters may be views of one fused weight (fuse_projections), which safetensors refuses
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if model.config.tie_embeddings:
         del state["lm_head.weight"]  # the same tensor as embed_tokens.weight
     save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})

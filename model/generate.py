@@ -22,12 +22,13 @@ def prefill(model: Transformer, ids: torch.Tensor, need_weights: bool = False):
     """Run the prompt (B, T) through the model, filling cache rows 0..B-1 from position 0."""
     B, T = ids.shape
     pos = torch.arange(T, device=ids.device).expand(B, T)
-    return model(ids, pos, use_cache=True, need_weights=need_weights)
+    return model(ids, pos, use_cache=True, need_weights=need_weights, n_keys=T)
 
 
-def decode_one(model: Transformer, ids: torch.Tensor, pos: torch.Tensor, need_weights: bool = False):
-    """One decode step: ids (B, 1) at absolute positions pos (B, 1)."""
-    return model(ids, pos, use_cache=True, need_weights=need_weights)
+def decode_one(model: Transformer, ids: torch.Tensor, pos: torch.Tensor, need_weights: bool = False,
+               n_keys: int | None = None):
+    """One decode step: ids (B, 1) at absolute positions pos (B, 1); n_keys > every position (default: all)."""
+    return model(ids, pos, use_cache=True, need_weights=need_weights, n_keys=n_keys)
 
 
 @torch.inference_mode()
@@ -58,4 +59,4 @@ def generate(model: Transformer, prompt: list[int], max_new_tokens: int, params:
         if n >= max_new_tokens or pos >= cfg.context_length:
             return
         logits, attn = decode_one(model, torch.tensor([[token]], device=device),
-                                  torch.tensor([[pos - 1]], device=device), need_weights)
+                                  torch.tensor([[pos - 1]], device=device), need_weights, n_keys=pos)

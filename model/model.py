@@ -60,17 +60,17 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache_row: int = 0):
-        """Write k, v (B, nh, T, hs) at positions input_pos (B, T) of rows cache_row..cache_row+B-1.
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: slice, n_keys: int):
+        """Write k, v (B, nh, T, hs) at positions input_pos (B, T) of cache rows `rows`.
 
-        Returns those rows' whole buffers (B, nh, max_len, hs), as views.
+        Returns those rows' first n_keys positions (B, nh, n_keys, hs), as views: attention never reads
+        further than the longest sequence in the batch.
         """
-        B = k.shape[0]
-        rows = torch.arange(cache_row, cache_row + B, device=k.device).unsqueeze(1)  # (B, 1)
-        # Indexing [rows, :, input_pos] addresses a (B, T, nh, hs) block of the cache.
-        self.k[rows, :, input_pos] = k.transpose(1, 2)
-        self.v[rows, :, input_pos] = v.transpose(1, 2)
-        return self.k[cache_row:cache_row + B], self.v[cache_row:cache_row + B]
+        index = torch.arange(rows.start, rows.stop, device=k.device).unsqueeze(1)  # (B, 1)
+        # Indexing [index, :, input_pos] addresses a (B, T, nh, hs) block of the cache.
+        self.k[index, :, input_pos] = k.transpose(1, 2)
+        self.v[index, :, input_pos] = v.transpose(1, 2)
+        return self.k[rows, :, :n_keys], self.v[rows, :, :n_keys]
 
 
 class Attention(nn.Module):
@@ -82,16 +82,22 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.v_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.o_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.qkv_weight: torch.Tensor | None = None  # set by Transformer.fuse_projections()
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None, input_pos, need_weights: bool, cache_row: int = 0):
+    def forward(self, x, cos, sin, mask, input_pos, need_weights: bool, cache: tuple | None):
         B, T, C = x.shape
+        if self.qkv_weight is not None:
+            q, k, v = F.linear(x, self.qkv_weight).split(C, dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         # (B, T, C) -> (B, T, nh, hs) -> (B, nh, T, hs)
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(input_pos, k, v, cache_row)  # (B, nh, max_len, hs)
+            layer_cache, rows, n_keys = cache
+            k, v = layer_cache.update(input_pos, k, v, rows, n_keys)  # (B, nh, n_keys, hs)
 
         probs = None
         if need_weights:
@@ -115,9 +121,14 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.d_model, cfg.mlp_hidden, bias=False)
         self.up_proj = nn.Linear(cfg.d_model, cfg.mlp_hidden, bias=False)
         self.down_proj = nn.Linear(cfg.mlp_hidden, cfg.d_model, bias=False)
+        self.gate_up_weight: torch.Tensor | None = None  # set by Transformer.fuse_projections()
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_weight is not None:
+            gate, up = F.linear(x, self.gate_up_weight).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -129,8 +140,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, mask, cache, input_pos, need_weights, cache_row=0):
-        a, probs = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, input_pos, need_weights, cache_row)
+    def forward(self, x, cos, sin, mask, input_pos, need_weights, cache):
+        a, probs = self.self_attn(self.input_layernorm(x), cos, sin, mask, input_pos, need_weights, cache)
         x = x + self.resid_dropout(a)
         x = x + self.resid_dropout(self.mlp(self.post_attention_layernorm(x)))
         return x, probs
@@ -159,6 +170,18 @@ class Transformer(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
 
+    @torch.no_grad()
+    def fuse_projections(self) -> None:
+        """For inference: Q, K, V in one matmul, gate and up in another (fewer, larger kernels per token).
+
+        Call it after moving the model to its device and dtype. The parameters keep their names and values,
+        re-pointed as views into the fused weights, so no memory is doubled.
+        """
+        for layer in self.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            attn.qkv_weight = _fuse(attn.q_proj, attn.k_proj, attn.v_proj)
+            mlp.gate_up_weight = _fuse(mlp.gate_proj, mlp.up_proj)
+
     def setup_caches(self, batch: int, max_len: int | None = None):
         """Allocate a fixed-shape KV cache per layer for up to `batch` sequences."""
         cfg = self.config
@@ -170,35 +193,48 @@ class Transformer(nn.Module):
         )
 
     def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, use_cache: bool = False,
-                need_weights: bool = False, cache_row: int = 0):
+                need_weights: bool = False, cache_row: int = 0, n_keys: int | None = None):
         """Logits (B, T, vocab) for every position, and, if asked, each layer's attention probabilities.
 
         idx: (B, T) byte ids. input_pos: (B, T) absolute positions (default 0..T-1 in every row).
-        use_cache: read and write the KV cache rows cache_row..cache_row+B-1; keys then span the whole
-        cache length and positions after each query's own are masked. The returned attention is (B, nh, T, T_key),
-        T_key = T without the cache, the cache length with it.
+        use_cache: write this step's keys and values into KV-cache rows cache_row..cache_row+B-1 and attend
+        over their first n_keys positions (default: the whole cache; it must cover every position in
+        input_pos), masking those after each query's own. The returned attention is (B, nh, T, T_key),
+        T_key = T without the cache, n_keys with it.
         """
         B, T = idx.shape
-        cfg = self.config
         if input_pos is None:
             input_pos = torch.arange(T, device=idx.device).expand(B, T)
         cos = self.rope_cos[input_pos].unsqueeze(1)  # (B, 1, T, hs)
         sin = self.rope_sin[input_pos].unsqueeze(1)
         if use_cache:
             assert self.caches is not None, "call setup_caches() before using the cache"
-            max_len = self.caches[0].k.shape[2]
-            key_pos = torch.arange(max_len, device=idx.device)
-            mask = (key_pos <= input_pos.unsqueeze(-1)).unsqueeze(1)  # (B, 1, T, max_len)
+            n_keys = n_keys or self.caches[0].k.shape[2]
+            key_pos = torch.arange(n_keys, device=idx.device)
+            mask = (key_pos <= input_pos.unsqueeze(-1)).unsqueeze(1)  # (B, 1, T, n_keys)
+            rows = slice(cache_row, cache_row + B)
         elif need_weights:
             mask = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()  # (T, T)
         else:
             mask = None  # causal, handled inside the fused kernel
 
         x = self.embed_tokens(idx)  # (B, T, C)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         attn = []
         for i, layer in enumerate(self.layers):
-            cache = self.caches[i] if use_cache else None
-            x, probs = layer(x, cos.to(x.dtype), sin.to(x.dtype), mask, cache, input_pos, need_weights, cache_row)
+            cache = (self.caches[i], rows, n_keys) if use_cache else None
+            x, probs = layer(x, cos, sin, mask, input_pos, need_weights, cache)
             attn.append(probs)
         logits = self.lm_head(self.norm(x))
         return logits, (attn if need_weights else None)
+
+
+def _fuse(*linears: nn.Linear) -> torch.Tensor:
+    """One weight (sum of out_features, in_features) whose row blocks become the linears' weights."""
+    fused = torch.cat([lin.weight for lin in linears])
+    start = 0
+    for lin in linears:
+        n = lin.weight.shape[0]
+        lin.weight = nn.Parameter(fused[start:start + n], requires_grad=False)
+        start += n
+    return fused

@@ -293,7 +293,8 @@ class Engine:
         ids = torch.tensor([chunk], device=self.device)
         pos = torch.arange(start, start + len(chunk), device=self.device).unsqueeze(0)
         want_attn = seq.req.attention is not None
-        logits, attn = self.model(ids, pos, use_cache=True, need_weights=want_attn, cache_row=self.staging_row)
+        logits, attn = self.model(ids, pos, use_cache=True, need_weights=want_attn, cache_row=self.staging_row,
+                                  n_keys=start + len(chunk))
         seq.prefilled += len(chunk)
         if seq.prefilled < len(seq.req.prompt):
             return
@@ -317,7 +318,8 @@ class Engine:
         ids = torch.tensor([[s.tokens[-1]] for s in seqs], device=self.device)
         pos = torch.tensor([[len(s.tokens) - 1] for s in seqs], device=self.device)
         want_attn = any(s.req.attention is not None for s in seqs)
-        logits, attn = self.model(ids, pos, use_cache=True, need_weights=want_attn)
+        logits, attn = self.model(ids, pos, use_cache=True, need_weights=want_attn,
+                                  n_keys=max(len(s.tokens) for s in seqs))
         rows = None
         if want_attn:  # per sequence, per layer: (n_head, keys so far)
             rows = [[a[i, :, 0, :len(s.tokens)] for a in attn] for i, s in enumerate(seqs)]
