@@ -51,7 +51,11 @@ def apply_presence_frequency_penalty(logits: torch.Tensor, generated: torch.Tens
 
 def logits_to_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Probabilities (vocab,) after temperature, top-k and nucleus (top-p) filtering. temperature > 0."""
-    logits = logits.float() / temperature
+    logits = logits.float()
+    # Shift the maximum to 0 before dividing: a tiny temperature then gives -inf (probability 0), never the
+    # inf - inf = nan of softmax over overflowed logits. The clamp: a penalty near 0 can overflow a logit to inf.
+    logits = logits.clamp(max=torch.finfo(logits.dtype).max)
+    logits = (logits - logits.max()) / max(temperature, torch.finfo(logits.dtype).tiny)  # 1e-300 is 0 in float32
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -60,6 +64,7 @@ def logits_to_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, to
         sorted_probs, order = torch.sort(probs, descending=True)
         # keep the smallest prefix whose mass reaches top_p (always at least the most likely token)
         drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
+        drop[..., 0] = False  # a top_p below float32's smallest (5e-324) would otherwise drop every token
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
         probs = probs / probs.sum()
