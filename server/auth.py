@@ -15,7 +15,6 @@ from pydantic import SecretStr
 
 from server.config import Settings
 from server.errors import error_response
-from server.openai_api import is_openai_path, openai_error
 
 log = logging.getLogger("tinyllm.server")
 OPEN_PATHS = frozenset({"/health"})
@@ -67,9 +66,6 @@ class BearerAuth:
             message = "invalid API key"
         log.info("401 %s %s: %s", scope["method"], scope["path"], "no bearer token" if token is None
                     else "wrong bearer token")
-        headers = {"WWW-Authenticate": "Bearer"}
-        if is_openai_path(scope["path"]):
-            response = openai_error(401, message, "authentication_error", code="invalid_api_key", headers=headers)
-        else:
-            response = error_response(401, message, "authentication_error", headers=headers)
+        response = error_response(401, message, "authentication_error", headers={"WWW-Authenticate": "Bearer"},
+                                  path=scope["path"], code="invalid_api_key")  # code: on OpenAI paths only
         await response(scope, receive, send)

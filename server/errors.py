@@ -1,4 +1,8 @@
-"""One error envelope for every route: {"error": {"message", "type", "param"}}. Never a stack trace."""
+"""One error envelope for every route: {"error": {"message", "type", "param"}}. Never a stack trace.
+
+The OpenAI-compatible routes (and any path under them) add OpenAI's "code" field, whoever answers: a
+route, the router (404/405), the body-size limit or the auth middleware.
+"""
 from __future__ import annotations
 
 import logging
@@ -31,9 +35,20 @@ class APIError(Exception):
         self.status, self.message, self.type, self.param, self.headers = status, message, type, param, headers
 
 
-def error_response(status: int, message: str, type: str, param: str | None = None, headers=None) -> JSONResponse:
-    body = {"error": {"message": message, "type": type, "param": param}}
-    return JSONResponse(body, status_code=status, headers=headers)
+OPENAI_PATHS = ("/v1/completions", "/v1/models")
+
+
+def is_openai_path(path: str) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in OPENAI_PATHS)
+
+
+def error_response(status: int, message: str, type: str, param: str | None = None, headers=None, path: str = "",
+                   code: str | None = None) -> JSONResponse:
+    """The envelope; on an OpenAI path (the request's path) with OpenAI's extra `code` field."""
+    error = {"message": message, "type": type, "param": param}
+    if is_openai_path(path):
+        error["code"] = code
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 _STATUS_TYPES = {401: "authentication_error", 404: "not_found", 405: "method_not_allowed",
@@ -48,13 +63,15 @@ def _param(loc) -> str | None:
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
-        return error_response(exc.status, exc.message, exc.type, exc.param, exc.headers)
+        return error_response(exc.status, exc.message, exc.type, exc.param, exc.headers, request.url.path,
+                              getattr(exc, "code", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         err = exc.errors()[0]
         if err.get("type") == "json_invalid":
-            return error_response(400, f"invalid JSON body: {err.get('msg')}", "invalid_request_error")
+            return error_response(400, f"invalid JSON body: {err.get('msg')}", "invalid_request_error",
+                                  path=request.url.path)
         param = _param(err.get("loc", ()))
         msg = err.get("msg", "invalid value")
         if param is None and err.get("type") in ("model_attributes_type", "dict_type", "model_type"):
@@ -63,14 +80,19 @@ def install_handlers(app: FastAPI) -> None:
             msg = "unknown field"
         elif err.get("type") == "missing":
             msg = "field required"
-        return error_response(400, f"{param}: {msg}" if param else msg, "invalid_request_error", param)
+        return error_response(400, f"{param}: {msg}" if param else msg, "invalid_request_error", param,
+                              path=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         kind = _STATUS_TYPES.get(exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error")
-        return error_response(exc.status_code, str(exc.detail), kind, headers=getattr(exc, "headers", None))
+        message = str(exc.detail)
+        if message == "There was an error parsing the body":  # FastAPI's words for a body that is not UTF-8 JSON
+            message = "invalid JSON body: it could not be parsed (is it UTF-8 JSON?)"
+        return error_response(exc.status_code, message, kind, headers=getattr(exc, "headers", None),
+                              path=request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal server error", "server_error")
+        return error_response(500, "internal server error", "server_error", path=request.url.path)

@@ -16,7 +16,7 @@ class BodySizeLimit:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             response = error_response(413, f"request body is {int(length)} bytes; the limit is {self.max_bytes}",
-                                      "request_too_large")
+                                      "request_too_large", path=scope["path"])
             return await response(scope, receive, send)
         received = 0
 

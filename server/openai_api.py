@@ -34,7 +34,6 @@ from server.engine import Engine, FinishEvent, GenerationRequest, QueueFull, Tex
 from server.errors import APIError
 from server.openai_schemas import Completion, CompletionRequest, ModelCard, ModelList, OpenAIErrorResponse
 
-PATHS = ("/v1/completions", "/v1/models")  # these routes, and what is under them, answer in OpenAI's shape
 FINISH_REASONS = {"length": "length", "context_full": "length", "stop": "stop"}
 ERRORS = {code: {"model": OpenAIErrorResponse} for code in (400, 401, 404, 413, 503, 504)}
 tokenizer = ByteTokenizer()
@@ -57,10 +56,6 @@ def openai_error(status: int, message: str, type: str, param: str | None = None,
                  headers: dict | None = None) -> JSONResponse:
     body = {"error": {"message": message, "type": type, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
-
-
-def is_openai_path(path: str) -> bool:
-    return any(path == p or path.startswith(p + "/") for p in PATHS)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
