@@ -121,6 +121,10 @@ def load_state_dict(path, cfg: ModelConfig, device="cpu") -> dict[str, torch.Ten
         problems.append("; ".join(wrong[:5]))
     if problems:
         raise CheckpointError(f"{f}: does not match {CONFIG}: " + "; ".join(problems))
+    # Corrupt data under an intact header would load and generate garbage (NaN logits fail every request).
+    corrupt = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if corrupt:
+        raise CheckpointError(f"{f}: corrupt: NaN or infinite values in {corrupt[:5]}")
     return state
 
 

@@ -81,6 +81,22 @@ def test_truncated_weights_raise_checkpoint_error_naming_the_file(tiny_checkpoin
         assert str(weights) in str(e.value)
 
 
+def test_corrupt_but_complete_weights_raise_naming_the_file(tiny_checkpoint, tmp_path):
+    ck = copy_checkpoint(tiny_checkpoint, tmp_path / "ck")
+    weights = ck / "model.safetensors"
+    data = weights.read_bytes()
+    header_len = int.from_bytes(data[:8], "little")
+    garbage_header = data[:8] + bytes(range(97, 97 + 26)) * 2 + data[8 + 52:]  # same size, header not JSON
+    huge_header = (2**40).to_bytes(8, "little") + data[8:]
+    nan_weights = data[:8 + header_len] + b"\xff" * (len(data) - 8 - header_len)  # 0xffffffff is a NaN float32
+    for corrupt, says in ((garbage_header, "unreadable"), (huge_header, "unreadable"), (nan_weights, "NaN")):
+        assert len(corrupt) == len(data)
+        weights.write_bytes(corrupt)
+        with pytest.raises(CheckpointError, match=says) as e:
+            checkpoint.load_model(ck)
+        assert str(weights) in str(e.value)
+
+
 def test_config_not_matching_the_weights_raises(tiny_checkpoint, tmp_path):
     ck = copy_checkpoint(tiny_checkpoint, tmp_path / "ck")
     (ck / "config.json").write_text(json.dumps({**TINY_CONFIG.to_dict(), "d_model": 64, "mlp_hidden": 128}))
