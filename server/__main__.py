@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import uvicorn
@@ -23,8 +24,11 @@ def main(argv: list[str] | None = None) -> None:
         llm = TinyLLM.load(settings.checkpoint, settings.device, settings.dtype)
     except CheckpointError as e:
         sys.exit(f"tinyllm-serve: error: {e}")
+    # On SIGTERM uvicorn stops accepting, gives in-flight requests settings.shutdown_grace seconds, runs the
+    # lifespan's shutdown, then raises the signal again: ignoring that second one lets main() return, exit status 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.run(create_app(settings, llm), host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=10)
+                timeout_graceful_shutdown=settings.shutdown_grace)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
@@ -21,7 +22,7 @@ from server.auth import install_auth
 from server.config import Settings
 from server.engine import Engine, FinishEvent, GenerationRequest, QueueFull, TokenEvent
 from server.errors import APIError, ErrorResponse, install_handlers
-from server.limits import BodySizeLimit
+from server.limits import BodySizeLimit, StreamLimit
 from server.metrics import CountRequests, Metrics
 from server.schemas import (AttentionRequest, AttentionResponse, GenerateRequest, GenerateResponse, Token,
                             TokenInfo, TokenizeRequest, TokenizeResponse, TopLogprob)
@@ -49,11 +50,15 @@ def create_app(settings: Settings, llm: TinyLLM | None = None) -> FastAPI:
     app = FastAPI(title="TinyLLM", version="0.1.0", lifespan=lifespan,
                   description="A byte-level transformer: generate text and look at its attention.")
     app.state.settings = settings
+    app.state.streams = streams = StreamLimit(settings.max_streams)
     metrics = Metrics(lambda: getattr(app.state, "engine", None))
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(CountRequests, metrics=metrics)
     install_handlers(app)
     install_auth(app, settings)
+    if settings.cors_origins:  # off unless configured; outermost, so preflights are answered before auth
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
     app.include_router(openai_api.router)
 
     def engine_of(request: Request) -> Engine:
@@ -95,8 +100,8 @@ def create_app(settings: Settings, llm: TinyLLM | None = None) -> FastAPI:
         except QueueFull as e:
             raise APIError(503, f"server busy: {e}; retry shortly", "overloaded", headers={"Retry-After": "1"})
         if body.stream:
-            return StreamingResponse(sse_events(metrics.timed(seq)), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return streams.response(sse_events(metrics.timed(seq)), seq.cancel, media_type="text/event-stream",
+                                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         tokens = []
         async for event in metrics.timed(seq):
             if isinstance(event, TokenEvent):

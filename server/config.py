@@ -26,10 +26,12 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(4096, ge=1, description="largest max_new_tokens a request may ask for")
     max_batch: int = Field(32, ge=1, description="sequences decoded together (KV-cache slots)")
     max_queue: int = Field(256, ge=0, description="requests waiting for a slot; beyond it, 503")
+    max_streams: int = Field(256, ge=1, description="streaming responses open at once; beyond it, 503")
     prefill_chunk: int = Field(128, ge=1, description="prompt bytes prefilled per engine step")
     request_timeout: float = Field(120.0, gt=0, description="seconds a request may take, queueing included")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body")
     attention_max_cells: int = Field(4_000_000, ge=1, description="cap on JSON attention cells")
+    shutdown_grace: float = Field(10.0, ge=0, description="seconds in-flight requests get to finish on SIGTERM")
 
     api_key: SecretStr | None = Field(None, description="when set, every route but /health needs this bearer token")
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS (off when empty)")

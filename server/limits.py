@@ -1,9 +1,13 @@
-"""Request body size limit, as plain ASGI middleware: over the limit is a 413 in the error envelope."""
+"""Limits that protect everyone: the request body size (ASGI middleware, 413) and the number of streaming
+responses open at once (503 with Retry-After). Both answer in the error envelope."""
 from __future__ import annotations
 
+from typing import Callable
+
+from fastapi.responses import StreamingResponse
 from starlette.exceptions import HTTPException
 
-from server.errors import error_response
+from server.errors import APIError, error_response
 
 
 class BodySizeLimit:
@@ -30,3 +34,35 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class StreamLimit:
+    """At most `max_streams` streaming responses open at once; the one over it gets a 503 with Retry-After.
+
+    Counted on the event loop (one thread), from the route's answer until the response ends, however it ends:
+    finished, failed, or the client gone.
+    """
+
+    def __init__(self, max_streams: int):
+        self.max_streams, self.open = max_streams, 0
+
+    def response(self, content, cancel: Callable[[], None], **kwargs) -> StreamingResponse:
+        """A StreamingResponse over `content` holding one slot; when none is free, cancel() and raise a 503."""
+        if self.open >= self.max_streams:
+            cancel()
+            raise APIError(503, f"server busy: {self.open} streams are open, the most it serves at once; "
+                                "retry shortly", "overloaded", headers={"Retry-After": "1"})
+        self.open += 1
+        return _CountedStream(content, self, **kwargs)
+
+
+class _CountedStream(StreamingResponse):
+    def __init__(self, content, limit: StreamLimit, **kwargs):
+        super().__init__(content, **kwargs)
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.limit.open -= 1

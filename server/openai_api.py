@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from model.api import TinyLLM
@@ -130,9 +130,10 @@ async def completions(body: CompletionRequest, request: Request):
     prompt_tokens = sum(len(ids) for _, ids in prompts)
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        return StreamingResponse(sse_chunks(pieces(seqs, choices), head, choices, prompt_tokens, include_usage),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return request.app.state.streams.response(
+            sse_chunks(pieces(seqs, choices), head, choices, prompt_tokens, include_usage),
+            lambda: [seq.cancel() for seq in seqs], media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     async with contextlib.aclosing(pieces(seqs, choices)) as all_pieces:
         async for _ in all_pieces:
             pass
