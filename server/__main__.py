@@ -24,11 +24,28 @@ def main(argv: list[str] | None = None) -> None:
         llm = TinyLLM.load(settings.checkpoint, settings.device, settings.dtype)
     except CheckpointError as e:
         sys.exit(f"tinyllm-serve: error: {e}")
-    # On SIGTERM uvicorn stops accepting, gives in-flight requests settings.shutdown_grace seconds, runs the
-    # lifespan's shutdown, then raises the signal again: ignoring that second one lets main() return, exit status 0.
+    app = create_app(settings, llm)
+    grace = settings.shutdown_grace
+    server = GracefulServer(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                                           timeout_graceful_shutdown=grace),
+                            drain=lambda: app.state.streams.drain(after=max(grace - 1.0, grace / 2)))
+    # uvicorn raises the signal again once it has shut down: ignoring that second one lets main() return, status 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    uvicorn.run(create_app(settings, llm), host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=settings.shutdown_grace)
+    server.run()
+
+
+class GracefulServer(uvicorn.Server):
+    """On SIGTERM/SIGINT uvicorn stops accepting and gives in-flight requests the grace period, then cuts them;
+    drain() ends the streams still open cleanly just before that."""
+
+    def __init__(self, config: uvicorn.Config, drain):
+        super().__init__(config)
+        self.drain = drain
+
+    def handle_exit(self, sig, frame) -> None:
+        if not self.should_exit:
+            self.drain()
+        super().handle_exit(sig, frame)
 
 
 if __name__ == "__main__":

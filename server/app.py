@@ -100,7 +100,8 @@ def create_app(settings: Settings, llm: TinyLLM | None = None) -> FastAPI:
         except QueueFull as e:
             raise APIError(503, f"server busy: {e}; retry shortly", "overloaded", headers={"Retry-After": "1"})
         if body.stream:
-            return streams.response(sse_events(metrics.timed(seq)), seq.cancel, media_type="text/event-stream",
+            return streams.response(sse_events(metrics.timed(seq)), seq.cancel, request.url.path,
+                                    media_type="text/event-stream",
                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         tokens = []
         async for event in metrics.timed(seq):

@@ -42,13 +42,17 @@ def is_openai_path(path: str) -> bool:
     return any(path == p or path.startswith(p + "/") for p in OPENAI_PATHS)
 
 
-def error_response(status: int, message: str, type: str, param: str | None = None, headers=None, path: str = "",
-                   code: str | None = None) -> JSONResponse:
+def error_body(message: str, type: str, param: str | None = None, path: str = "", code: str | None = None) -> dict:
     """The envelope; on an OpenAI path (the request's path) with OpenAI's extra `code` field."""
     error = {"message": message, "type": type, "param": param}
     if is_openai_path(path):
         error["code"] = code
-    return JSONResponse({"error": error}, status_code=status, headers=headers)
+    return {"error": error}
+
+
+def error_response(status: int, message: str, type: str, param: str | None = None, headers=None, path: str = "",
+                   code: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, type, param, path, code), status_code=status, headers=headers)
 
 
 _STATUS_TYPES = {401: "authentication_error", 404: "not_found", 405: "method_not_allowed",

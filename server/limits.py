@@ -2,12 +2,15 @@
 responses open at once (503 with Retry-After). Both answer in the error envelope."""
 from __future__ import annotations
 
-from typing import Callable
+import asyncio
+import contextlib
+import json
+from typing import AsyncIterator, Callable
 
 from fastapi.responses import StreamingResponse
 from starlette.exceptions import HTTPException
 
-from server.errors import APIError, error_response
+from server.errors import APIError, error_body, error_response
 
 
 class BodySizeLimit:
@@ -40,20 +43,40 @@ class StreamLimit:
     """At most `max_streams` streaming responses open at once; the one over it gets a 503 with Retry-After.
 
     Counted on the event loop (one thread), from the route's answer until the response ends, however it ends:
-    finished, failed, or the client gone.
+    finished, failed, or the client gone. On shutdown, drain() ends the streams still open cleanly (an error
+    event, then [DONE]) before the server's grace period runs out and it would cut them mid-event.
     """
 
     def __init__(self, max_streams: int):
         self.max_streams, self.open = max_streams, 0
+        self.draining = False
+        self.loop: asyncio.AbstractEventLoop | None = None
 
-    def response(self, content, cancel: Callable[[], None], **kwargs) -> StreamingResponse:
-        """A StreamingResponse over `content` holding one slot; when none is free, cancel() and raise a 503."""
-        if self.open >= self.max_streams:
+    def response(self, content: AsyncIterator[str], cancel: Callable[[], None], path: str,
+                 **kwargs) -> StreamingResponse:
+        """A StreamingResponse over the SSE `content` holding one slot; when none is free, cancel() and raise a 503."""
+        if self.open >= self.max_streams or self.draining:
             cancel()
-            raise APIError(503, f"server busy: {self.open} streams are open, the most it serves at once; "
-                                "retry shortly", "overloaded", headers={"Retry-After": "1"})
+            reason = "shutting down" if self.draining else f"{self.open} streams are open, the most it serves at once"
+            raise APIError(503, f"server busy: {reason}; retry shortly", "overloaded", headers={"Retry-After": "1"})
+        self.loop = asyncio.get_running_loop()
         self.open += 1
-        return _CountedStream(content, self, **kwargs)
+        last = error_body("the server is shutting down; retry shortly", "overloaded", path=path)
+        return _CountedStream(self._until_drained(content, f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n"), self,
+                              **kwargs)
+
+    def drain(self, after: float) -> None:
+        """From any thread (a signal handler): `after` seconds from now, end the open streams at their next event."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.loop.call_later, after, setattr, self, "draining", True)
+
+    async def _until_drained(self, content: AsyncIterator[str], last_words: str) -> AsyncIterator[str]:
+        async with contextlib.aclosing(content):  # closing it cancels the engine's sequences
+            async for chunk in content:
+                yield chunk
+                if self.draining:
+                    yield last_words
+                    return
 
 
 class _CountedStream(StreamingResponse):

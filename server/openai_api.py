@@ -132,7 +132,7 @@ async def completions(body: CompletionRequest, request: Request):
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         return request.app.state.streams.response(
             sse_chunks(pieces(seqs, choices), head, choices, prompt_tokens, include_usage),
-            lambda: [seq.cancel() for seq in seqs], media_type="text/event-stream",
+            lambda: [seq.cancel() for seq in seqs], request.url.path, media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     async with contextlib.aclosing(pieces(seqs, choices)) as all_pieces:
         async for _ in all_pieces:

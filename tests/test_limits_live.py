@@ -235,8 +235,8 @@ def test_sigterm_lets_the_stream_in_flight_finish_then_exits_0(long_checkpoint):
         assert srv.proc.wait(timeout=30) == 0
 
 
-def test_sigterm_past_the_grace_period_still_exits_0(long_checkpoint):
-    with running_server(long_checkpoint, "--shutdown-grace", "0.5") as srv:
+def test_sigterm_past_the_grace_period_ends_the_stream_cleanly_then_exits_0(long_checkpoint):
+    with running_server(long_checkpoint, "--shutdown-grace", "1") as srv:
         with httpx.stream("POST", f"{srv.url}/v1/generate",
                           json={"prompt": "t", "max_new_tokens": LONG, "temperature": 0, "stream": True},
                           timeout=60) as r:
@@ -244,8 +244,13 @@ def test_sigterm_past_the_grace_period_still_exits_0(long_checkpoint):
             assert next(lines).startswith("data: ")
             t0 = time.monotonic()
             srv.proc.send_signal(signal.SIGTERM)
-            assert srv.proc.wait(timeout=15) == 0
-            assert time.monotonic() - t0 < 10
+            rest = [line for line in lines if line]
+        assert rest[-1] == "data: [DONE]"
+        last = events(rest)[-1]
+        assert last["error"]["type"] == "overloaded" and "shutting down" in last["error"]["message"]
+        assert srv.proc.wait(timeout=15) == 0
+        assert time.monotonic() - t0 < 10
+        assert "Traceback" not in srv.log.read_text()
 
 
 # ------------------------------------------------------------------ corrupt checkpoint at start-up
