@@ -211,3 +211,13 @@ def test_no_stack_traces_in_answers(tiny_checkpoint):
     assert_envelope(r, 500)
     assert "secret internal detail" not in r.text and "RuntimeError" not in r.text
     assert json.loads(r.text)["error"]["type"] == "server_error"
+
+
+def test_the_container_runs_as_a_non_root_user():
+    """The image's last stage switches to an unprivileged user before the server starts (scripts/docker-smoke.sh
+    runs the image for real in CI)."""
+    from tests.serving import ROOT
+    lines = [line.split() for line in (ROOT / "Dockerfile").read_text().splitlines() if line.strip()]
+    last_from = max(i for i, words in enumerate(lines) if words[0] == "FROM")
+    users = [words[1] for words in lines[last_from:] if words[0] == "USER"]
+    assert users and users[-1] not in ("root", "0", "0:0"), users
