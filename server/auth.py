@@ -1,4 +1,7 @@
-"""Optional bearer-token auth: with TINYLLM_API_KEY set, every route but /health needs `Authorization: Bearer <key>`.
+"""Optional bearer-token auth: with TINYLLM_API_KEY set, every route needs `Authorization: Bearer <key>`,
+except /health and the explorer page's static files (`/`, `/static/...`): a browser cannot send a bearer
+token when it opens a page, and the files hold no data — the page asks for the key and sends it with
+every API call it makes.
 
 Plain ASGI middleware, so it guards everything the app serves (docs, static files and unknown paths
 included) and answers before the body is read. The key is compared in constant time (hmac.compare_digest
@@ -17,7 +20,8 @@ from server.config import Settings
 from server.errors import error_response
 
 log = logging.getLogger("tinyllm.server")
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/"})
+OPEN_PREFIX = "/static/"
 
 
 def install_auth(app: FastAPI, settings: Settings) -> None:
@@ -55,7 +59,8 @@ class BearerAuth:
         self.key_digest = _digest(api_key.get_secret_value())
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in self.open_paths or _is_preflight(scope):
+        if (scope["type"] != "http" or scope["path"] in self.open_paths or scope["path"].startswith(OPEN_PREFIX)
+                or _is_preflight(scope)):
             return await self.app(scope, receive, send)
         token = bearer_token(scope["headers"])
         if token is not None and hmac.compare_digest(_digest(token), self.key_digest):

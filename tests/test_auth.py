@@ -9,7 +9,7 @@ from serving import running_server
 from server.auth import bearer_token
 
 KEY = "tl-test-key-7f3a9c1e5b"
-OPEN = {"/health"}
+OPEN = {"/health", "/"}  # and /static/*: the page's files, which hold no data
 UNDOCUMENTED = [("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/metrics"), ("GET", "/"), ("GET", "/no/such/route"),
                 ("POST", "/v1/completions")]
 
@@ -42,8 +42,12 @@ def assert_401(r: httpx.Response):
                           or r.request.url.path.startswith("/v1/models") else {"message", "type", "param"})
 
 
-def test_health_needs_no_key(server):
+def test_health_and_the_page_need_no_key(server):
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+    page = httpx.get(f"{server.url}/")
+    assert page.status_code == 200 and "<html" in page.text.lower()
+    assert httpx.get(f"{server.url}/static/app.js").status_code == 200
+    assert_401(httpx.post(f"{server.url}/v1/attention", json={"text": "hi"}))  # the data behind it does
 
 
 def test_every_other_route_needs_the_key(server):

@@ -279,3 +279,18 @@ def test_usable_at_512_bytes(browser, wide_checkpoint):
         assert hover_seconds < 2, f"hovering a byte took {hover_seconds:.1f} s"
         assert not page.errors, page.errors
         page.context.close()
+
+
+def test_page_asks_for_the_api_key_when_the_server_needs_one(browser, tiny_checkpoint):
+    key = "page-test-key-41"
+    with running_server(tiny_checkpoint, env={"TINYLLM_API_KEY": key}) as srv:
+        context = browser.new_context(viewport={"width": 1300, "height": 1000})
+        page = context.new_page()
+        asked = []
+        page.on("dialog", lambda d: (asked.append(d.message), d.accept(key)))
+        page.goto(srv.url)  # the page's own files load without the key
+        page.wait_for_function("document.getElementById('head').options.length > 0")  # /v1/model, with the key
+        T = analyse(page, "to be")
+        assert len(asked) == 1 and "API key" in asked[0]
+        assert page.eval_on_selector("#heatmap", READ_CANVAS)["lower"] == T * (T + 1) // 2
+        context.close()

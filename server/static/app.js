@@ -219,8 +219,26 @@ function setStatus(id, text, isError = false) {
   el.classList.toggle("error", isError);
 }
 
+// With TINYLLM_API_KEY set on the server, API calls need the key: ask once, keep it in this browser.
+async function api(url, options = {}) {
+  const send = () => {
+    const key = localStorage.getItem("tinyllm-api-key");
+    const headers = { ...(options.headers || {}), ...(key ? { Authorization: `Bearer ${key}` } : {}) };
+    return fetch(url, { ...options, headers });
+  };
+  let res = await send();
+  if (res.status === 401) {
+    const key = window.prompt("This server needs an API key (TINYLLM_API_KEY):");
+    if (key) {
+      localStorage.setItem("tinyllm-api-key", key);
+      res = await send();
+    }
+  }
+  return res;
+}
+
 async function loadModel() {
-  const res = await fetch("/v1/model");
+  const res = await api("/v1/model");
   if (!res.ok) throw new Error(await errorMessage(res));
   const m = await res.json();
   state.model = { n_layer: m.config.n_layer, n_head: m.config.n_head, context: m.context_length };
@@ -246,7 +264,7 @@ async function analyse() {
   const id = ++state.requests;
   setStatus("status", "analysing…");
   const t0 = performance.now();
-  const res = await fetch("/v1/attention", {
+  const res = await api("/v1/attention", {
     method: "POST", headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ text, layers: null, heads: null, format: "npy", dtype: "float16" }),
   });
@@ -513,7 +531,7 @@ async function generate() {
   setStatus("gen-status", "generating…");
   const t0 = performance.now();
   try {
-    const res = await fetch("/v1/generate", {
+    const res = await api("/v1/generate", {
       method: "POST", headers: { "Content-Type": "application/json" }, signal: gen.controller.signal,
       body: JSON.stringify({ prompt, max_new_tokens: +$("max-new").value, temperature: +$("temperature").value,
                              seed, stream: true, attention: { layers: null, heads: null } }),
