@@ -4,7 +4,7 @@ PYTHON ?= python3
 TORCH ?= torch==2.13.0
 BIN := .venv/bin
 
-.PHONY: setup serve test bench clean
+.PHONY: setup serve test browser clean
 
 setup: .venv/.installed
 
@@ -17,8 +17,14 @@ setup: .venv/.installed
 serve: setup
 	$(BIN)/tinyllm-serve
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q
+
+# The page's browser test drives Debian's chromium (never a downloaded browser); installed where we can.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium is not installed: the browser tests will be skipped"
 
 clean:
 	rm -rf .venv build *.egg-info
