@@ -337,7 +337,12 @@ class Engine:
         for i, seq in enumerate(seqs):
             req = seq.req
             previous = torch.tensor(seq.tokens) if req.params.uses_history else torch.empty(0, dtype=torch.long)
-            token = sample(logits[i], req.params, previous, seq.generator, n_prompt=len(req.prompt))
+            try:
+                token = sample(logits[i], req.params, previous, seq.generator, n_prompt=len(req.prompt))
+            except Exception:  # one request's sampling must not fail the others in the batch
+                log.exception("sampling failed")
+                done.append((seq, "error"))
+                continue
             if seq.t_first is None:
                 seq.t_first = now
             seq.tokens.append(token)
@@ -361,4 +366,4 @@ class Engine:
                 done.append((seq, reason))
         for seq, reason in sorted(done, key=lambda d: -d[0].slot):  # release from the top so rows stay valid
             self._release(seq)
-            seq.finish(reason)
+            seq.finish(reason, "internal error while sampling" if reason == "error" else "")

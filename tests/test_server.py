@@ -205,3 +205,27 @@ def test_openapi_docs_have_examples(client):
     spec = client.get("/openapi.json").json()
     for name in ("GenerateRequest", "TokenizeRequest", "AttentionRequest"):
         assert spec["components"]["schemas"][name].get("examples"), name
+
+
+def test_a_failing_sequence_does_not_take_the_batch_down(client, monkeypatch):
+    import concurrent.futures
+
+    import server.engine as engine_module
+    real_sample = engine_module.sample
+
+    def sample(logits, params, previous, generator, n_prompt=0):
+        if params.temperature == 0.123:  # the request chosen to fail
+            raise RuntimeError("injected sampling failure")
+        return real_sample(logits, params, previous, generator, n_prompt=n_prompt)
+
+    monkeypatch.setattr(engine_module, "sample", sample)
+    good = dict(prompt="fine", max_new_tokens=40, temperature=0.7, seed=2)
+    expected = gen(client, **good)["text"]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        bad = pool.submit(client.post, "/v1/generate", json=dict(prompt="bad", max_new_tokens=40, temperature=0.123))
+        goods = [pool.submit(client.post, "/v1/generate", json=good) for _ in range(3)]
+        r = bad.result()
+        assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+        assert "injected" not in r.text and "Traceback" not in r.text
+        assert [g.result().json()["text"] for g in goods] == [expected] * 3
+    assert client.get("/health").json() == {"status": "ok"}
