@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from model.sampling import SamplingParams, sample
+from model.sampling import sample
 from model.tokenizer import ByteTokenizer, IncrementalDecoder
 from server.engine import TextAssembler
 from server.openai_schemas import CompletionRequest
