@@ -56,7 +56,7 @@ async def one_client(client: httpx.AsyncClient, i: int, tokens: int) -> tuple[fl
     async with client.stream("POST", "/v1/generate", json=body) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
-            if line.startswith("data: {") and '"token"' in line[:12]:
+            if line.startswith('data: {"token"'):
                 stamps.append(time.perf_counter())
     ttft = stamps[0] - t0
     itl = [b - a for a, b in zip(stamps, stamps[1:])]
@@ -82,9 +82,10 @@ def main() -> None:
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--tokens", type=int, default=128)
+    p.add_argument("--threads", type=int, default=0, help="the servers' --threads (0 = torch's default)")
     args = p.parse_args()
     top = max(args.clients)
-    common = ["--max-queue", "1024", "--request-timeout", "600"]
+    common = ["--max-queue", "1024", "--request-timeout", "600", "--threads", str(args.threads)]
     results = {"batched": [], "one at a time": []}
     with running_server(args.checkpoint, "--max-batch", str(top), *common) as batched, \
             running_server(args.checkpoint, "--max-batch", "1", *common) as single:
@@ -121,7 +122,7 @@ def main() -> None:
     body = f"""
 Each client streams {args.tokens} new tokens (temperature 0.8, its own seed) from `{args.checkpoint}` over
 HTTP (httpx, server-sent events); the load generator runs on the same machine. "One at a time" is the same
-engine started with `--max-batch 1`.
+engine started with `--max-batch 1`. Both servers ran with `--threads {args.threads}` (0 = torch's default).
 
 {table(["clients", "batched tok/s", "one-at-a-time tok/s", "ratio", "TTFT p50 ms", "TTFT p99 ms",
         "1-at-a-time TTFT p99 ms", "ITL p50 ms", "ITL p99 ms"], rows)}

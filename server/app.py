@@ -38,6 +38,8 @@ def create_app(settings: Settings, llm: TinyLLM | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
         model = llm or TinyLLM.load(settings.checkpoint, settings.device, settings.dtype)
         engine = Engine(model, settings.max_batch, settings.max_queue, settings.prefill_chunk)
         engine.start()

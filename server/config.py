@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto = bfloat16 on CUDA, float32 on CPU")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    threads: int = Field(0, ge=0, description="CPU threads for torch's kernels (0 = torch's default, one per core)")
 
     # limits
     max_prompt_bytes: int = Field(65536, ge=1, description="longest prompt accepted (before truncation)")
