@@ -11,21 +11,13 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from model.sampling import SamplingParams
 from model.tokenizer import ByteTokenizer
-from server.schemas import Strict
+from server.schemas import Strict, valid_text
 
 tokenizer = ByteTokenizer()
 
 Byte = Annotated[int, Field(ge=0, le=255)]
 Text = Annotated[str, StringConstraints(min_length=1)]
 StopText = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-
-
-def _utf8(v: str, field: str) -> str:
-    try:
-        v.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{field} is not valid Unicode text (lone surrogate)") from None
-    return v
 
 
 class StreamOptions(Strict):
@@ -70,14 +62,14 @@ class CompletionRequest(Strict):
     def _prompt(cls, v):
         for p in [v] if isinstance(v, str) else v:
             if isinstance(p, str):
-                _utf8(p, "prompt")
+                valid_text(p, "prompt")
         return v
 
     @field_validator("stop")
     @classmethod
     def _stop(cls, v):
         for s in [v] if isinstance(v, str) else v or []:
-            _utf8(s, "stop")
+            valid_text(s, "stop")
         return v
 
     def stop_bytes(self) -> list[bytes]:

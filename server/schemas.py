@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from model.sampling import SamplingParams
 
 
-def _valid_text(v: str, field: str) -> str:
+def valid_text(v: str, field: str) -> str:
     try:
         v.encode("utf-8")
     except UnicodeEncodeError:
@@ -49,12 +49,12 @@ class GenerateRequest(Strict):
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, v):
-        return _valid_text(v, "prompt")
+        return valid_text(v, "prompt")
 
     @field_validator("stop")
     @classmethod
     def _stop(cls, v):
-        return [_valid_text(s, "stop") for s in v]
+        return [valid_text(s, "stop") for s in v]
 
     def sampling_params(self) -> SamplingParams:
         return SamplingParams(self.temperature, self.top_k, self.top_p, self.repetition_penalty)
@@ -109,7 +109,7 @@ class TokenizeRequest(Strict):
     @field_validator("text")
     @classmethod
     def _text(cls, v):
-        return _valid_text(v, "text")
+        return valid_text(v, "text")
 
 
 class TokenInfo(BaseModel):
@@ -141,7 +141,7 @@ class AttentionRequest(Strict):
     @field_validator("text")
     @classmethod
     def _text(cls, v):
-        return _valid_text(v, "text")
+        return valid_text(v, "text")
 
 
 class AttentionResponse(BaseModel):
