@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from model import checkpoint
-from model.generate import Step, generate
+from model.generate import Step, TextAssembler, generate
 from model.sampling import SamplingParams
 from model.tokenizer import ByteTokenizer
 
@@ -62,20 +62,20 @@ class TinyLLM:
         params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         out, steps, reason = [], [], "length"
-        stops = [s.encode("utf-8") for s in stop if s]
+        assembler = TextAssembler([s.encode("utf-8") for s in stop if s])  # the server's stop-string rules
         for step in generate(self.model, ids, max_new_tokens, params, gen):
             out.append(step.token)
             steps.append(step)
-            hit = next((s for s in stops if bytes(out).endswith(s)), None)
-            if hit:
-                del out[len(out) - len(hit):]
-                del steps[len(out):]  # the stop string's steps go with its tokens
+            if assembler.push(step.token)[1]:
+                kept = len(assembler.data)  # the stop string's tokens and steps are dropped
+                del out[kept:], steps[kept:]
                 reason = "stop"
                 break
         else:
             if len(out) < max_new_tokens:
                 reason = "context_full"
-        return Generation(self.tokenizer.decode(out), out, reason, steps)
+        assembler.finish()
+        return Generation("".join(assembler.text), out, reason, steps)
 
     @torch.inference_mode()
     def attention(self, text: str | bytes) -> torch.Tensor:

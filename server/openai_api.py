@@ -29,8 +29,9 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from model.api import TinyLLM
+from model.generate import TextAssembler
 from model.tokenizer import ByteTokenizer, IncrementalDecoder
-from server.engine import Engine, FinishEvent, GenerationRequest, QueueFull, TextAssembler, TokenEvent
+from server.engine import Engine, FinishEvent, GenerationRequest, QueueFull, TokenEvent
 from server.errors import APIError
 from server.openai_schemas import Completion, CompletionRequest, ModelCard, ModelList, OpenAIErrorResponse
 

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from model.sampling import sample
 from model.tokenizer import ByteTokenizer, IncrementalDecoder
-from server.engine import TextAssembler
+from model.generate import TextAssembler
 from server.openai_schemas import CompletionRequest
 from server.schemas import GenerateRequest
 
