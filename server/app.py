@@ -21,7 +21,7 @@ from server import openai_api
 from server.auth import install_auth
 from server.config import Settings
 from server.engine import Engine, FinishEvent, GenerationRequest, QueueFull, TokenEvent
-from server.errors import APIError, ErrorResponse, install_handlers
+from server.errors import APIError, ErrorResponse, check_finish, engine_of, install_handlers
 from server.limits import BodySizeLimit, StreamLimit
 from server.metrics import CountRequests, Metrics
 from server.schemas import (AttentionRequest, AttentionResponse, GenerateRequest, GenerateResponse, Token,
@@ -62,12 +62,6 @@ def create_app(settings: Settings, llm: TinyLLM | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
     app.include_router(openai_api.router)
-
-    def engine_of(request: Request) -> Engine:
-        engine: Engine | None = getattr(request.app.state, "engine", None)
-        if engine is None or not engine.ready.is_set():
-            raise APIError(503, "the model is still loading", "overloaded", headers={"Retry-After": "1"})
-        return engine
 
     @app.get("/health", responses={503: {"model": ErrorResponse}})
     async def health(request: Request):
@@ -233,13 +227,6 @@ def token_out(event: TokenEvent) -> dict:
                 top_logprobs=[TopLogprob(id=i, text=tokenizer.label(i), logprob=lp) for i, lp in event.top_logprobs],
                 attention=event.attention)
     return out.model_dump(exclude_none=True)
-
-
-def check_finish(event: FinishEvent) -> None:
-    if event.reason == "timeout":
-        raise APIError(504, "request timed out; ask for fewer tokens or retry", "timeout")
-    if event.reason == "error":
-        raise APIError(500, event.message or "internal error", "server_error")
 
 
 def finish_out(event: FinishEvent) -> dict:

@@ -115,7 +115,6 @@ class Sequence:
 
 class Engine:
     def __init__(self, llm: TinyLLM, max_batch: int = 32, max_queue: int = 256, prefill_chunk: int = 128):
-        self.llm = llm
         self.model = llm.model
         self.config = llm.config
         self.device = llm.device

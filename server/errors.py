@@ -6,12 +6,16 @@ route, the router (404/405), the body-size limit or the auth middleware.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+if TYPE_CHECKING:
+    from server.engine import Engine, FinishEvent
 
 log = logging.getLogger("tinyllm.server")
 
@@ -33,6 +37,22 @@ class APIError(Exception):
                  headers: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.headers = status, message, type, param, headers
+
+
+def engine_of(request: Request) -> "Engine":
+    """The app's engine, or a 503 while the model is still loading."""
+    engine = getattr(request.app.state, "engine", None)
+    if engine is None or not engine.ready.is_set():
+        raise APIError(503, "the model is still loading", "overloaded", headers={"Retry-After": "1"})
+    return engine
+
+
+def check_finish(event: "FinishEvent") -> None:
+    """A generation that ended in a timeout or an engine failure becomes the matching error."""
+    if event.reason == "timeout":
+        raise APIError(504, "request timed out; ask for fewer tokens or retry", "timeout")
+    if event.reason == "error":
+        raise APIError(500, event.message or "internal error", "server_error")
 
 
 OPENAI_PATHS = ("/v1/completions", "/v1/models")

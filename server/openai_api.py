@@ -25,14 +25,13 @@ import torch
 import torch.nn.functional as F
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from model.api import TinyLLM
 from model.generate import TextAssembler
 from model.tokenizer import ByteTokenizer, IncrementalDecoder
 from server.engine import Engine, FinishEvent, GenerationRequest, QueueFull, TokenEvent
-from server.errors import APIError
+from server.errors import APIError, check_finish, engine_of, error_response
 from server.openai_schemas import Completion, CompletionRequest, ModelCard, ModelList, OpenAIErrorResponse
 
 FINISH_REASONS = {"length": "length", "context_full": "length", "stop": "stop"}
@@ -51,12 +50,6 @@ class OpenAIError(APIError):
                  code: str | None = None, headers: dict | None = None):
         super().__init__(status, message, type, param, headers)
         self.code = code
-
-
-def openai_error(status: int, message: str, type: str, param: str | None = None, code: str | None = None,
-                 headers: dict | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -84,9 +77,10 @@ class OpenAIRoute(APIRoute):
                 return await handler(request)
             except RequestValidationError as e:
                 message, param = _validation_message(e)
-                return openai_error(400, message, "invalid_request_error", param)
+                return error_response(400, message, "invalid_request_error", param, path=request.url.path)
             except APIError as e:
-                return openai_error(e.status, e.message, e.type, e.param, getattr(e, "code", None), e.headers)
+                return error_response(e.status, e.message, e.type, e.param, e.headers, path=request.url.path,
+                                      code=getattr(e, "code", None))
 
         return route
 
@@ -144,13 +138,6 @@ async def completions(body: CompletionRequest, request: Request):
 
 # ---------------------------------------------------------------- checks
 
-def engine_of(request: Request) -> Engine:
-    engine: Engine | None = getattr(request.app.state, "engine", None)
-    if engine is None or not engine.ready.is_set():
-        raise OpenAIError(503, "the model is still loading", "overloaded", headers={"Retry-After": "1"})
-    return engine
-
-
 def model_id(request: Request) -> str:
     """The checkpoint folder's name, e.g. "shakespeare"."""
     return os.path.basename(os.path.abspath(request.app.state.settings.checkpoint)) or "tinyllm"
@@ -191,13 +178,6 @@ def check_request(body: CompletionRequest, prompts: list[tuple[str, list[int]]],
     if max_tokens > settings.max_new_tokens:
         raise OpenAIError(400, f"max_tokens must be <= {settings.max_new_tokens}", param="max_tokens")
     return max_tokens
-
-
-def check_finish(event: FinishEvent) -> None:
-    if event.reason == "timeout":
-        raise OpenAIError(504, "request timed out; ask for fewer tokens or retry", "timeout")
-    if event.reason == "error":
-        raise OpenAIError(500, event.message or "internal error", "server_error")
 
 
 # ---------------------------------------------------------------- engine work
