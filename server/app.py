@@ -135,13 +135,13 @@ def create_app(settings: Settings, llm: TinyLLM | None = None) -> FastAPI:
             maps = maps[:, heads]
         if body.aggregate == "mean":
             maps = maps.mean(dim=1, keepdim=True)
-        headers = {"X-Tokens": json.dumps([t.id for t in token_infos(body.text)]),
+        headers = {"X-Tokens": json.dumps(ids),
                    "X-Layers": ",".join(map(str, layers)), "X-Heads": ",".join(map(str, heads))}
         if body.format == "npy":
             npy = await run_in_threadpool(npy_bytes, maps, body.dtype)
             return Response(npy, media_type="application/octet-stream", headers=headers)
         if body.format == "png":
-            from server.heatmap import render_png
+            from server.heatmap import render_png  # matplotlib loads only when a PNG is asked for
             title = f"layer {layers[0]}, " + (f"head {heads[0]}" if body.aggregate == "none" else "mean of heads")
             png = await run_in_threadpool(render_png, maps[0, 0].numpy(), tokenizer.char_labels(ids), title)
             return Response(png, media_type="image/png", headers=headers)
