@@ -4,7 +4,7 @@ PYTHON ?= python3
 TORCH ?= torch==2.13.0
 BIN := .venv/bin
 
-.PHONY: setup serve test browser clean
+.PHONY: setup serve test lint browser clean
 
 setup: .venv/.installed
 
@@ -17,8 +17,12 @@ setup: .venv/.installed
 serve: setup
 	$(BIN)/tinyllm-serve
 
-test: setup browser
+test: setup browser lint
 	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The page's browser test drives Debian's chromium (never a downloaded browser); installed where we can.
 browser:

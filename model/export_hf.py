@@ -8,6 +8,7 @@ the same (see model/model.py), so the export is a renaming; weights are written 
 bytes, so there is no tokenizer to ship: feed `list(text.encode("utf-8"))` as input_ids. Reads JSON and
 safetensors only (no pickle); transformers itself is not needed to export.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -115,10 +116,15 @@ def export(ckpt, out_dir) -> list[Path]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="tinyllm-export-hf", description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint", metavar="CHECKPOINT", type=Path,
-                   help="TinyLLM checkpoint folder (config.json + model.safetensors)")
-    p.add_argument("out_dir", metavar="OUT_DIR", type=Path,
-                   help="folder to write the Hugging Face files into (created if missing)")
+    p.add_argument(
+        "checkpoint",
+        metavar="CHECKPOINT",
+        type=Path,
+        help="TinyLLM checkpoint folder (config.json + model.safetensors)",
+    )
+    p.add_argument(
+        "out_dir", metavar="OUT_DIR", type=Path, help="folder to write the Hugging Face files into (created if missing)"
+    )
     return p.parse_args(argv)
 
 

@@ -1,7 +1,9 @@
 """Sampling as pure functions of logits, with an explicit torch.Generator for reproducibility."""
+
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -17,17 +19,32 @@ class SamplingParams:
     frequency_penalty: float = 0.0  # 0 = off; OpenAI's, over generated tokens
 
     def __post_init__(self):
-        assert self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"
-        assert self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}"
-        assert 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"
-        assert self.repetition_penalty > 0, f"repetition_penalty must be > 0, got {self.repetition_penalty}"
-        for name in ("presence_penalty", "frequency_penalty"):
-            assert math.isfinite(getattr(self, name)), f"{name} must be finite, got {getattr(self, name)}"
+        checks = [
+            ("temperature", self.temperature >= 0, ">= 0"),
+            ("top_k", self.top_k >= 0, ">= 0"),
+            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+            ("repetition_penalty", self.repetition_penalty > 0, "> 0"),
+            ("presence_penalty", math.isfinite(self.presence_penalty), "finite"),
+            ("frequency_penalty", math.isfinite(self.frequency_penalty), "finite"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
 
     @property
     def uses_history(self) -> bool:
         """Whether sampling depends on the tokens seen so far (a penalty is on)."""
         return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+
+def seeded_generator(seed: int | None) -> torch.Generator:
+    """A generator of its own for one sequence: seeded with `seed` (taken mod 2**64), or at random when None.
+
+    One generator per sequence is what makes a seed give the same bytes alone or in any batch.
+    """
+    if seed is None:
+        seed = int.from_bytes(os.urandom(8), "little")
+    return torch.Generator().manual_seed(seed % 2**64)
 
 
 def apply_repetition_penalty(logits: torch.Tensor, previous: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -40,8 +57,9 @@ def apply_repetition_penalty(logits: torch.Tensor, previous: torch.Tensor, penal
     return logits
 
 
-def apply_presence_frequency_penalty(logits: torch.Tensor, generated: torch.Tensor, presence: float,
-                                     frequency: float) -> torch.Tensor:
+def apply_presence_frequency_penalty(
+    logits: torch.Tensor, generated: torch.Tensor, presence: float, frequency: float
+) -> torch.Tensor:
     """OpenAI's penalties: logits -= presence * (count > 0) + frequency * count, counting each id in `generated`."""
     if (presence == 0.0 and frequency == 0.0) or generated.numel() == 0:
         return logits
@@ -71,15 +89,21 @@ def logits_to_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, to
     return probs
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, previous: torch.Tensor,
-           generator: torch.Generator | None, n_prompt: int = 0) -> int:
+def sample(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    previous: torch.Tensor,
+    generator: torch.Generator | None,
+    n_prompt: int = 0,
+) -> int:
     """The next token id from one position's logits (vocab,), given the ids seen so far.
 
     previous[n_prompt:] are the generated ones: presence and frequency penalties count only those.
     """
     logits = apply_repetition_penalty(logits, previous, params.repetition_penalty)
-    logits = apply_presence_frequency_penalty(logits, previous[n_prompt:], params.presence_penalty,
-                                              params.frequency_penalty)
+    logits = apply_presence_frequency_penalty(
+        logits, previous[n_prompt:], params.presence_penalty, params.frequency_penalty
+    )
     if params.temperature == 0:
         return int(torch.argmax(logits))
     probs = logits_to_probs(logits, params.temperature, params.top_k, params.top_p)

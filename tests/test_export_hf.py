@@ -3,6 +3,7 @@
 A tiny random checkpoint (untied and tied embeddings) is exported, loaded with `from_pretrained`, and
 must give TinyLLM's logits, greedy bytes and attention probabilities.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,6 +23,7 @@ from model.config import ModelConfig  # noqa: E402
 from model.export_hf import export, hf_config, main, to_hf_state_dict  # noqa: E402
 from model.generate import generate  # noqa: E402
 from model.model import Transformer  # noqa: E402
+from model.runner import Runner  # noqa: E402
 from model.sampling import SamplingParams  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,8 +38,16 @@ def random_model(tie: bool) -> Transformer:
 
     Non-default norm_eps and rope_theta make a config field that the export drops show up in the logits.
     """
-    cfg = ModelConfig(context_length=64, n_layer=2, n_head=2, d_model=32, mlp_hidden=64,
-                      norm_eps=1e-6, rope_theta=500.0, tie_embeddings=tie)
+    cfg = ModelConfig(
+        context_length=64,
+        n_layer=2,
+        n_head=2,
+        d_model=32,
+        mlp_hidden=64,
+        norm_eps=1e-6,
+        rope_theta=500.0,
+        tie_embeddings=tie,
+    )
     torch.manual_seed(0)
     model = Transformer(cfg).eval()
     with torch.no_grad():
@@ -101,10 +111,10 @@ def test_greedy_generate_matches(exported):
     model, out = exported
     hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     prompt = list(TEXT.encode("utf-8"))
-    ours = [s.token for s in generate(model, prompt, NEW_TOKENS, SamplingParams(temperature=0))]
+    ours = [s.token for s in generate(Runner(model), prompt, NEW_TOKENS, SamplingParams(temperature=0))]
     ids = torch.tensor([prompt])
     seq = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW_TOKENS)
-    theirs = seq[0, len(prompt):].tolist()
+    theirs = seq[0, len(prompt) :].tolist()
     assert len(ours) == NEW_TOKENS
     assert len(set(ours)) > 1, "the random model repeats one byte: a weak check, change its seed"
     assert theirs == ours
@@ -138,9 +148,15 @@ def test_in_memory_llama(exported):
 
 # ---------------------------------------------------------------- the command line
 
+
 def run_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "model.export_hf", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "model.export_hf", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_writes_the_three_files(tmp_path):
@@ -149,7 +165,10 @@ def test_cli_writes_the_three_files(tmp_path):
     assert r.returncode == 0, r.stderr
     assert str(tmp_path / "out" / "hf") in r.stdout
     assert sorted(p.name for p in (tmp_path / "out" / "hf").iterdir()) == [
-        "config.json", "generation_config.json", "model.safetensors"]
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+    ]
 
 
 def test_cli_bad_checkpoint_is_one_line(tmp_path):

@@ -3,6 +3,7 @@
 Expectations come from the model package run directly on the same checkpoint (an outside reference for
 the HTTP layer): greedy continuations, per-token log-probabilities, penalised greedy decoding.
 """
+
 from __future__ import annotations
 
 import httpx
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from model import TinyLLM
 from model.sampling import SamplingParams, apply_presence_frequency_penalty, sample
 from model.tokenizer import ByteTokenizer
-from serving import running_server
+from server.process import running_server
 
 MODEL = "tiny"  # the checkpoint folder's name
 
@@ -81,6 +82,7 @@ def assert_openai_error(r: httpx.Response, status: int, param: str | None, code:
 
 # ---------------------------------------------------------------- models
 
+
 def test_models_list_and_retrieve(client):
     models = client.models.list().data
     assert [m.id for m in models] == [MODEL]
@@ -93,6 +95,7 @@ def test_models_list_and_retrieve(client):
 
 
 # ---------------------------------------------------------------- completions
+
 
 def test_greedy_completion_equals_model_package(client, llm):
     r = complete(client, prompt="ROMEO:", max_tokens=20, temperature=0)
@@ -116,11 +119,14 @@ def test_byte_id_prompts_equal_text_prompts(client):
     assert [c.text for c in r.choices] == [by_text, by_text]
 
 
-@pytest.mark.parametrize("params", [
-    dict(temperature=0, max_tokens=30),
-    dict(temperature=0.9, seed=3, max_tokens=30, logprobs=3),
-    dict(temperature=0, max_tokens=30, logprobs=0, echo=True),
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(temperature=0, max_tokens=30),
+        dict(temperature=0.9, seed=3, max_tokens=30, logprobs=3),
+        dict(temperature=0, max_tokens=30, logprobs=0, echo=True),
+    ],
+)
 def test_stream_concatenates_to_the_non_streamed_choice(client, params):
     whole = complete(client, prompt="To be, or", **params).choices[0]
     chunks = stream(client, prompt="To be, or", **params)
@@ -136,9 +142,9 @@ def test_stream_concatenates_to_the_non_streamed_choice(client, params):
 def test_stream_include_usage_adds_a_last_chunk_without_choices(client):
     chunks = stream(client, prompt="abc", max_tokens=7, temperature=0, stream_options={"include_usage": True})
     *body, last = chunks
-    assert last.choices == [] and last.usage.model_dump(include={"prompt_tokens", "completion_tokens",
-                                                                  "total_tokens"}) == \
-        {"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10}
+    assert last.choices == [] and last.usage.model_dump(
+        include={"prompt_tokens", "completion_tokens", "total_tokens"}
+    ) == {"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10}
     assert body and all(c.usage is None for c in body)
     assert all(c.usage is None for c in stream(client, prompt="abc", max_tokens=3))  # off by default
 
@@ -194,8 +200,10 @@ def test_echo_with_generation_continues_the_offsets(client):
     alone = complete(client, prompt=prompt, max_tokens=5, temperature=0, logprobs=1).choices[0]
     assert choice.text == prompt + alone.text
     n = len(prompt.encode())
-    assert choice.logprobs.tokens == [ByteTokenizer.label(b) if b >= 0x80 else chr(b) for b in prompt.encode()] \
-        + alone.logprobs.tokens
+    assert (
+        choice.logprobs.tokens
+        == [ByteTokenizer.label(b) if b >= 0x80 else chr(b) for b in prompt.encode()] + alone.logprobs.tokens
+    )
     assert choice.logprobs.text_offset[n:] == [len(prompt) + o for o in alone.logprobs.text_offset]
     assert choice.logprobs.token_logprobs[n:] == alone.logprobs.token_logprobs
     assert complete(client, prompt=prompt, max_tokens=0, echo=True).choices[0].text == prompt
@@ -220,14 +228,15 @@ def test_stop_ends_the_choice_and_is_not_returned(client):
     ascii_chars = [ch for ch in full[1:] if ch.isascii()]
     assert ascii_chars, f"the tiny model produced no ASCII byte to stop on: {full!r}"
     stop = ascii_chars[0]
-    expected = full[:full.index(stop)]
+    expected = full[: full.index(stop)]
     for stops in (stop, ["\x00never", stop]):
         r = complete(client, prompt="ROMEO:", max_tokens=40, temperature=0, stop=stops, logprobs=0)
         (choice,) = r.choices
         assert choice.text == expected and choice.finish_reason == "stop"
         assert ByteTokenizer().decode([byte_of(t) for t in choice.logprobs.tokens]) == expected
-        text, logprobs, finish = joined(stream(client, prompt="ROMEO:", max_tokens=40, temperature=0, stop=stops,
-                                               logprobs=0))
+        text, logprobs, finish = joined(
+            stream(client, prompt="ROMEO:", max_tokens=40, temperature=0, stop=stops, logprobs=0)
+        )
         assert (text, finish, logprobs) == (expected, "stop", choice.logprobs.model_dump())
     # a stop string that begins, then does not complete: its held-back bytes come out with their logprobs
     r = complete(client, prompt="ROMEO:", max_tokens=40, temperature=0, stop=stop + "\x00\x00", logprobs=0)
@@ -235,8 +244,9 @@ def test_stop_ends_the_choice_and_is_not_returned(client):
 
 
 def test_seed_makes_sampling_reproducible(client):
-    a, b, c = (complete(client, prompt="The", max_tokens=24, temperature=1.0, seed=s).choices[0].text
-               for s in (5, 5, 6))
+    a, b, c = (
+        complete(client, prompt="The", max_tokens=24, temperature=1.0, seed=s).choices[0].text for s in (5, 5, 6)
+    )
     assert a == b and a != c
 
 
@@ -274,33 +284,41 @@ def test_penalty_function_is_openais_definition():
 
 # ---------------------------------------------------------------- errors
 
+
 def test_unknown_model_is_404_model_not_found(client, server):
     with pytest.raises(openai.NotFoundError) as e:
         client.completions.create(model="gpt-3.5-turbo-instruct", prompt="x")
     assert e.value.body["code"] == "model_not_found" and e.value.body["param"] == "model"
-    assert_openai_error(httpx.post(f"{server.url}/v1/completions", json={"model": "nope", "prompt": "x"}),
-                        404, "model", "model_not_found")
+    assert_openai_error(
+        httpx.post(f"{server.url}/v1/completions", json={"model": "nope", "prompt": "x"}),
+        404,
+        "model",
+        "model_not_found",
+    )
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"temperature": -1}, "temperature"),
-    ({"top_p": 0}, "top_p"),
-    ({"n": 0}, "n"),
-    ({"logprobs": 21}, "logprobs"),
-    ({"max_tokens": -1}, "max_tokens"),
-    ({"presence_penalty": 2.5}, "presence_penalty"),
-    ({"prompt": ""}, "prompt"),
-    ({"prompt": []}, "prompt"),
-    ({"prompt": [256]}, "prompt"),
-    ({"prompt": [{"text": "x"}]}, "prompt"),
-    ({"prompt": "x" * 65}, "prompt"),
-    ({"stop": [""]}, "stop"),
-    ({"stream_options": {"include_usage": True}}, "stream_options"),
-    ({"suffix": "end"}, "suffix"),
-    ({"best_of": 3}, "best_of"),
-    ({"frobnicate": 1}, "frobnicate"),
-    ({"model": None}, "model"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"n": 0}, "n"),
+        ({"logprobs": 21}, "logprobs"),
+        ({"max_tokens": -1}, "max_tokens"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": []}, "prompt"),
+        ({"prompt": [256]}, "prompt"),
+        ({"prompt": [{"text": "x"}]}, "prompt"),
+        ({"prompt": "x" * 65}, "prompt"),
+        ({"stop": [""]}, "stop"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"suffix": "end"}, "suffix"),
+        ({"best_of": 3}, "best_of"),
+        ({"frobnicate": 1}, "frobnicate"),
+        ({"model": None}, "model"),
+    ],
+)
 def test_bad_parameters_are_400_in_openai_shape(server, body, param):
     r = httpx.post(f"{server.url}/v1/completions", json={"model": MODEL, "prompt": "x", **body})
     assert_openai_error(r, 400, param)

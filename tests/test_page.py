@@ -6,6 +6,7 @@ CSS. The test reads the pixels back with getImageData and checks that every cell
 painted and none above it is, that the colours rise with the probabilities the API serves, and that both axes
 carry one label element per byte. Screenshots go to test-artifacts/.
 """
+
 from __future__ import annotations
 
 import time
@@ -20,7 +21,7 @@ from model import checkpoint
 from model.config import ModelConfig
 from model.model import Transformer
 from model.tokenizer import ByteTokenizer
-from tests.serving import ROOT, running_server
+from server.process import ROOT, running_server
 
 try:
     from playwright.sync_api import sync_playwright
@@ -29,13 +30,22 @@ except ImportError:  # pragma: no cover - the skip below says what to install
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 pytestmark = [
-    pytest.mark.skipif(sync_playwright is None,
-                       reason="playwright is not installed: .venv/bin/pip install playwright "
-                              "(never `playwright install`: the test drives Debian's chromium)"),
+    pytest.mark.skipif(
+        sync_playwright is None,
+        reason="playwright is not installed: .venv/bin/pip install playwright "
+        "(never `playwright install`: the test drives Debian's chromium)",
+    ),
     pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing: apt-get install -y chromium"),
 ]
 
@@ -113,8 +123,9 @@ def api_attention(server, text: str, **body) -> np.ndarray:
 
 def floats(page, selector: str, attr: str) -> dict[int, float]:
     """{byte index: value} of the data-`attr` attribute of the elements matched by selector, where present."""
-    pairs = page.eval_on_selector_all(selector, f"els => els.filter(e => '{attr}' in e.dataset)"
-                                                f".map(e => [+e.dataset.i, +e.dataset.{attr}])")
+    pairs = page.eval_on_selector_all(
+        selector, f"els => els.filter(e => '{attr}' in e.dataset).map(e => [+e.dataset.i, +e.dataset.{attr}])"
+    )
     return {i: v for i, v in pairs}
 
 
@@ -124,6 +135,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------ the map and the head view
+
 
 def test_analysis_draws_every_cell_and_hovering_a_byte_highlights_its_row(page, server):
     T = analyse(page, TEXT)
@@ -140,8 +152,10 @@ def test_analysis_draws_every_cell_and_hovering_a_byte_highlights_its_row(page, 
     assert spearman(luminance[lower], expected[0, 0][lower]) > 0.95, "colours do not follow layer 0, head 0"
 
     # One label per byte on each axis; a multi-byte character once, as the character, on its first byte.
-    labels = [AXIS_SHOWN.get(lab, "·" if lab.startswith("\\") and len(lab) > 1 else lab)
-              for lab in ByteTokenizer().char_labels(list(data))]
+    labels = [
+        AXIS_SHOWN.get(lab, "·" if lab.startswith("\\") and len(lab) > 1 else lab)
+        for lab in ByteTokenizer().char_labels(list(data))
+    ]
     for axis in ("#key-labels", "#query-labels"):
         assert page.eval_on_selector_all(f"{axis} span", "els => els.map(e => e.textContent)") == labels
     assert labels[1:3] == ["é", ""] and labels[5:8] == ["☃", "", ""]
@@ -161,7 +175,7 @@ def test_analysis_draws_every_cell_and_hovering_a_byte_highlights_its_row(page, 
     assert "focus" in page.locator(f"#bytes .b[data-i='{i}']").get_attribute("class")
     to, frm = floats(page, "#bytes .b", "to"), floats(page, "#bytes .b", "from")
     assert sorted(to) == list(range(i + 1)) and sorted(frm) == list(range(i, T))
-    np.testing.assert_allclose([to[k] for k in range(i + 1)], expected[0, 0, i, :i + 1], atol=1e-3)  # float16
+    np.testing.assert_allclose([to[k] for k in range(i + 1)], expected[0, 0, i, : i + 1], atol=1e-3)  # float16
     np.testing.assert_allclose([frm[q] for q in range(i, T)], expected[0, 0, i:, i], atol=1e-3)
     assert "attends to" in page.inner_text("#readout")
     screenshot(page, "page-analysis.png")
@@ -170,7 +184,7 @@ def test_analysis_draws_every_cell_and_hovering_a_byte_highlights_its_row(page, 
     page.select_option("#head", "mean")
     page.wait_for_selector("#heatmap[data-head='mean']")
     to = floats(page, "#bytes .b", "to")
-    np.testing.assert_allclose([to[k] for k in range(i + 1)], expected[0, :, i, :i + 1].mean(0), atol=1e-3)
+    np.testing.assert_allclose([to[k] for k in range(i + 1)], expected[0, :, i, : i + 1].mean(0), atol=1e-3)
 
     # Moving off the text clears it.
     page.mouse.move(1, 1)
@@ -200,6 +214,7 @@ def test_all_heads_grid_has_every_layer_and_head_and_selects_one(page, server):
 
 # ------------------------------------------------------------------ streaming generation
 
+
 def test_streamed_generation_appends_bytes_and_a_generated_byte_shows_its_row(page, server):
     prompt, n_new = "To be, or", 12
     P = len(prompt.encode())
@@ -221,8 +236,16 @@ def test_streamed_generation_appends_bytes_and_a_generated_byte_shows_its_row(pa
     assert "finished: length" in page.inner_text("#gen-status")
 
     # The same request, not streamed, from the test: the page shows the very bytes and rows it returns.
-    r = httpx.post(f"{server.url}/v1/generate", timeout=30, json={
-        "prompt": prompt, "max_new_tokens": n_new, "temperature": 0, "attention": {"layers": None, "heads": None}})
+    r = httpx.post(
+        f"{server.url}/v1/generate",
+        timeout=30,
+        json={
+            "prompt": prompt,
+            "max_new_tokens": n_new,
+            "temperature": 0,
+            "attention": {"layers": None, "heads": None},
+        },
+    )
     tokens = r.json()["tokens"]
     shown_ids = page.eval_on_selector_all("#gen-bytes .b.gen", "els => els.map(e => +e.dataset.i)")
     assert shown_ids == list(range(P, P + n_new))
@@ -245,6 +268,7 @@ def test_streamed_generation_appends_bytes_and_a_generated_byte_shows_its_row(pa
 
 # ------------------------------------------------------------------ 512 bytes
 
+
 @pytest.fixture(scope="module")
 def wide_checkpoint(tmp_path_factory) -> Path:
     """A random model with the default model's shape of attention (512 context, 6 layers x 6 heads), tiny widths."""
@@ -256,8 +280,9 @@ def wide_checkpoint(tmp_path_factory) -> Path:
 
 
 def test_usable_at_512_bytes(browser, wide_checkpoint):
-    text = ("ROMEO: But, soft! what light through yonder window breaks? It is the east, and Juliet is the sun. "
-            * 6)[:512]
+    text = ("ROMEO: But, soft! what light through yonder window breaks? It is the east, and Juliet is the sun. " * 6)[
+        :512
+    ]
     assert len(text.encode()) == 512
     with running_server(wide_checkpoint) as server:
         page = open_page(browser, server.url)
@@ -273,8 +298,10 @@ def test_usable_at_512_bytes(browser, wide_checkpoint):
         page.wait_for_selector("#row-highlight[data-row='500']")
         hover_seconds = time.perf_counter() - t1
         screenshot(page, "page-512.png")
-        print(f"\n512 bytes, 6 x 6 heads: analysed and drawn in {seconds:.2f} s "
-              f"({page.inner_text('#status')}); hover {hover_seconds * 1e3:.0f} ms")
+        print(
+            f"\n512 bytes, 6 x 6 heads: analysed and drawn in {seconds:.2f} s "
+            f"({page.inner_text('#status')}); hover {hover_seconds * 1e3:.0f} ms"
+        )
         assert seconds < 10, f"analysing 512 bytes took {seconds:.1f} s"
         assert hover_seconds < 2, f"hovering a byte took {hover_seconds:.1f} s"
         assert not page.errors, page.errors

@@ -1,4 +1,5 @@
 """ByteTokenizer: bytes are tokens; decoding, incremental decoding and display labels."""
+
 from __future__ import annotations
 
 import pytest
@@ -110,6 +111,5 @@ def test_byte_char_spans():
     assert len(spans) == len(tok.encode(text))
     for start, end in set(spans):  # every span's bytes are that character's bytes
         assert [i for i, s in enumerate(spans) if s == (start, end)]
-        assert text[start:end].encode() == bytes(
-            b for b, s in zip(tok.encode(text), spans) if s == (start, end))
+        assert text[start:end].encode() == bytes(b for b, s in zip(tok.encode(text), spans) if s == (start, end))
     assert tok.byte_char_spans("") == []
