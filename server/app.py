@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections import deque
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -85,7 +86,8 @@ def create_app(settings: Settings, llm: TinyLLM | None = None) -> FastAPI:
 
     @app.post("/v1/tokenize", response_model=TokenizeResponse, responses=ERRORS)
     async def tokenize(body: TokenizeRequest):
-        return TokenizeResponse(tokens=token_infos(body.text), count=len(body.text.encode("utf-8")))
+        ids = tokenizer.encode(body.text)
+        return TokenizeResponse(tokens=token_infos(body.text), count=len(ids), labels=tokenizer.char_labels(ids))
 
     @app.post("/v1/generate", response_model=GenerateResponse, response_model_exclude_none=True, responses=ERRORS)
     async def generate(body: GenerateRequest, request: Request):
@@ -241,9 +243,12 @@ def finish_out(event: FinishEvent) -> dict:
 
 async def sse_events(events):
     """Server-sent events: one per token, a last one with finish_reason/usage/text, then [DONE]."""
+    generated = deque(maxlen=4)  # enough to label the character the newest byte belongs to
     async for event in events:
         if isinstance(event, TokenEvent):
-            payload = {"token": token_out(event), "text": event.text}
+            generated.append(event.id)  # the prompt ends on a whole character, so these alone decide the labels
+            payload = {"token": token_out(event), "text": event.text,
+                       "labels": tokenizer.last_char_labels(generated)}
         elif event.reason in ("timeout", "error"):
             kind = "timeout" if event.reason == "timeout" else "server_error"
             payload = {"error": {"message": event.message, "type": kind, "param": None}}

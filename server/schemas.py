@@ -122,6 +122,8 @@ class TokenInfo(BaseModel):
 class TokenizeResponse(BaseModel):
     tokens: list[TokenInfo]
     count: int
+    labels: list[str] = Field(description="per byte: a whole character's label on its first byte, \"\" on the "
+                                          "rest; an escape for bytes that form no character")
 
 
 class AttentionRequest(Strict):
