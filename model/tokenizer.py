@@ -64,6 +64,16 @@ class ByteTokenizer:
             i += 1
         return labels
 
+    def last_char_labels(self, ids) -> list[str]:
+        """`char_labels` of the last character of `ids` (complete or not): one label per byte of it.
+
+        Appending a byte changes only the labels of the character it belongs to, so a client that shows
+        bytes as they stream in relabels just these, counting back from the newest byte.
+        """
+        labels = self.char_labels(list(ids)[-4:])  # a UTF-8 character is at most 4 bytes
+        start = max(i for i, label in enumerate(labels) if label)  # the first label is never ""
+        return labels[start:]
+
     @staticmethod
     def byte_char_spans(text: str) -> list[tuple[int, int]]:
         """For every UTF-8 byte of `text`, the [start, end) code-point offsets of the character it belongs to."""

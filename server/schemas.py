@@ -142,6 +142,10 @@ class TextByte(BaseModel):
 class TokenizeResponse(BaseModel):
     tokens: list[TextByte]
     count: int
+    labels: list[str] = Field(
+        description='per byte: a whole character\'s label on its first byte, "" on the '
+        "rest; an escape for bytes that form no character"
+    )
 
 
 class AttentionRequest(Strict):

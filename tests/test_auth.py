@@ -57,7 +57,7 @@ def test_health_and_the_page_need_no_key(server):
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
     page = httpx.get(f"{server.url}/")
     assert page.status_code == 200 and "<html" in page.text.lower()
-    assert httpx.get(f"{server.url}/static/app.js").status_code == 200
+    assert httpx.get(f"{server.url}/static/main.js").status_code == 200
     assert_401(httpx.post(f"{server.url}/v1/attention", json={"text": "hi"}))  # the data behind it does
 
 

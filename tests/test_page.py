@@ -211,6 +211,12 @@ def test_all_heads_grid_has_every_layer_and_head_and_selects_one(page, server):
     assert page.eval_on_selector("#heatmap", READ_CANVAS)["rgba"] == page.eval_on_selector(last, READ_CANVAS)["rgba"]
     screenshot(page, "page-all-heads.png")
 
+    # A byte pinned past the end of the next, shorter text: the new analysis starts with nothing in focus.
+    page.click(f"#bytes .b[data-i='{T - 1}']")
+    assert page.get_attribute("#row-highlight", "data-row") == str(T - 1)
+    analyse(page, "to be")
+    assert not page.locator("#row-highlight").is_visible() and page.locator("#bytes .b.focus").count() == 0
+
 
 # ------------------------------------------------------------------ streaming generation
 
@@ -264,6 +270,81 @@ def test_streamed_generation_appends_bytes_and_a_generated_byte_shows_its_row(pa
     np.testing.assert_allclose([w[k] for k in range(P + j)], tokens[j]["attention"][1][1], rtol=1e-6)
     ARTIFACTS.mkdir(exist_ok=True)
     page.locator(".generate").screenshot(path=str(ARTIFACTS / "page-generate.png"))
+
+
+CYCLE = "é☃a".encode()  # c3 a9 e2 98 83 61: a 2-byte, a 3-byte and a 1-byte character
+
+
+@pytest.fixture(scope="module")
+def cycle_checkpoint(tmp_path_factory) -> Path:
+    """A model that greedily continues each byte of CYCLE with the next one, round and round.
+
+    Every block's output projections are zero, so the last hidden state is the byte's own embedding (one-hot
+    here), and the head maps that to the byte that follows it in CYCLE.
+    """
+    torch.manual_seed(0)
+    cfg = ModelConfig(context_length=64, n_layer=2, n_head=2, d_model=32, mlp_hidden=64)
+    model = Transformer(cfg).eval()
+    with torch.no_grad():
+        for block in model.layers:
+            block.self_attn.o_proj.weight.zero_()
+            block.mlp.down_proj.weight.zero_()
+        model.lm_head.weight.zero_()
+        for slot, (byte, following) in enumerate(zip(CYCLE, CYCLE[1:] + CYCLE[:1])):
+            model.embed_tokens.weight[byte] = torch.eye(cfg.d_model)[slot]
+            model.lm_head.weight[following, slot] = 1.0
+    path = tmp_path_factory.mktemp("cycle") / "cycle"
+    checkpoint.save(path, model, training={"note": "writes é☃a over and over"})
+    return path
+
+
+def test_streamed_characters_relabel_only_their_own_chips(browser, cycle_checkpoint):
+    prompt, n_new = "a", 12
+    P = len(prompt.encode())
+    with running_server(cycle_checkpoint) as server:
+        page = open_page(browser, server.url)
+        # Every change under the generation strip: chips whose text is replaced once they are in the strip
+        # (a relabelling), and nodes removed from the strip itself (a rebuild).
+        page.evaluate("""() => { window.relabelled = []; window.removed = 0;
+          const strip = document.getElementById('gen-bytes');
+          new MutationObserver((records) => { for (const r of records) {
+            if (r.target === strip) window.removed += r.removedNodes.length;
+            else if (r.target.classList.contains('b')) window.relabelled.push(+r.target.dataset.i);
+          } }).observe(strip, {childList: true, subtree: true}); }""")
+        page.fill("#text", prompt)
+        page.fill("#max-new", str(n_new))
+        page.fill("#temperature", "0")
+        page.click("#generate")
+        page.wait_for_selector("#gen-bytes[data-done='true']")
+        generated = (CYCLE * 2)[:n_new]
+        assert (
+            httpx.post(
+                f"{server.url}/v1/generate",
+                timeout=30,
+                json={"prompt": prompt, "max_new_tokens": n_new, "temperature": 0},
+            ).json()["text"]
+            == generated.decode()
+        )
+
+        # Each character is shown once, on its first byte, as the server labels it; its other bytes are slots.
+        ids = list(prompt.encode() + generated)
+        chips = page.eval_on_selector_all("#gen-bytes .b", "els => els.map(e => [e.textContent, e.className])")
+        assert (
+            [text for text, _ in chips]
+            == ByteTokenizer().char_labels(ids)
+            == ["a", "é", "", "☃", "", "", "a", "é", "", "☃", "", "", "a"]
+        )
+        assert [i for i, (_, cls) in enumerate(chips) if "cont" in cls] == [2, 4, 5, 8, 10, 11]
+
+        # Only the bytes a later byte completed into a character were relabelled, each once (é's first byte;
+        # ☃'s first and second); nothing was removed from the strip, so no earlier chip was rebuilt.
+        waiting = [P + k for k, b in enumerate(generated) if b in (0xC3, 0xE2, 0x98)]
+        assert page.evaluate("window.relabelled") == waiting
+        assert page.evaluate("window.removed") == 0
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.locator(".generate").screenshot(path=str(ARTIFACTS / "page-generate-characters.png"))
+        assert not page.errors, page.errors
+        page.context.close()
 
 
 # ------------------------------------------------------------------ 512 bytes

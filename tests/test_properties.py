@@ -51,6 +51,18 @@ def test_incremental_decoder_on_any_bytes_equals_the_full_decode(data):
 
 
 @FAST
+@given(st.binary(max_size=64))
+def test_relabelling_the_last_character_per_byte_gives_the_char_labels_of_all(data):
+    """What the page does as bytes stream in: relabel only the newest byte's character, never the rest."""
+    labels = []
+    for n in range(1, len(data) + 1):
+        labels.append("")
+        last = tok.last_char_labels(data[:n])
+        labels[n - len(last) :] = last
+        assert labels == tok.char_labels(data[:n])
+
+
+@FAST
 @given(st.binary(max_size=48), st.lists(st.binary(min_size=1, max_size=4), max_size=3))
 def test_text_assembler_spells_the_bytes_before_the_stop(data, stops):
     """What the engine streams is the decode of the bytes up to the first stop string, whatever the bytes."""

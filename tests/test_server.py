@@ -10,6 +10,7 @@ import torch
 from model import TinyLLM
 from model.generate import generate
 from model.sampling import SamplingParams
+from model.tokenizer import tokenizer
 from support import assert_envelope, sse_events
 
 
@@ -50,6 +51,7 @@ def test_tokenize_gives_bytes_labels_and_char_offsets(client):
     assert [t["id"] for t in toks["tokens"]] == list("hé🙂".encode())
     assert [t["text"] for t in toks["tokens"]][:3] == ["h", "\\xc3", "\\xa9"]
     assert [(t["start"], t["end"]) for t in toks["tokens"]] == [(0, 1), (1, 2), (1, 2)] + [(2, 3)] * 4
+    assert toks["labels"] == ["h", "é", "", "🙂", "", "", ""]
 
 
 def test_greedy_equals_model_package(client, tiny_checkpoint):
@@ -116,6 +118,20 @@ def test_stream_never_splits_a_character(client):
         assert joined == events[-1]["text"]
         ids = [e["token"]["id"] for e in events[:-1]]
         assert joined == bytes(ids).decode("utf-8", errors="replace")
+
+
+def test_stream_labels_relabel_just_the_newest_character(client):
+    # applied one event at a time to the prompt's labels, each event's labels give the whole text's char labels
+    prompt = "ü"
+    labels = client.post("/v1/tokenize", json={"text": prompt}).json()["labels"]
+    ids = list(prompt.encode())
+    for seed in range(5):
+        shown, seen = list(labels), list(ids)
+        for event in stream(client, prompt=prompt, max_new_tokens=40, temperature=1.5, seed=seed)[:-1]:
+            seen.append(event["token"]["id"])
+            shown.append("")
+            shown[len(shown) - len(event["labels"]) :] = event["labels"]
+        assert shown == tokenizer.char_labels(seen)
 
 
 def test_context_full_and_zero_tokens(client):

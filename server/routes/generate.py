@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -124,10 +125,16 @@ def finish_out(event: FinishEvent) -> dict:
 
 
 async def sse_events(events: AsyncIterator[TokenEvent | FinishEvent]) -> AsyncIterator[str]:
-    """One event per token, a last one with finish_reason/usage/text (or the error), then [DONE]."""
+    """One event per token, a last one with finish_reason/usage/text (or the error), then [DONE].
+
+    A token's event carries the labels of the character it belongs to, ending with its own byte's, so a
+    client showing bytes as they arrive relabels just those (the page does).
+    """
+    generated = deque(maxlen=4)  # a UTF-8 character is at most 4 bytes
     async for event in events:
         if isinstance(event, TokenEvent):
-            payload = {"token": token_out(event), "text": event.text}
+            generated.append(event.id)  # a prompt ends on a whole character, so these alone decide the labels
+            payload = {"token": token_out(event), "text": event.text, "labels": tokenizer.last_char_labels(generated)}
         elif (error := finish_error(event)) is not None:
             payload = error_body(error.message, error.type)
         else:

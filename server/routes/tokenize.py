@@ -13,7 +13,8 @@ router = APIRouter(tags=["text"])
 
 @router.post("/v1/tokenize", response_model=TokenizeResponse, responses=ERROR_RESPONSES)
 async def tokenize(body: TokenizeRequest):
-    return TokenizeResponse(tokens=text_bytes(body.text), count=len(body.text.encode("utf-8")))
+    ids = tokenizer.encode(body.text)
+    return TokenizeResponse(tokens=text_bytes(body.text), count=len(ids), labels=tokenizer.char_labels(ids))
 
 
 def text_bytes(text: str) -> list[TextByte]:
