@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from model.kv_cache import KVCache
 from model.model import CacheSlots, Transformer
-from model.sampling import SamplingParams, sample
+from model.sampling import SamplingParams, sample_rows
 
 log = logging.getLogger("tinyllm.runner")
 
@@ -123,32 +123,54 @@ class Runner:
         return self.model(tokens, need_weights=need_weights, cache=self.cache, slots=CacheSlots(0, positions, n_keys))
 
     def _choose(self, seqs: list[Sequence], logits: torch.Tensor, attn_rows) -> list[TokenOutput | None]:
-        """Sample each sequence's next token from its logits row (B, vocab).
+        """Sample each sequence's next token from its logits row (B, vocab), all rows at once.
 
         attn_rows, when any sequence asked for attention: per layer, (B, n_head, keys).
         """
         logits = logits.float().cpu()  # the one host-device synchronisation per step
         logprobs = F.log_softmax(logits, dim=-1)
+        tokens = self._sample(seqs, logits)
+        asked = [i for i, seq in enumerate(seqs) if seq.top_logprobs and tokens[i] is not None]
+        top = {}
+        if asked:
+            values, indices = logprobs[asked].topk(max(seqs[i].top_logprobs for i in asked), dim=-1)
+            for r, i in enumerate(asked):
+                n = seqs[i].top_logprobs
+                top[i] = list(zip(indices[r, :n].tolist(), values[r, :n].tolist()))
         out: list[TokenOutput | None] = []
-        for i, seq in enumerate(seqs):
-            previous = torch.tensor(seq.tokens) if seq.params.uses_history else torch.empty(0, dtype=torch.long)
-            try:
-                token = sample(logits[i], seq.params, previous, seq.generator, n_prompt=seq.n_prompt)
-            except Exception:  # one sequence's sampling must not fail the others in the batch
-                log.exception("sampling failed")
-                out.append(None)
-                continue
-            top = []
-            if seq.top_logprobs:
-                values, indices = torch.topk(logprobs[i], seq.top_logprobs)
-                top = list(zip(indices.tolist(), values.tolist()))
+        for i, (seq, token) in enumerate(zip(seqs, tokens)):
             rows = None
-            if seq.attention is not None:
+            if token is not None and seq.attention is not None:
                 layers, heads = seq.attention
-                n_keys = len(seq.tokens)
-                rows = [attn_rows[layer][i, heads, :n_keys].float().cpu() for layer in layers]
-            out.append(TokenOutput(token, logprobs[i], top, rows))
+                rows = [attn_rows[layer][i, heads, : len(seq.tokens)].float().cpu() for layer in layers]
+            out.append(None if token is None else TokenOutput(token, logprobs[i], top.get(i, []), rows))
         return out
+
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int | None]:
+        """The batch's tokens; if sampling the batch fails, row by row, so one bad row fails alone (None)."""
+
+        def rows(chosen: list[Sequence], rows_logits: torch.Tensor) -> list[int]:
+            history = [torch.tensor(s.tokens) if s.params.uses_history else None for s in chosen]
+            return sample_rows(
+                rows_logits,
+                [s.params for s in chosen],
+                history,
+                [s.n_prompt for s in chosen],
+                [s.generator for s in chosen],
+            )
+
+        try:
+            return rows(seqs, logits)
+        except Exception:
+            log.exception("sampling a batch failed; sampling its rows one by one")
+        tokens: list[int | None] = []
+        for i, seq in enumerate(seqs):
+            try:
+                tokens += rows([seq], logits[i : i + 1])
+            except Exception:
+                log.exception("sampling failed")
+                tokens.append(None)
+        return tokens
 
     def move(self, src: int, dst: int, length: int) -> None:
         """Copy cache row src's first `length` positions into row dst."""

@@ -209,14 +209,14 @@ def test_a_failing_sequence_does_not_take_the_batch_down(client, monkeypatch):
 
     import model.runner as runner_module
 
-    real_sample = runner_module.sample
+    real_sample_rows = runner_module.sample_rows
 
-    def sample(logits, params, previous, generator, n_prompt=0):
-        if params.temperature == 0.123:  # the request chosen to fail
+    def sample_rows(logits, params, *rest):
+        if any(p.temperature == 0.123 for p in params):  # the request chosen to fail
             raise RuntimeError("injected sampling failure")
-        return real_sample(logits, params, previous, generator, n_prompt=n_prompt)
+        return real_sample_rows(logits, params, *rest)
 
-    monkeypatch.setattr(runner_module, "sample", sample)
+    monkeypatch.setattr(runner_module, "sample_rows", sample_rows)
     good = dict(prompt="fine", max_new_tokens=40, temperature=0.7, seed=2)
     expected = gen(client, **good)["text"]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
