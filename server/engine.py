@@ -69,9 +69,9 @@ class FinishEvent:
 class Job:
     """One request inside the engine: its sequence, its cache row, and the queue its events go to."""
 
-    def __init__(self, req: EngineRequest, loop: asyncio.AbstractEventLoop, wake: threading.Event):
+    def __init__(self, req: EngineRequest, loop: asyncio.AbstractEventLoop, engine: Engine):
         self.req = req
-        self.loop, self.queue, self.wake = loop, asyncio.Queue(), wake
+        self.loop, self.queue, self.engine = loop, asyncio.Queue(), engine
         self.seq = Sequence(
             list(req.prompt), len(req.prompt), req.params, seeded_generator(req.seed), req.top_logprobs, req.attention
         )
@@ -101,10 +101,11 @@ class Job:
     def cancel(self) -> None:
         """Stop generating; the worker frees the cache row at its next step (no-op once finished)."""
         self.cancelled = True
-        self.wake.set()
+        self.engine.wake.set()
 
     def emit(self, event) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        """Send an event (from the worker thread); the engine delivers a step's events together."""
+        self.engine.outbox.append((self, event))
 
     def finish(self, reason: FinishReason, message: str = "") -> None:
         now = time.perf_counter()
@@ -133,6 +134,7 @@ class Engine:
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
         self.waiting: collections.deque[Job] = collections.deque()
+        self.outbox: list[tuple[Job, TokenEvent | FinishEvent]] = []  # events of this step, not yet delivered
         self.calls: collections.deque[tuple[Callable, concurrent.futures.Future]] = collections.deque()
         self.prefilling: Job | None = None
         self.active: list[Job] = []  # active[i] sits in cache row i
@@ -163,7 +165,7 @@ class Engine:
 
     def submit(self, req: EngineRequest) -> Job:
         """Queue a request; iterate the returned job's events(). Raises QueueFull when the queue is full."""
-        job = Job(req, asyncio.get_running_loop(), self.wake)
+        job = Job(req, asyncio.get_running_loop(), self)
         with self.lock:
             free_slots = self.max_batch - len(self.active) - (self.prefilling is not None)
             if len(self.waiting) >= self.max_queue + max(0, free_slots):
@@ -204,8 +206,18 @@ class Engine:
             if self.active:
                 self._guard(self._decode_step, list(self.active))
                 worked = True
+            self._deliver()
             if not worked:
                 self.wake.wait(timeout=0.5)
+
+    def _deliver(self) -> None:
+        """Hand this step's events to their event loops: one wake-up per loop per step, not one per event."""
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for job, event in self.outbox:
+            by_loop.setdefault(job.loop, []).append((job.queue, event))
+        self.outbox = []
+        for loop, events in by_loop.items():
+            loop.call_soon_threadsafe(_put_all, events)
 
     def _run_calls(self) -> bool:
         worked = False
@@ -315,3 +327,8 @@ class Engine:
         for job, reason in sorted(done, key=lambda d: -d[0].slot):  # release from the top so rows stay valid
             self._release(job)
             job.finish(reason, "internal error while sampling" if reason == FinishReason.ERROR else "")
+
+
+def _put_all(events: list[tuple[asyncio.Queue, TokenEvent | FinishEvent]]) -> None:
+    for queue, event in events:
+        queue.put_nowait(event)

@@ -127,9 +127,12 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps():
 
 def test_a_finished_row_is_refilled_by_the_last_one_and_everyone_stays_correct():
     runner = FakeRunner(max_batch=4)
+    all_submitted = threading.Event()
+    runner.on_prefill = lambda seq, start, end: all_submitted.wait(5.0)  # all four in the queue first
 
     async def scenario(engine):
         jobs = [engine.submit(request(bytes([10 * (i + 1)]), n)) for i, n in enumerate((20, 3, 20, 20))]
+        all_submitted.set()
         return await asyncio.gather(*(collect(job) for job in jobs))
 
     results = run(runner, scenario)

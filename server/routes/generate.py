@@ -15,7 +15,7 @@ from server.deps import EngineDep, MetricsDep, SettingsDep, StreamsDep
 from server.engine import EngineRequest, FinishEvent, TokenEvent
 from server.errors import ERROR_RESPONSES, APIError, check_finish, error_body, finish_error
 from server.routes.attention import check_indices
-from server.schemas import GeneratedToken, GenerateRequest, GenerateResponse, TopLogprob
+from server.schemas import GenerateRequest, GenerateResponse
 
 router = APIRouter(tags=["generation"])
 
@@ -95,14 +95,16 @@ def attention_axes(req: EngineRequest) -> dict:
 
 
 def token_out(event: TokenEvent) -> dict:
-    out = GeneratedToken(
-        id=event.id,
-        text=tokenizer.label(event.id),
-        logprob=event.logprob,
-        top_logprobs=[TopLogprob(id=i, text=tokenizer.label(i), logprob=lp) for i, lp in event.top_logprobs],
-        attention=event.attention,
-    )
-    return out.model_dump(exclude_none=True)
+    """A GeneratedToken as a dict, built directly: this runs for every token on the event loop."""
+    out = {
+        "id": event.id,
+        "text": tokenizer.label(event.id),
+        "logprob": event.logprob,
+        "top_logprobs": [{"id": i, "text": tokenizer.label(i), "logprob": lp} for i, lp in event.top_logprobs],
+    }
+    if event.attention is not None:
+        out["attention"] = event.attention
+    return out
 
 
 def finish_out(event: FinishEvent) -> dict:
