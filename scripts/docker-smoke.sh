@@ -19,7 +19,8 @@ cd "$(dirname "$0")/.."
 IMAGE=${TINYLLM_SMOKE_IMAGE:-tinyllm:smoke}
 DEADLINE=$((SECONDS + ${TINYLLM_SMOKE_TIMEOUT:-600}))
 BASE_IMAGE=$(awk 'toupper($1) == "FROM" { print $2; exit }' Dockerfile)
-TORCH_VERSION=$(sed -n 's/^ARG TORCH_VERSION=//p' Dockerfile)
+# The torch version of the CPU image's lock file (torch==2.13.0+cpu there).
+TORCH_VERSION=$(sed -n 's/^torch==\([^+ ]*\).*/\1/p' deploy/requirements/cpu.txt)
 WHEEL_DIR=build/docker-wheels
 CA_DIR=/usr/local/share/ca-certificates
 LABEL=tinyllm-docker-smoke
@@ -99,7 +100,7 @@ LOCKED=1
 
 [[ -f checkpoints/shakespeare/config.json && -f checkpoints/shakespeare/model.safetensors ]] \
     || die "no bundled checkpoint in checkpoints/shakespeare/ (the image ships it)"
-[[ -n $BASE_IMAGE && -n $TORCH_VERSION ]] || die "cannot read FROM / ARG TORCH_VERSION from the Dockerfile"
+[[ -n $BASE_IMAGE && -n $TORCH_VERSION ]] || die "cannot read FROM from the Dockerfile or torch==VERSION from deploy/requirements/cpu.txt"
 command -v python3 >/dev/null || die "python3 is needed to check the answers"
 
 # --- 1. tools and daemon ---------------------------------------------------------------------------
