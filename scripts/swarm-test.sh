@@ -13,11 +13,12 @@
 #      (2) docker kill of one replica's container, timing how long until 3 replicas are healthy again
 #   4. reports requests sent, completed and failed per phase, and fails if a target is missed: no failure
 #      outside the kill; during it only streams on the killed replica, each with a connection error; back
-#      to 3 healthy replicas within 30 s
+#      to 3 healthy replicas within 30 s (TINYLLM_SWARM_RECOVERY_S)
 #   5. removes the stack, the images it built, and the swarm if it made it (the base images stay)
 #
 # Settings (environment): TINYLLM_IMAGE (tinyllm:smoke), TINYLLM_DOCKER (docker), TINYLLM_SWARM_TIMEOUT
-# (600 s for the whole run), TINYLLM_SWARM_CLIENTS (4 streams at once), TINYLLM_SWARM_MIN_LOAD (60 s).
+# (600 s for the whole run), TINYLLM_SWARM_CLIENTS (4 streams at once), TINYLLM_SWARM_MIN_LOAD (60 s),
+# TINYLLM_SWARM_RECOVERY_S (30: the most seconds from the kill to 3 healthy replicas).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -184,5 +185,6 @@ log "load stopped after $((SECONDS - load_started))s"
 # --- 4. report ------------------------------------------------------------------------------------------
 printf '{"update_start": %s, "update_end": %s, "kill": %s, "killed": %s, "killed_replica": "%s", "recovered": %s}\n' \
     "$update_start" "$update_end" "$kill_time" "$killed" "$victim_ip" "$recovered" >"$STATE/events.json"
-"$PYTHON" scripts/swarm_load.py report "$STATE/requests.jsonl" "$STATE/events.json" || die "a target was missed"
+"$PYTHON" scripts/swarm_load.py report "$STATE/requests.jsonl" "$STATE/events.json" \
+    --recovery-target "${TINYLLM_SWARM_RECOVERY_S:-30}" || die "a target was missed"
 log "OK"
