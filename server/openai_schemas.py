@@ -124,7 +124,7 @@ class ModelList(BaseModel):
 # ---------------------------------------------------------------- vLLM's tokenizer routes
 
 
-class TokenizeRequest(Strict):
+class TokenizePromptRequest(Strict):
     model_config = ConfigDict(json_schema_extra={"examples": [{"prompt": "Hé 🙂", "return_token_strs": True}]})
 
     model: str | None = Field(None, description="the served model's id, if given")
@@ -138,7 +138,7 @@ class TokenizeRequest(Strict):
         return valid_text(v, "prompt")
 
 
-class TokenizeResponse(BaseModel):
+class TokenizePromptResponse(BaseModel):
     count: int
     max_model_len: int
     tokens: list[int]

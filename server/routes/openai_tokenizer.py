@@ -21,8 +21,8 @@ from server.openai_choices import token_text
 from server.openai_schemas import (
     DetokenizeRequest,
     DetokenizeResponse,
-    TokenizeRequest,
-    TokenizeResponse,
+    TokenizePromptRequest,
+    TokenizePromptResponse,
     TokenizerInfo,
 )
 from server.routes.openai import check_model
@@ -30,12 +30,12 @@ from server.routes.openai import check_model
 router = APIRouter(tags=["OpenAI-compatible"])
 
 
-@router.post("/tokenize", response_model=TokenizeResponse, responses=OPENAI_ERROR_RESPONSES)
-async def tokenize(body: TokenizeRequest, served: ServedDep):
+@router.post("/tokenize", response_model=TokenizePromptResponse, responses=OPENAI_ERROR_RESPONSES)
+async def tokenize(body: TokenizePromptRequest, served: ServedDep):
     if body.model is not None:
         check_model(body.model, served)
     ids = tokenizer.encode(body.prompt)
-    return TokenizeResponse(
+    return TokenizePromptResponse(
         count=len(ids),
         max_model_len=served.engine.config.context_length,
         tokens=ids,
