@@ -139,8 +139,8 @@ def test_a_prompt_longer_than_the_context_is_400_on_the_prompt(server, max_token
 
 
 def test_a_full_context_prompt_scores_but_cannot_generate(client, server, llm):
-    """lm-eval's scoring request is echo + max_tokens 1, and it drops the last logprob as the generated token's:
-    with a prompt that fills the context that would drop a real byte's score, so it must fail, not succeed."""
+    """lm-eval's scoring request is echo + max_tokens 1, and it drops the last logprob as the generated token's.
+    A prompt that fills the context leaves no room for that token: a 200 would make it drop a real byte's score."""
     ids = list(b"To be, or not to be, that is the question: whether 'tis nobler in")[:64]
     assert len(ids) == 64
     lm_eval_request = {"model": MODEL, "prompt": [ids], "max_tokens": 1, "echo": True, "logprobs": 1, "temperature": 0}
@@ -150,6 +150,13 @@ def test_a_full_context_prompt_scores_but_cannot_generate(client, server, llm):
     ref = next_byte_logprobs(llm, ids)
     assert scored.logprobs.token_logprobs[1:] == pytest.approx(
         [float(ref[t - 1, ids[t]]) for t in range(1, 64)], abs=1e-5
+    )
+    as_many_as_fit = httpx.post(
+        f"{server.url}/v1/completions", json={"model": MODEL, "prompt": ids, "max_tokens": None}
+    )
+    assert_openai_error(as_many_as_fit, 400, "prompt", "context_length_exceeded")
+    assert (
+        "64 tokens in the messages, which leaves none for the completion" in as_many_as_fit.json()["error"]["message"]
     )
     fits = complete(client, prompt=ids[:63], max_tokens=1, echo=True, logprobs=1, temperature=0).choices[0]
     assert len(fits.logprobs.token_logprobs) == 64 and fits.finish_reason == "length"

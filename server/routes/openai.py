@@ -129,10 +129,11 @@ def fit_context(prompt_tokens: int, max_tokens: int | None, ctx: int, cap: int) 
     """max_tokens for a prompt of prompt_tokens, as vLLM decides it: what does not fit the context is a 400
     naming the numbers, never a completion cut short; null asks for as many as fit (at most the cap)."""
     if prompt_tokens > ctx or (max_tokens is None and prompt_tokens == ctx):
+        leaves_none = ", which leaves none for the completion" if prompt_tokens == ctx else ""
         raise APIError(
             400,
             f"This model's maximum context length is {ctx} tokens. However, you requested {prompt_tokens} tokens "
-            "in the messages. Please reduce the length of the messages.",
+            f"in the messages{leaves_none}. Please reduce the length of the messages.",
             param="prompt",
             code="context_length_exceeded",
         )
