@@ -6,6 +6,11 @@ import codecs
 
 VOCAB_SIZE = 256  # one token per byte value; no special tokens are reserved
 
+# There is no BOS. Tools that condition a text's first token on one (lm-evaluation-harness's prefix token,
+# a tokenizer's bos_token) are given a line break: a text in a corpus begins after one, and it is an
+# ordinary byte the model has seen, so the first byte is scored as the start of a line.
+PREFIX_TOKEN = "\n"
+
 
 def _display(b: int, escape_controls: bool = True) -> str:
     if b < 0x80:

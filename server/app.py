@@ -19,7 +19,7 @@ from server.engine import Engine
 from server.errors import install_handlers
 from server.limits import BodySizeLimit, StreamLimit
 from server.metrics import CountRequests, Metrics
-from server.routes import attention, generate, openai, system, tokenize
+from server.routes import attention, generate, openai, openai_tokenizer, system, tokenize
 from server.routes.system import STATIC
 
 log = logging.getLogger("tinyllm.server")
@@ -66,7 +66,7 @@ def create_app(settings: Settings, llm: TinyLLM | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    for module in (system, generate, attention, tokenize, openai):
+    for module in (system, generate, attention, tokenize, openai, openai_tokenizer):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

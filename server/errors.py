@@ -1,8 +1,9 @@
 """One error envelope for every route: {"error": {"message", "type", "param"}}. Never a stack trace.
 
-The OpenAI-compatible routes (and any path under them) add OpenAI's "code" field, whoever answers: a
-route, the router (404/405), the body-size limit or the auth middleware. Every error is translated here:
-API errors, validation errors, HTTP errors, a full queue, and anything unexpected.
+The OpenAI-compatible routes (and any path under them), vLLM's tokenizer routes included, add OpenAI's
+"code" field, whoever answers: a route, the router (404/405), the body-size limit or the auth middleware.
+Every error is translated here: API errors, validation errors, HTTP errors, a full queue, and anything
+unexpected.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ def check_finish(event: FinishEvent) -> None:
         raise error
 
 
-OPENAI_PATHS = ("/v1/completions", "/v1/models")
+# vLLM serves its tokenizer routes beside the OpenAI ones, with the same envelope.
+OPENAI_PATHS = ("/v1/completions", "/v1/models", "/tokenize", "/detokenize", "/tokenizer_info")
 
 
 def is_openai_path(path: str) -> bool:

@@ -1,4 +1,5 @@
-"""Request and response bodies of the OpenAI-compatible routes (OpenAI's completions API, as vLLM serves it).
+"""Request and response bodies of the OpenAI-compatible routes (OpenAI's completions API, as vLLM serves it,
+and vLLM's tokenizer routes).
 
 Unknown fields are refused, as OpenAI does. Fields some clients send with their default values (best_of,
 logit_bias, suffix) are accepted only with those values.
@@ -118,3 +119,54 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# ---------------------------------------------------------------- vLLM's tokenizer routes
+
+
+class TokenizePromptRequest(Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"prompt": "Hé 🙂", "return_token_strs": True}]})
+
+    model: str | None = Field(None, description="the served model's id, if given")
+    prompt: str = Field(description="the text to tokenize: each UTF-8 byte is a token")
+    add_special_tokens: bool = Field(True, description="accepted; there are no special tokens to add")
+    return_token_strs: bool = Field(False, description="also return each token's text")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v):
+        return valid_text(v, "prompt")
+
+
+class TokenizePromptResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = Field(
+        None, description='as in completions\' logprobs: the character for ASCII, "\\xNN" for other bytes'
+    )
+
+
+class DetokenizeRequest(Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"tokens": [72, 195, 169]}]})
+
+    model: str | None = Field(None, description="the served model's id, if given")
+    tokens: list[Byte] = Field(description="byte ids (0..255)")
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str = Field(description="the bytes as UTF-8 text; an invalid sequence becomes U+FFFD")
+
+
+class TokenizerInfo(BaseModel):
+    """The tokenizer's settings, in the shape of a tokenizer_config.json (as vLLM serves them)."""
+
+    tokenizer_class: str
+    vocab_size: int
+    model_max_length: int
+    bos_token: str | None = Field(description="the token a text's first byte is conditioned on (never added)")
+    eos_token: str | None = Field(description="the token that ends a text, if any")
+    pad_token: str | None
+    unk_token: str | None
+    add_bos_token: bool
+    add_eos_token: bool

@@ -11,6 +11,7 @@ from server.process import running_server
 
 KEY = "tl-test-key-7f3a9c1e5b"
 OPEN = {"/health", "/"}  # and /static/*: the page's files, which hold no data
+OPENAI_PREFIXES = ("/v1/completions", "/v1/models", "/tokenize", "/detokenize", "/tokenizer_info")  # carry `code`
 UNDOCUMENTED = [
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
@@ -37,7 +38,7 @@ def every_route(server) -> list[tuple[str, str]]:
     routes = [
         (method.upper(), path.replace("{model}", "tiny")) for path, item in spec["paths"].items() for method in item
     ]
-    assert {"/v1/generate", "/v1/completions", "/v1/models", "/v1/attention"} <= {p for _, p in routes}
+    assert {"/v1/generate", "/v1/completions", "/v1/models", "/v1/attention", "/tokenize"} <= {p for _, p in routes}
     return sorted(set(routes) | set(UNDOCUMENTED))
 
 
@@ -48,7 +49,7 @@ def assert_401(r: httpx.Response):
     assert error["type"] == "authentication_error" and error["message"]
     assert set(error) == (
         {"message", "type", "param", "code"}
-        if r.request.url.path.startswith("/v1/completions") or r.request.url.path.startswith("/v1/models")
+        if r.request.url.path.startswith(OPENAI_PREFIXES)
         else {"message", "type", "param"}
     )
 

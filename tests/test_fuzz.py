@@ -18,7 +18,7 @@ from schemathesis.generation.modes import GenerationMode
 from server.process import running_server
 
 FUZZ_EXAMPLES = int(os.environ.get("TINYLLM_FUZZ_EXAMPLES", "25"))
-OPENAI_PREFIXES = ("/v1/completions", "/v1/models")
+OPENAI_PREFIXES = ("/v1/completions", "/v1/models", "/tokenize", "/detokenize", "/tokenizer_info")
 
 
 @pytest.fixture(scope="module")

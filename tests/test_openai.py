@@ -106,10 +106,60 @@ def test_greedy_completion_equals_model_package(client, llm):
     assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (6, 20, 26)
 
 
-def test_max_tokens_defaults_to_16_and_context_full_is_length(client):
+def test_max_tokens_defaults_to_16_and_null_asks_for_what_fits(client):
     assert complete(client, prompt="x", temperature=0).usage.completion_tokens == 16
-    r = complete(client, prompt="y" * 60, max_tokens=50, temperature=0)  # the context holds 64 bytes
+    r = complete(client, prompt="y" * 60, max_tokens=None, temperature=0)  # the context holds 64 bytes
     assert r.usage.completion_tokens == 4 and r.choices[0].finish_reason == "length"
+
+
+# ---------------------------------------------------------------- the context (as vLLM: a 400, never cut short)
+
+
+def test_prompt_plus_max_tokens_past_the_context_is_400_naming_the_numbers(client, server):
+    with pytest.raises(openai.BadRequestError) as e:
+        complete(client, prompt="y" * 60, max_tokens=50)
+    assert e.value.body["code"] == "context_length_exceeded" and e.value.body["param"] == "max_tokens"
+    assert e.value.body["message"] == (
+        "This model's maximum context length is 64 tokens. However, you requested 110 tokens "
+        "(60 in the messages, 50 in the completion). Please reduce the length of the messages or completion."
+    )
+    # the longest of several prompts decides; streaming is refused before it starts
+    body = {"model": MODEL, "prompt": ["short", "z" * 62], "max_tokens": 3, "stream": True}
+    r = httpx.post(f"{server.url}/v1/completions", json=body)
+    assert_openai_error(r, 400, "max_tokens", "context_length_exceeded")
+    assert "65 tokens (62 in the messages, 3 in the completion)" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("max_tokens", [0, None])
+def test_a_prompt_longer_than_the_context_is_400_on_the_prompt(server, max_tokens):
+    body = {"model": MODEL, "prompt": list(b"y" * 65), "max_tokens": max_tokens, "echo": True, "logprobs": 1}
+    r = httpx.post(f"{server.url}/v1/completions", json=body)
+    assert_openai_error(r, 400, "prompt", "context_length_exceeded")
+    assert "maximum context length is 64 tokens. However, you requested 65 tokens" in r.json()["error"]["message"]
+
+
+def test_a_full_context_prompt_scores_but_cannot_generate(client, server, llm):
+    """lm-eval's scoring request is echo + max_tokens 1, and it drops the last logprob as the generated token's.
+    A prompt that fills the context leaves no room for that token: a 200 would make it drop a real byte's score."""
+    ids = list(b"To be, or not to be, that is the question: whether 'tis nobler in")[:64]
+    assert len(ids) == 64
+    lm_eval_request = {"model": MODEL, "prompt": [ids], "max_tokens": 1, "echo": True, "logprobs": 1, "temperature": 0}
+    r = httpx.post(f"{server.url}/v1/completions", json=lm_eval_request)
+    assert_openai_error(r, 400, "max_tokens", "context_length_exceeded")
+    scored = complete(client, prompt=ids, max_tokens=0, echo=True, logprobs=1).choices[0]
+    ref = next_byte_logprobs(llm, ids)
+    assert scored.logprobs.token_logprobs[1:] == pytest.approx(
+        [float(ref[t - 1, ids[t]]) for t in range(1, 64)], abs=1e-5
+    )
+    as_many_as_fit = httpx.post(
+        f"{server.url}/v1/completions", json={"model": MODEL, "prompt": ids, "max_tokens": None}
+    )
+    assert_openai_error(as_many_as_fit, 400, "prompt", "context_length_exceeded")
+    assert (
+        "64 tokens in the messages, which leaves none for the completion" in as_many_as_fit.json()["error"]["message"]
+    )
+    fits = complete(client, prompt=ids[:63], max_tokens=1, echo=True, logprobs=1, temperature=0).choices[0]
+    assert len(fits.logprobs.token_logprobs) == 64 and fits.finish_reason == "length"
 
 
 def test_byte_id_prompts_equal_text_prompts(client):
@@ -310,7 +360,6 @@ def test_unknown_model_is_404_model_not_found(client, server):
         ({"prompt": []}, "prompt"),
         ({"prompt": [256]}, "prompt"),
         ({"prompt": [{"text": "x"}]}, "prompt"),
-        ({"prompt": "x" * 65}, "prompt"),
         ({"stop": [""]}, "stop"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"suffix": "end"}, "suffix"),

@@ -3,6 +3,8 @@
 The served model's id is the checkpoint folder's name. Errors on these paths carry OpenAI's extra "code"
 field (server.errors). `echo: true, max_tokens: 0, logprobs: N` scores the prompt (one forward pass, on the
 engine's thread): each prompt byte's log-probability given the bytes before it; the first byte has none.
+A prompt plus max_tokens longer than the context is a 400 (`context_length_exceeded`), as in vLLM: a
+completion is never silently cut short by the context, so a harness can trust that it got what it asked for.
 """
 
 from __future__ import annotations
@@ -117,17 +119,35 @@ def check_request(
         raise APIError(400, "suffix is not supported", param="suffix")
     if body.stream_options is not None and not body.stream:
         raise APIError(400, "stream_options is only allowed when stream is true", param="stream_options")
-    ctx = engine.config.context_length
+    if body.max_tokens is not None and body.max_tokens > settings.max_new_tokens:
+        raise APIError(400, f"max_tokens must be <= {settings.max_new_tokens}", param="max_tokens")
     longest = max(len(ids) for _, ids in prompts)
-    if longest > ctx:
+    return fit_context(longest, body.max_tokens, engine.config.context_length, settings.max_new_tokens)
+
+
+def fit_context(prompt_tokens: int, max_tokens: int | None, ctx: int, cap: int) -> int:
+    """max_tokens for a prompt of prompt_tokens, as vLLM decides it: what does not fit the context is a 400
+    naming the numbers, never a completion cut short; null asks for as many as fit (at most the cap)."""
+    if prompt_tokens > ctx or (max_tokens is None and prompt_tokens == ctx):
+        leaves_none = ", which leaves none for the completion" if prompt_tokens == ctx else ""
         raise APIError(
             400,
-            f"This model's maximum context length is {ctx} tokens (bytes); the prompt has {longest}.",
+            f"This model's maximum context length is {ctx} tokens. However, you requested {prompt_tokens} tokens "
+            f"in the messages{leaves_none}. Please reduce the length of the messages.",
             param="prompt",
+            code="context_length_exceeded",
         )
-    max_tokens = settings.max_new_tokens if body.max_tokens is None else body.max_tokens
-    if max_tokens > settings.max_new_tokens:
-        raise APIError(400, f"max_tokens must be <= {settings.max_new_tokens}", param="max_tokens")
+    if max_tokens is None:
+        return min(cap, ctx - prompt_tokens)
+    if prompt_tokens + max_tokens > ctx:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {ctx} tokens. However, you requested "
+            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the "
+            "completion). Please reduce the length of the messages or completion.",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
     return max_tokens
 
 
