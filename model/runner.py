@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from model import weight_forms
 from model.kv_cache import KVCache
 from model.model import CacheSlots, Transformer
 from model.sampling import SamplingParams, sample_rows
@@ -62,11 +63,17 @@ class TokenOutput:
 
 
 class Runner:
-    def __init__(self, model: Transformer, max_batch: int = 1, buckets: tuple[int, ...] = DECODE_BUCKETS):
+    """model: the exact float32 (or, on a GPU, bfloat16) model, for prefill, scoring and attention; the decode
+    step runs its copy in weight form `form` (model.weight_forms), except in steps that report attention."""
+
+    def __init__(
+        self, model: Transformer, max_batch: int = 1, buckets: tuple[int, ...] = DECODE_BUCKETS, form: str = "float32"
+    ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-        model.fuse_projections()
         self.model, self.config = model, model.config
+        self.form = form
+        self.decoder = weight_forms.decoder(model, form)
         self.device = model.lm_head.weight.device
         self.dtype = model.lm_head.weight.dtype
         self.max_batch = max_batch
@@ -94,9 +101,7 @@ class Runner:
         ids = torch.tensor([seq.tokens[start:end]], device=self.device)
         positions = torch.arange(start, end, device=self.device).unsqueeze(0)  # (1, T)
         want_attention = last and seq.attention is not None
-        logits, attn = self.model(
-            ids, need_weights=want_attention, cache=self.cache, slots=CacheSlots(row, positions, n_keys=end)
-        )
+        logits, attn = self.model(ids, need_weights=want_attention, cache=self.cache, slots=CacheSlots(row, positions))
         if not last:
             return None
         rows = [a[:, :, -1] for a in attn] if want_attention else None  # per layer (1, nh, keys)
@@ -112,15 +117,15 @@ class Runner:
         # Padding rows n..B-1 are free cache rows: what the step writes there is never read.
         self.tokens[:B, 0] = torch.tensor([s.tokens[-1] for s in seqs] + [0] * (B - n))
         self.positions[:B, 0] = torch.tensor([len(s.tokens) - 1 for s in seqs] + [0] * (B - n))
-        n_keys = max(len(s.tokens) for s in seqs)
-        want_attention = any(s.attention is not None for s in seqs)
-        logits, attn = self._decode_step(self.tokens[:B], self.positions[:B], n_keys, want_attention)
-        rows = [a[:n, :, -1] for a in attn] if want_attention else None
-        return self._choose(seqs, logits[:n, -1], rows)
+        if any(s.attention is not None for s in seqs):  # exact rows: the float32 model's explicit softmax
+            slots = CacheSlots(0, self.positions[:B])
+            logits, attn = self.model(self.tokens[:B], need_weights=True, cache=self.cache, slots=slots)
+            return self._choose(seqs, logits[:n, -1], [a[:n, :, -1] for a in attn])
+        return self._choose(seqs, self._decode_step(self.tokens[:B], self.positions[:B])[:n, -1], None)
 
-    def _decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, n_keys: int, need_weights: bool):
-        """The model on (B, 1) tokens at (B, 1) positions in cache rows 0..B-1: logits (B, 1, vocab), attention."""
-        return self.model(tokens, need_weights=need_weights, cache=self.cache, slots=CacheSlots(0, positions, n_keys))
+    def _decode_step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The decoder on (B, 1) tokens at (B, 1) positions in cache rows 0..B-1: logits (B, 1, vocab)."""
+        return self.decoder(tokens, cache=self.cache, slots=CacheSlots(0, positions))[0]
 
     def _choose(self, seqs: list[Sequence], logits: torch.Tensor, attn_rows) -> list[TokenOutput | None]:
         """Sample each sequence's next token from its logits row (B, vocab), all rows at once.

@@ -133,14 +133,19 @@ def test_score_is_the_full_forward_log_softmax():
 def test_cache_is_written_in_place_and_never_reallocated():
     model = sharp_model()
     runner = Runner(model, max_batch=2)
-    before = (runner.cache.k.data_ptr(), runner.cache.v.data_ptr(), runner.cache.k.shape)
+
+    def buffers():
+        return [(t.data_ptr(), t.shape) for t in runner.cache.k + runner.cache.v]
+
+    before = buffers()
     cached_logprobs(runner, random_ids(2, 40), 16)
-    assert (runner.cache.k.data_ptr(), runner.cache.v.data_ptr(), runner.cache.k.shape) == before
+    assert buffers() == before
     cfg = model.config
-    assert runner.cache.k.shape == (cfg.n_layer, 3, cfg.n_head, 64, cfg.head_dim)  # 2 rows + the prefill row
-    assert runner.cache.k[:, :2, :, :40].abs().sum() > 0, "the cache was written"
-    assert runner.cache.k[:, :2, :, 40:].abs().sum() == 0, "nothing past the last position was written"
-    assert runner.cache.k[:, 2].abs().sum() == 0, "the prefill row was not used"
+    k = torch.stack(runner.cache.k)
+    assert k.shape == (cfg.n_layer, 3, cfg.n_head, 64, cfg.head_dim)  # 2 rows + the prefill row
+    assert k[:, :2, :, :40].abs().sum() > 0, "the cache was written"
+    assert k[:, :2, :, 40:].abs().sum() == 0, "nothing past the last position was written"
+    assert k[:, 2].abs().sum() == 0, "the prefill row was not used"
 
 
 def test_a_cache_longer_than_the_context_is_refused():
@@ -176,9 +181,9 @@ def test_gpu_cache_and_attention_paths_agree(dtype, tol):
         torch.testing.assert_close(layer.sum(-1), torch.ones_like(layer.sum(-1)), rtol=1e-3, atol=1e-3)
         assert (layer.triu(1) == 0).all()
     runner = Runner(model, max_batch=2)
-    ptr = runner.cache.k.data_ptr()
+    ptr = runner.cache.k[0].data_ptr()
     expected = F.log_softmax(fused.float(), dim=-1).cpu()
     for prompt_len in (1, 17, 64):
         cached = cached_logprobs(runner, ids, prompt_len)
         torch.testing.assert_close(cached, expected[:, prompt_len - 1 :], rtol=tol, atol=tol)
-    assert runner.cache.k.data_ptr() == ptr
+    assert runner.cache.k[0].data_ptr() == ptr
