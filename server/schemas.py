@@ -217,3 +217,4 @@ class HeadSummary(BaseModel):
         description="[layer][head]: a short label where one share reaches label_threshold, else null"
     )
     label_threshold: float
+    label_metrics: dict[str, str] = Field(description="each label, and the metric whose share earns it")

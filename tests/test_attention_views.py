@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from model import TinyLLM, checkpoint
-from model.heads import LABEL_THRESHOLD, METRICS, character_attention, label_heads, summarize_heads
+from model.heads import LABEL_THRESHOLD, LABELS, METRICS, character_attention, label_heads, summarize_heads
 from support import assert_envelope, sharp_model
 
 TEXT = "Grüße, мир 世界 🙂 ok"  # 1-, 2-, 3- and 4-byte characters, spaces between words
@@ -65,6 +65,7 @@ def test_summary_is_model_heads_on_the_same_attention(client, maps):
         np.testing.assert_allclose(as_float(out["metrics"][name]), want[name], rtol=1e-6, atol=1e-6, err_msg=name)
     assert out["labels"] == label_heads(want)
     assert out["label_threshold"] == LABEL_THRESHOLD
+    assert out["label_metrics"] == {label: metric for metric, label in LABELS}
     shares = np.stack([as_float(out["metrics"][m]) for m in METRICS if m not in ("mean_distance", "entropy_bits")])
     assert np.all((shares >= 0) & (shares <= 1 + 1e-6)), "shares of attention lie in [0, 1]"
 

@@ -442,7 +442,7 @@ def test_model_selector_and_the_summary_table(browser, two_models):
         assert labelled, "the Shakespeare model has heads of a clear kind on this text"
         layer, head, label = labelled[-1]
         cell = page.locator(f"#summary td[data-layer='{layer}'][data-head='{head}']")
-        assert label in cell.inner_text() and "bytes back" in cell.inner_text()
+        assert label in cell.inner_text() and " back · " in cell.inner_text()
         cell.click()
         page.wait_for_selector(f"#heatmap[data-layer='{layer}'][data-head='{head}']")
         assert page.input_value("#layer") == str(layer) and page.input_value("#head") == str(head)
@@ -457,13 +457,17 @@ def test_model_selector_and_the_summary_table(browser, two_models):
         page.wait_for_function(
             f"document.querySelectorAll('#summary td[data-head]').length === {tiny['n_layer'] * tiny['n_head']}"
         )
-        page.wait_for_selector(f"#heatmap[data-t='{len(TEXT.encode())}'][data-layer='0']")
+        page.wait_for_function("document.getElementById('summary-title').textContent.startsWith('tiny')")
         assert posted_models(page, "/v1/attention")[-2:] == ["tiny", "tiny"]  # the maps and the summary
+        # The selected layer and head stay where the smaller model has them; the map is the tiny model's.
+        layer, head = min(layer, tiny["n_layer"] - 1), min(head, tiny["n_head"] - 1)
+        assert page.input_value("#layer") == str(layer) and page.input_value("#head") == str(head)
         T = len(TEXT.encode())
+        page.wait_for_selector(f"#heatmap[data-t='{T}'][data-layer='{layer}'][data-head='{head}']")
         rgba = np.array(page.eval_on_selector("#heatmap", READ_CANVAS)["rgba"], dtype=np.float64).reshape(T, T, 4)
         lower = np.tril_indices(T)
         maps = api_attention(server, TEXT, model="tiny")
-        assert spearman((rgba[..., :3] @ [0.2126, 0.7152, 0.0722])[lower], maps[0, 0][lower]) > 0.95
+        assert spearman((rgba[..., :3] @ [0.2126, 0.7152, 0.0722])[lower], maps[layer, head][lower]) > 0.95
         page.fill("#max-new", "4")
         page.click("#generate")
         page.wait_for_selector("#gen-bytes[data-done='true']")
@@ -477,7 +481,7 @@ def test_character_toggle_shows_the_maps_between_characters(page, server):
     T = analyse(page, TEXT)
     chars = list(TEXT)
     C = len(chars)
-    page.check("input[name=granularity][value=character]")
+    page.click(".toggle label:has(input[value=character])")  # the radio itself is hidden behind its label
     page.wait_for_selector(f"#heatmap[data-t='{C}'][data-unit='character']")
     canvas = page.eval_on_selector("#heatmap", READ_CANVAS)
     assert (canvas["w"], canvas["lower"], canvas["upper"]) == (C, C * (C + 1) // 2, 0)
@@ -496,6 +500,6 @@ def test_character_toggle_shows_the_maps_between_characters(page, server):
     np.testing.assert_allclose([to[k] for k in range(i + 1)], expected[0][0][i][: i + 1], atol=2e-3)  # float16
     screenshot(page, "page-characters.png")
 
-    page.check("input[name=granularity][value=byte]")
+    page.click(".toggle label:has(input[value=byte])")
     page.wait_for_selector(f"#heatmap[data-t='{T}'][data-unit='byte']")
     assert page.locator("#bytes .b").count() == T

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
 from model.config import ModelConfig
-from model.heads import LABEL_THRESHOLD, char_spans, character_attention, label_heads, summarize_heads
+from model.heads import LABEL_THRESHOLD, LABELS, char_spans, character_attention, label_heads, summarize_heads
 from model.tokenizer import tokenizer
 from server.config import Settings
 from server.deps import ModelsDep, SettingsDep
@@ -134,6 +134,7 @@ def encode_summary(maps: Maps) -> bytes:
         metrics={name: values.tolist() for name, values in summary.items()},  # NaN is sent as null
         labels=label_heads(summary),
         label_threshold=LABEL_THRESHOLD,
+        label_metrics={label: metric for metric, label in LABELS},
     )
     return answer.model_dump_json().encode()
 

@@ -5,8 +5,12 @@
 import { errorMessage, postJson } from "./api.js";
 import { $ } from "./dom.js";
 
-const SHARES = { previous_byte: "previous byte", current_byte: "itself", same_character: "same character",
-                 same_word: "same word", first_position: "first byte" };
+// Each share: its name in a cell (short, as the hint above the table explains) and in the cell's title.
+const SHARES = {
+  previous_byte: ["prev", "the previous byte"], current_byte: ["self", "the byte itself"],
+  same_character: ["char", "the same character"], same_word: ["word", "the same word"],
+  first_position: ["first", "the first byte"],
+};
 
 export async function fetchSummary(text, model) {
   const res = await postJson("/v1/attention", { model, text, format: "summary" });
@@ -55,17 +59,20 @@ export class SummaryView {
     const kind = document.createElement("div");
     kind.className = "kind";
     kind.textContent = label ?? "mixed";
-    const shares = Object.keys(SHARES).filter((m) => value(m) !== null).sort((a, b) => value(b) - value(a));
+    // the share that earned the label first (shares are means over different bytes: it need not be the largest)
+    const earned = this.summary.label_metrics[label];
+    const shares = Object.keys(SHARES).filter((m) => value(m) !== null)
+      .sort((a, b) => (b === earned) - (a === earned) || value(b) - value(a));
     const line = document.createElement("div");
     line.className = "numbers";
-    line.textContent = shares.slice(0, 2).map((m) => `${SHARES[m]} ${percent(value(m))}`).join(" · ");
+    line.textContent = shares.slice(0, 2).map((m) => `${SHARES[m][0]} ${percent(value(m))}`).join(" · ");
     const reach = document.createElement("div");
     reach.className = "numbers";
-    reach.textContent = `${fixed(value("mean_distance"), 1)} bytes back · ${fixed(value("entropy_bits"), 2)} bits`;
+    reach.textContent = `${fixed(value("mean_distance"), 1)} back · ${fixed(value("entropy_bits"), 2)} bits`;
     td.append(kind, line, reach);
     td.title = [
       `layer ${layer}, head ${head}${label ? `: ${label}` : ""}`,
-      ...Object.entries(SHARES).map(([m, name]) => `on ${name}: ${percent(value(m))}`),
+      ...Object.entries(SHARES).map(([m, [, name]]) => `on ${name}: ${percent(value(m))}`),
       `mean distance: ${fixed(value("mean_distance"), 2)} bytes`,
       `entropy: ${fixed(value("entropy_bits"), 2)} bits`,
     ].join("\n");
