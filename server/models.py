@@ -29,7 +29,9 @@ def model_name(path: Path) -> str:
 
 def find_checkpoints(paths: list[Path]) -> list[Path]:
     """The checkpoint folders to serve, in order: each path that is a checkpoint, and for a folder of checkpoints
-    the checkpoints in it, sorted by name. CheckpointError when two would have the same name."""
+    the checkpoints in it, sorted by name. A folder met twice is served once, where it came first (so
+    `shakespeare,.` puts shakespeare first, then the rest of the folder). CheckpointError when two different
+    folders would have the same name."""
     found = []
     for path in paths:
         if checkpoint.exists(path) or not path.is_dir():
@@ -48,13 +50,13 @@ def find_checkpoints(paths: list[Path]) -> list[Path]:
     seen: dict[str, Path] = {}
     for path in found:
         name = model_name(path)
-        if name in seen:
+        if name in seen and seen[name].resolve() != path.resolve():
             raise CheckpointError(
                 f"two checkpoints would both be served as the model {name!r}: {seen[name]} and {path} "
                 "(a model is named after its folder: rename one)"
             )
-        seen[name] = path
-    return found
+        seen.setdefault(name, path)
+    return list(seen.values())
 
 
 def load_checkpoints(settings: Settings) -> dict[Path, TinyLLM]:

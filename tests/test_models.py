@@ -159,3 +159,7 @@ def test_a_folder_without_checkpoints_fails_at_start_up(tmp_path):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     line = start_fails(tmp_path / "empty")
     assert "neither a checkpoint" in line and "empty" in line
+
+
+def test_a_checkpoint_named_twice_is_served_once_where_it_came_first(zoo):
+    assert [p.name for p in find_checkpoints([zoo / "beta", zoo])] == ["beta", "alpha"]
