@@ -195,6 +195,7 @@ async def attention(body: AttentionRequest, models: ModelsDep, settings: Setting
 
 
 def encode(fmt: Format, maps: Maps) -> bytes:
+    """The answer's body in fmt, the maps first aggregated to characters when asked (in a worker thread)."""
     if maps.by_character:
         maps.values = torch.from_numpy(character_attention(maps.values, maps.ids)[0]).float()
     return fmt.encode(maps)
