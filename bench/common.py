@@ -27,6 +27,15 @@ def machine() -> str:
     return "; ".join(parts)
 
 
+def rss_mb(pid: int) -> float:
+    """A process's resident memory, in MB (MiB), from /proc."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def percentile(values: list[float], p: float) -> float:
     if not values:
         return float("nan")

@@ -18,16 +18,8 @@ import time
 
 import httpx
 
-from bench.common import DEFAULT_CHECKPOINT, percentile, plot, table, write_doc
+from bench.common import DEFAULT_CHECKPOINT, percentile, plot, rss_mb, table, write_doc
 from server.process import running_server
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class PeakRSS:

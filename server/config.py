@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, SecretStr
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def path_list(value):
+    """A list of paths from the command line or TINYLLM_CHECKPOINT: a JSON list, comma-separated, or one path."""
+    if isinstance(value, os.PathLike):
+        return [value]
+    if isinstance(value, str):
+        value = value.strip()
+        return json.loads(value) if value.startswith("[") else [p.strip() for p in value.split(",") if p.strip()]
+    return value
+
+
+# NoDecode: the environment's value reaches path_list as it is, instead of being parsed as JSON first.
+PathList = Annotated[list[Path], NoDecode, BeforeValidator(path_list)]
 
 
 class Settings(BaseSettings):
@@ -19,7 +35,12 @@ class Settings(BaseSettings):
         cli_implicit_flags=True,
     )
 
-    checkpoint: Path = Field(Path("checkpoints/shakespeare"), description="checkpoint folder to serve")
+    checkpoint: PathList = Field(
+        default_factory=lambda: [Path("checkpoints/shakespeare")],
+        min_length=1,
+        description="checkpoint folder to serve, or a folder of checkpoint folders (each is served); repeatable, "
+        "or comma-separated. Each model is named after its folder; the first is the default",
+    )
     host: str = Field("127.0.0.1", description="address to bind (0.0.0.0 for all interfaces)")
     port: int = Field(8000, ge=0, le=65535)
     device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
