@@ -24,6 +24,13 @@ class KVCache:
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
 
+    @classmethod
+    def of(cls, k: list[torch.Tensor], v: list[torch.Tensor]) -> KVCache:
+        """A cache over existing per-layer tensors (no allocation)."""
+        cache = cls.__new__(cls)
+        cache.k, cache.v = k, v
+        return cache
+
     @property
     def rows(self) -> int:
         return self.k[0].shape[0]

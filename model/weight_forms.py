@@ -12,15 +12,20 @@ weights: fewer bytes per weight is faster, if a kernel for them exists. The form
 Only the decode step uses a form (the runner's `decoder`); prefill, prompt scoring and attention maps keep
 the exact float32 model. In the decoder, Q/K/V and gate/up are fused into one matmul each. Which form is
 fastest depends on the machine (the runner measures); which are allowed depends on quality: a checkpoint's
-`weight_forms.json` records each form's validation loss (written by `python -m model.weight_forms`).
+`weight_forms.json` records each form's validation loss (written by `tinyllm-weight-forms`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import hashlib
 import json
 import math
+import platform
+import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -110,6 +115,85 @@ def attn_w(layer, name: str) -> torch.Tensor:
     return getattr(layer.self_attn, f"{name}_proj").weight
 
 
+# ---------------------------------------------------------------- speed: the fastest allowed form on this machine
+
+
+@torch.inference_mode()
+def matmul_seconds(model: Transformer, forms: list[str], rounds: int = 7, steps: int = 5) -> dict[str, float]:
+    """Per form, the time of one batch-1 decode step's weight matmuls (every linear map once, in order).
+
+    The rest of a step (norms, rotary embeddings, attention, sampling) is the same in every form, so this is
+    what tells them apart. Forms alternate within each round; the median of the rounds is kept.
+    """
+    x_model = torch.randn(1, 1, model.config.d_model)
+    x_hidden = torch.randn(1, 1, model.config.mlp_hidden)
+    linears = {}
+    for form in forms:
+        dec = decoder(model, form)
+        linears[form] = [
+            (m, x_hidden if m is layer.mlp.down_proj else x_model)
+            for layer in dec.layers
+            for m in (layer.self_attn.qkv, layer.self_attn.o_proj, layer.mlp.gate_up, layer.mlp.down_proj)
+        ]
+        linears[form].append((dec.lm_head, x_model))
+    times: dict[str, list[float]] = {form: [] for form in forms}
+    for _ in range(rounds):
+        for form in forms:
+            start = time.perf_counter()
+            for _ in range(steps):
+                for linear, x in linears[form]:
+                    linear(x)
+            times[form].append((time.perf_counter() - start) / steps)
+    return {form: statistics.median(t) for form, t in times.items()}
+
+
+def choose(model: Transformer, allowed_forms: list[str], cache_key: str, cache_dir: Path | None) -> tuple[str, str]:
+    """The fastest of allowed_forms on this machine, and why. The measurement is kept in cache_dir (per
+    checkpoint, machine, torch version and thread count), so a restart chooses the same form at once."""
+    key = hashlib.sha256(
+        f"{cache_key}|{platform.processor()}|{cpu_name()}|{torch.__version__}|{torch.get_num_threads()}|"
+        f"{sorted(allowed_forms)}".encode()
+    ).hexdigest()[:16]
+    record = cache_dir / "weight_forms" / f"{key}.json" if cache_dir else None
+    if record is not None and record.exists():
+        times = json.loads(record.read_text())
+        how = f"measured before (kept in {record})"
+    else:
+        times = matmul_seconds(model, allowed_forms)
+        how = "measured at start-up"
+        if record is not None:
+            with contextlib.suppress(OSError):  # a read-only cache only costs the next start a measurement
+                record.parent.mkdir(parents=True, exist_ok=True)
+                record.write_text(json.dumps(times, indent=2) + "\n")
+    best = min(times, key=times.get)
+    shown = ", ".join(f"{form} {times[form] * 1e3:.2f} ms" for form in sorted(times, key=times.get))
+    return best, f"fastest of the allowed forms, batch-1 step matmuls {how}: {shown}"
+
+
+def select(model: Transformer, path, requested: str, cache_dir: Path | None) -> tuple[str, str]:
+    """The weight form to serve checkpoint `path` in, and why: `requested` if it names one, else ("auto") the
+    fastest on this machine of those its quality record allows. On a GPU the model's own dtype serves."""
+    if model.lm_head.weight.device.type != "cpu":
+        return "float32", f"weights as loaded ({str(model.lm_head.weight.dtype).removeprefix('torch.')}) on the GPU"
+    if requested != "auto":
+        return requested, "as asked (--dtype)"
+    forms, why = allowed(path)
+    if len(forms) == 1:
+        return forms[0], why
+    weights = checkpoint.resolve(path) / checkpoint.WEIGHTS
+    stat = weights.stat()
+    form, how = choose(model, forms, f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}", cache_dir)
+    return form, f"{how}; {why}"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
+
+
 # ---------------------------------------------------------------- quality: validation loss per form
 
 
@@ -143,7 +227,7 @@ def validation_loss(model: Transformer, data: bytes, context: int, batch: int = 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(
-        prog="python -m model.weight_forms",
+        prog="tinyllm-weight-forms",
         description="Measure each weight form's validation loss and record it in the checkpoint (weight_forms.json).",
     )
     p.add_argument("checkpoint", type=Path)
@@ -162,7 +246,3 @@ def main(argv=None) -> None:
         "windows": f"all non-overlapping {model.config.context_length}-byte windows of the held-out part",
     }
     (checkpoint.resolve(args.checkpoint) / QUALITY_FILE).write_text(json.dumps(record, indent=2) + "\n")
-
-
-if __name__ == "__main__":
-    main()

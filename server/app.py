@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -29,6 +30,8 @@ def create_app(settings: Settings, llms: dict[Path, TinyLLM] | None = None) -> F
     async def lifespan(app: FastAPI):
         if settings.threads:
             torch.set_num_threads(settings.threads)
+        # Inductor keeps compiled code here, so that a restart loads it instead of compiling again.
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(settings.cache_dir / "inductor"))
         models = ServedModels(llms or load_checkpoints(settings), settings)
         models.start()
         app.state.models = models

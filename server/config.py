@@ -44,8 +44,17 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address to bind (0.0.0.0 for all interfaces)")
     port: int = Field(8000, ge=0, le=65535)
     device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto = bfloat16 on CUDA, float32 on CPU"
+    dtype: Literal["auto", "float32", "bfloat16", "int8", "float16"] = Field(
+        "auto",
+        description="on CPU, the decode step's weight form (float32, bfloat16, int8; auto = the fastest on this "
+        "machine of those the checkpoint's weight_forms.json allows); on CUDA the model's dtype (auto = bfloat16)",
+    )
+    compile: bool = Field(
+        True, description="compile the decode step (torch.compile) in the background; the eager step serves until then"
+    )
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "tinyllm",
+        description="where measured weight-form choices and compiled code are kept between starts",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     threads: int = Field(0, ge=0, description="CPU threads for torch's kernels (0 = torch's default, one per core)")

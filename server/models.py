@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from model import checkpoint
-from model.api import TinyLLM
+from model import checkpoint, weight_forms
+from model.api import TinyLLM, resolve_device
 from model.checkpoint import CheckpointError
 from model.runner import Runner
 from server.config import Settings
@@ -60,8 +60,17 @@ def find_checkpoints(paths: list[Path]) -> list[Path]:
 
 
 def load_checkpoints(settings: Settings) -> dict[Path, TinyLLM]:
-    """Every checkpoint the settings name, loaded; CheckpointError names the first that cannot be."""
-    return {path: TinyLLM.load(path, settings.device, settings.dtype) for path in find_checkpoints(settings.checkpoint)}
+    """Every checkpoint the settings name, loaded; CheckpointError names the first that cannot be.
+
+    On a CPU the model itself stays float32 (prefill, scoring and attention maps are exact); --dtype picks the
+    decode step's weight form (ServedModels). On CUDA --dtype is the model's dtype."""
+    device = resolve_device(settings.device)
+    if device.type == "cpu" and settings.dtype == "float16":
+        raise CheckpointError("--dtype float16 is for CUDA; on a CPU choose auto, float32, bfloat16 or int8")
+    if device.type != "cpu" and settings.dtype == "int8":
+        raise CheckpointError("--dtype int8 is a CPU weight form; on CUDA choose auto, float32, bfloat16 or float16")
+    dtype = settings.dtype if device.type != "cpu" else "float32"
+    return {path: TinyLLM.load(path, device, dtype) for path in find_checkpoints(settings.checkpoint)}
 
 
 @dataclass
@@ -72,6 +81,7 @@ class ServedModel:
     checkpoint: Path
     llm: TinyLLM
     engine: Engine
+    form_reason: str  # why the decode step runs in engine.runner.form
 
     @property
     def created(self) -> int:
@@ -85,15 +95,12 @@ class ServedModels:
     """The served models by name, in the order given; the first is the default."""
 
     def __init__(self, llms: dict[Path, TinyLLM], settings: Settings):
-        self.by_name = {
-            model_name(path): ServedModel(
-                model_name(path),
-                path,
-                llm,
-                Engine(Runner(llm.model, settings.max_batch), settings.max_queue, settings.prefill_chunk),
-            )
-            for path, llm in llms.items()
-        }
+        self.by_name = {}
+        for path, llm in llms.items():
+            form, why = weight_forms.select(llm.model, path, settings.dtype, settings.cache_dir)
+            runner = Runner(llm.model, settings.max_batch, form=form, compile=settings.compile)
+            engine = Engine(runner, settings.max_queue, settings.prefill_chunk)
+            self.by_name[model_name(path)] = ServedModel(model_name(path), path, llm, engine, why)
         self.default = next(iter(self.by_name.values()))
 
     def __iter__(self) -> Iterator[ServedModel]:
@@ -121,14 +128,19 @@ class ServedModels:
     def start(self) -> None:
         for m in self:
             m.engine.start()
+            runner = m.engine.runner
             log.info(
-                "serving %s from %s on %s (%s), %d parameters",
+                "serving %s from %s on %s (%s), %d parameters; decode step in %s: %s",
                 m.name,
                 m.checkpoint,
                 m.llm.device,
-                m.engine.runner.dtype,
+                runner.dtype,
                 m.llm.model.num_params(),
+                runner.form,
+                m.form_reason,
             )
+            if runner.compile:
+                runner.start_compiling()
 
     def stop(self) -> None:
         for m in self:

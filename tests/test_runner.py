@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from model.kv_cache import KVCache
-from model.runner import Runner, Sequence
+from model.runner import DECODE_BUCKETS, Runner, Sequence
 from model.sampling import SamplingParams
 from model.tokenizer import tokenizer
 from support import TINY_CONFIG, random_ids, sharp_model
@@ -73,7 +73,7 @@ def test_rows_at_different_positions_in_a_padded_batch_match_their_own_full_forw
     """Three rows at their own positions decode together; the step is padded to the 4-row bucket, and the
     padding row must not disturb a prompt waiting in the prefill row, which then moves in and joins."""
     model = sharp_model()
-    runner = Runner(model, max_batch=4)
+    runner = Runner(model, max_batch=4, buckets=DECODE_BUCKETS)
     assert runner.bucket(3) == 4 and runner.prefill_row == 4
     lengths = [5, 19, 11, 8]
     rows = [random_ids(1, n + 8, seed=n)[0] for n in lengths]  # each row's prompt, then 8 more bytes

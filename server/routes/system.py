@@ -36,6 +36,12 @@ async def model_info(served: QueryModelDep):
         "num_params": llm.model.num_params(),
         "device": str(llm.device),
         "dtype": str(engine.runner.dtype).removeprefix("torch."),
+        "decode_step": {
+            "weight_form": engine.runner.form,
+            "why": served.form_reason,
+            "compiled": engine.runner.compiled_in is not None,
+            "compiled_in_s": engine.runner.compiled_in,
+        },
         "context_length": llm.config.context_length,
         "max_batch": engine.max_batch,
         "training": llm.training_info,
