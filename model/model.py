@@ -70,10 +70,10 @@ class CacheSlots:
         """How many cache positions attention reads: up to the furthest query (a host read of positions)."""
         return int(self.positions.max()) + 1
 
-    def write_and_read(self, cache: tuple[torch.Tensor, torch.Tensor], k: torch.Tensor, v: torch.Tensor):
+    def write_and_read(self, cache: tuple[torch.Tensor, torch.Tensor], k: torch.Tensor, v: torch.Tensor, n_keys=None):
         """Store k, v (B, nh, T, hs) in one layer's cache; return its rows' keys and values (B, nh, n_keys, hs)."""
         k_cache, v_cache = cache  # (rows, nh, max_len, hs) each
-        B, n_keys = self.positions.shape[0], self.n_keys
+        B, n_keys = self.positions.shape[0], n_keys or self.n_keys
         rows = torch.arange(self.first_row, self.first_row + B, device=k.device).unsqueeze(1)  # (B, 1)
         # Indexing [rows, :, positions] addresses a (B, T, nh, hs) block of the cache.
         k_cache[rows, :, self.positions] = k.transpose(1, 2)
@@ -82,9 +82,9 @@ class CacheSlots:
             self.first_row : self.first_row + B, :, :n_keys
         ]
 
-    def mask(self) -> torch.Tensor:
+    def mask(self, n_keys=None) -> torch.Tensor:
         """(B, 1, T, n_keys): True where a query may attend to a key (keys up to its own position)."""
-        key_pos = torch.arange(self.n_keys, device=self.positions.device)
+        key_pos = torch.arange(n_keys or self.n_keys, device=self.positions.device)
         return (key_pos <= self.positions.unsqueeze(-1)).unsqueeze(1)
 
 
@@ -104,11 +104,13 @@ def cached_attention(
     it attention reads only the cache positions in use (how many is data, not shape), as vLLM's piecewise
     compilation leaves attention out of the graph.
     """
+    B, T = positions.shape
     slots = CacheSlots(first_row, positions)
-    keys, values = slots.write_and_read((k_cache, v_cache), k, v)
-    T = q.shape[2]
-    uniform = T == 1 and bool(positions.min() == positions.max())  # every query sees every key read
-    return F.scaled_dot_product_attention(q, keys, values, attn_mask=None if uniform else slots.mask()).contiguous()
+    last = int(positions.max())  # the host read of n_keys, once
+    keys, values = slots.write_and_read((k_cache, v_cache), k, v, last + 1)
+    uniform = T == 1 and (B == 1 or last == int(positions.min()))  # every query sees every key read
+    mask = None if uniform else slots.mask(last + 1)
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask).contiguous()
 
 
 @cached_attention.register_fake
