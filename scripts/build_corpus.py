@@ -1,0 +1,523 @@
+"""Build the multilingual training corpus from pinned Debian packages, reproducibly.
+
+    python scripts/build_corpus.py --out data/multilingual          # downloads into data/cache
+
+Every source is a Debian package at a pinned version and .deb sha256 (`apt-get download`, then
+`dpkg-deb -x` into the cache folder; nothing is installed). Its text is extracted (man pages with their
+roff markup stripped, fortune cookies, gettext translations, Unicode CLDR emoji annotations), cleaned,
+deduplicated and split per language: documents in the fixed order of their sha256, the last 10% of each
+language's bytes held out. Written: OUT/train/<lang>.txt, OUT/val/<lang>.txt (documents separated by a
+blank line) and OUT/manifest.json (sources, versions, licences, bytes per language and per script, the
+sha256 of every file). The same pinned packages give the same bytes; a different version available from
+apt stops the build unless --allow-other-versions is given (then the manifest records what was used).
+
+    tinyllm-train --data OUT/train --val-data OUT/val ...
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import re
+import struct
+import subprocess
+import sys
+import unicodedata
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+HELD_OUT = 0.10
+
+
+@dataclass(frozen=True)
+class Source:
+    package: str
+    version: str
+    deb_sha256: str
+    licence: str
+    lang: str  # the language code the text goes to
+    kind: str  # man | fortune | mo | cldr: which extractor reads it
+    pattern: str  # a glob, relative to the unpacked package, of the files read
+
+
+MAN_L10N = "GPL-3+ (manpages-l10n translations; the original pages keep their own licences)"
+MO = "msgstr of the package's gettext catalogue for Greek (el.mo)"
+SOURCES = [
+    Source("manpages", "6.03-2", "", "GPL-2+ and others (Linux man-pages, see its copyright file)",
+           "en", "man", "usr/share/man/man*/*.gz"),
+    Source("fortunes", "1:1.99.1-7.3", "", "BSD-3-clause program; the cookies are quotations", "en", "fortune",
+           "usr/share/games/fortunes/*"),
+    Source("fortunes-min", "1:1.99.1-7.3", "", "BSD-3-clause program; the cookies are quotations", "en",
+           "fortune", "usr/share/games/fortunes/*"),
+    Source("manpages-de", "4.18.1-1", "", MAN_L10N, "de", "man", "usr/share/man/de/man*/*.gz"),
+    Source("fortunes-de", "0.35-1", "", "GPL-2+", "de", "fortune", "usr/share/games/fortunes/de/*"),
+    Source("manpages-fr", "4.18.1-1", "", MAN_L10N, "fr", "man", "usr/share/man/fr/man*/*.gz"),
+    Source("manpages-es", "4.18.1-1", "", MAN_L10N, "es", "man", "usr/share/man/es/man*/*.gz"),
+    Source("fortunes-es", "1.36", "", "GPL-2+ program; the cookies are presumed public domain", "es", "fortune",
+           "usr/share/games/fortunes/es/*"),
+    Source("manpages-ru", "4.18.1-1", "", MAN_L10N, "ru", "man", "usr/share/man/ru/man*/*.gz"),
+    Source("fortunes-ru", "1.52-3.1", "", "GPL-2+", "ru", "fortune", "usr/share/games/fortunes/ru/*"),
+    Source("manpages-el", "4.18.1-1", "", MAN_L10N, "el", "man", "usr/share/man/el/man*/*.gz"),
+    Source("git", "1:2.39.5-0+deb12u3", "", "GPL-2 (" + MO + ")", "el", "mo", "usr/share/locale/el/LC_MESSAGES/*.mo"),
+    Source("libgtk-3-common", "3.24.38-2~deb12u3", "", "LGPL-2+ (" + MO + ")", "el", "mo",
+           "usr/share/locale/el/LC_MESSAGES/*.mo"),
+    Source("gsettings-desktop-schemas", "43.0-1", "", "LGPL-2.1+ (" + MO + ")", "el", "mo",
+           "usr/share/locale/el/LC_MESSAGES/*.mo"),
+    Source("libglib2.0-data", "2.74.6-2+deb12u9", "", "LGPL-2.1+ (" + MO + ")", "el", "mo",
+           "usr/share/locale/el/LC_MESSAGES/*.mo"),
+    Source("bash", "5.2.15-2+b13", "", "GPL-3+ (" + MO + ")", "el", "mo", "usr/share/locale/el/LC_MESSAGES/*.mo"),
+    Source("libc-l10n", "2.36-9+deb12u14", "", "LGPL-2.1+ (" + MO + ")", "el", "mo",
+           "usr/share/locale/el/LC_MESSAGES/*.mo"),
+    Source("dpkg", "1.21.23", "", "GPL-2+ (" + MO + ")", "el", "mo", "usr/share/locale/el/LC_MESSAGES/*.mo"),
+    Source("gnupg-l10n", "2.2.40-1.1+deb12u2", "", "GPL-3+ (" + MO + ")", "el", "mo",
+           "usr/share/locale/el/LC_MESSAGES/*.mo"),
+    Source("apt", "2.6.2", "", "GPL-2+ (" + MO + ")", "el", "mo", "usr/share/locale/el/LC_MESSAGES/*.mo"),
+    Source("manpages-ja", "0.5.0.0.20221215+dfsg-1", "", "GPL-2+ and others (JM project, see its copyright file)",
+           "ja", "man", "usr/share/man/ja/man*/*.gz"),
+    Source("manpages-zh", "1.6.4.0-1", "", "GFDL-1.2+", "zh", "man", "usr/share/man/zh_*/man*/*.gz"),
+    Source("fortunes-zh", "2.98", "", "GPL-3+", "zh", "fortune", "usr/share/games/fortunes/*"),
+    Source("unicode-cldr-core", "41-0.1", "", "Unicode-DFS-2016", "emoji", "cldr",
+           "usr/share/unicode/cldr/common/annotations/*.xml"),
+]
+LANGUAGES = ["en", "de", "fr", "es", "ru", "el", "ja", "zh", "emoji"]
+# Share of a document's letters that must be in the language's script (untranslated English is dropped).
+SCRIPT_OF_LANG = {"ru": ("Cyrillic",), "el": ("Greek",), "ja": ("Han", "Hiragana", "Katakana"), "zh": ("Han",)}
+MIN_SCRIPT_SHARE = 0.3
+# The CLDR languages whose emoji names and keywords are written next to the emoji.
+CLDR_LANGS = ["en", "de", "fr", "es", "ru", "el", "ja", "zh"]
+EMOJI_PER_DOCUMENT = 8
+
+
+# ---------------------------------------------------------------- roff
+
+ROFF_GLYPHS = {
+    "em": "—", "en": "–", "hy": "-", "mi": "−", "aq": "'", "dq": '"', "lq": "“", "rq": "”", "oq": "‘",
+    "cq": "’", "bu": "•", "co": "©", "rg": "®", "tm": "™", "pl": "+", "mu": "×", "di": "÷", ">=": "≥",
+    "<=": "≤", "!=": "≠", "->": "→", "<-": "←", "de": "°", "ga": "`", "ha": "^", "ti": "~", "fo": "«",
+    "fc": "»", "Fo": "«", "Fc": "»", "sq": "□", "ba": "|", "or": "|", "rs": "\\", "sl": "/", "at": "@",
+    "sh": "#", "dg": "†", "ua": "↑", "da": "↓", "lh": "☜", "rh": "☞", "aa": "´", "12": "½", "14": "¼",
+    "R": "®", "Tm": "™", "dq ": '"', "ss": "ß", "'e": "é", "`e": "è", "'a": "á", ":u": "ü", ":o": "ö", ":a": "ä",
+}
+ESCAPE = re.compile(r"""\\(?:
+      \((?P<g2>..)                      # \(xx glyph
+    | \[(?P<gb>[^\]]*)\]                # \[name] glyph
+    | \*(?:\((?P<s2>..)|\[(?P<sb>[^\]]*)\]|(?P<s1>.))    # \*x string
+    | f(?:\(..|\[[^\]]*\]|.)            # font change
+    | s[+-]?(?:\(\d\d|\[[^\]]*\]|\d)     # size change
+    | [nkgmMVY](?:\(..|\[[^\]]*\]|.)    # registers, marks, colours
+    | [hvwlLboDxXRAZN]'[^']*'           # motions, widths, lines, device commands
+    | (?P<lit>.)                        # any other escaped character
+)""", re.VERBOSE)
+LITERAL = {"-": "-", "e": "\\", "\\": "\\", " ": " ", "~": " ", "0": " ", "&": "", "|": "", "^": "", "c": "",
+           "%": "", ":": "", "/": "", ",": "", "t": "\t", "'": "´", "`": "`", ".": ".", "!": "", "}": "", "{": "",
+           "p": "", "r": "", "a": "", "d": "", "u": "", "z": "", "E": ""}
+FONT_ALTERNATING = {"BR", "BI", "IB", "IR", "RB", "RI"}
+FONT_WORDS = {"B", "I", "SM", "SB", "Nm", "Ar", "Dv", "Er", "Ev", "Pa", "Va", "Cm", "Ic", "Li", "Sy", "Em", "Xr",
+              "Nd", "Ql", "Dq", "Sq", "Pq", "Lk"}
+HEADINGS = {"SH", "SS", "Sh", "Ss"}
+BREAKS = {"PP", "P", "LP", "HP", "IP", "TP", "TQ", "sp", "Pp", "Bl", "El", "It", "RS", "RE", "Bd", "Ed", "SY",
+          "YS", "EX", "EE", "nf", "fi", "br", "in", "ti", "ne", "bp", "TS", "TE"}
+MDOC_MACRO = re.compile(r"^(?:[A-Z][a-z][a-z]?|Fl|Op|Oo|Oc|No|Ns|Pf|Bq|Brq|Aq|Ta)$")
+
+
+def roff_glyph(name: str) -> str:
+    if name.startswith("u") and re.fullmatch(r"u[0-9A-Fa-f]{4,6}", name):
+        return chr(int(name[1:], 16))
+    return ROFF_GLYPHS.get(name, "")
+
+
+def roff_text(line: str) -> str:
+    """A line of roff text with its escapes replaced by the characters they stand for (or nothing)."""
+    line = re.sub(r'\\".*', "", line)  # comment to the end of the line
+
+    def replace(m: re.Match) -> str:
+        for group in ("g2", "gb", "s2", "sb", "s1"):
+            if m.group(group) is not None:
+                name = m.group(group)
+                return roff_glyph(name) if group[0] == "g" else {"lq": "“", "rq": "”", "R": "®", "Tm": "™"}.get(name, "")
+        if m.group("lit") is not None:
+            return LITERAL.get(m.group("lit"), m.group("lit"))
+        return ""
+
+    return ESCAPE.sub(replace, line)
+
+
+def macro_args(rest: str) -> list[str]:
+    """Arguments of a macro line: blank-separated, "double quoted" ones may hold blanks."""
+    return [a[1:-1].replace('""', '"') if a.startswith('"') else a
+            for a in re.findall(r'"(?:[^"]|"")*"?|\S+', rest)]
+
+
+def _is_cjk(ch: str) -> bool:
+    return unicodedata.east_asian_width(ch) in ("W", "F")
+
+
+def strip_roff(source: str) -> str:
+    """Plain text of a man page: requests dropped, text-bearing macros kept as their words, fill-mode lines
+    joined into paragraphs (without a blank between two CJK characters), headings on their own lines."""
+    out: list[str] = []
+    para: list[str] = []
+    fill, in_table_format, skip_until = True, False, None
+
+    def flush():
+        if para:
+            text = ""
+            for piece in para:
+                if text and not (_is_cjk(text[-1]) and _is_cjk(piece[0])):
+                    text += " "
+                text += piece
+            out.append(text)
+            para.clear()
+
+    def blank():
+        flush()
+        if out and out[-1] != "":
+            out.append("")
+
+    def text(s: str):
+        s = s.strip() if fill else s.rstrip()
+        if not s:
+            if not fill:
+                flush()
+                out.append("")
+            return
+        if fill:
+            para.append(s)
+        else:
+            flush()
+            out.append(s)
+
+    for raw in source.splitlines():
+        if skip_until is not None:
+            if raw.strip().startswith(skip_until):
+                skip_until = None
+            continue
+        if in_table_format:  # tbl options and format lines end with a "."
+            if raw.rstrip().endswith("."):
+                in_table_format = False
+            continue
+        if raw[:1] in (".", "'") and not raw.startswith(".\\\"") and not raw.startswith("'\\\""):
+            m = re.match(r"[.']\s*(\S+)\s*(.*)", raw)
+            if not m:
+                continue
+            name, args = m.group(1), macro_args(roff_text(m.group(2)))
+            if name in ("de", "de1", "am", "ig"):
+                skip_until = ".."
+                continue
+            if name == "TS":
+                blank()
+                in_table_format = True
+                continue
+            if name in HEADINGS:
+                blank()
+                if args:
+                    out.append(" ".join(args))
+                    out.append("")
+                continue
+            if name in BREAKS:
+                if name in ("nf", "EX"):
+                    flush()
+                    fill = False
+                elif name in ("fi", "EE"):
+                    fill = True
+                if name in ("br",):
+                    flush()
+                else:
+                    blank()
+                if name in ("IP", "It") and args and args[0] not in ("", "•", "-", "*", "o") \
+                        and not MDOC_MACRO.match(args[0]):
+                    text(args[0])
+                    flush()
+                continue
+            if name in FONT_ALTERNATING:
+                text("".join(args))
+            elif name in FONT_WORDS:
+                text(" ".join(a for a in args if not MDOC_MACRO.match(a)))
+            elif name == "Fl":
+                text(" ".join("-" + a for a in args if not MDOC_MACRO.match(a)))
+            elif name in ("OP", "Op"):
+                text("[" + " ".join(a for a in args if not MDOC_MACRO.match(a)) + "]")
+            elif name in ("UR", "MT", "UE", "ME"):
+                text(" ".join(args[:1]) if name in ("UE", "ME") else "")
+            # every other request (TH, so, if, ie, nr, ds, ft, ...) carries no running text
+            continue
+        if raw.startswith("T{") or raw.startswith("T}"):
+            raw = raw[2:].lstrip("\t")
+        text(roff_text(raw).replace("\t", " ") if fill else roff_text(raw))
+    flush()
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- other formats
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def split_fortunes(text: str) -> list[str]:
+    """The cookies of a fortune file: separated by lines holding only "%"; terminal colour codes removed."""
+    return [ANSI.sub("", c) for c in re.split(r"^%\s*$", text, flags=re.MULTILINE)]
+
+
+def read_mo(data: bytes) -> list[str]:
+    """The translations (msgstr) of a gettext .mo catalogue, in the catalogue's order; plural forms
+    are separate entries, the header entry (empty msgid) is left out."""
+    magic = struct.unpack("<I", data[:4])[0]
+    order = "<" if magic == 0x950412DE else ">"
+    _, count, ids_at, strs_at = struct.unpack(order + "4I", data[4:20])
+    out = []
+    for i in range(count):
+        id_len, id_off = struct.unpack(order + "2I", data[ids_at + 8 * i: ids_at + 8 * i + 8])
+        str_len, str_off = struct.unpack(order + "2I", data[strs_at + 8 * i: strs_at + 8 * i + 8])
+        if id_len == 0:
+            continue
+        out.extend(data[str_off:str_off + str_len].decode("utf-8").split("\x00"))
+    return out
+
+
+def gettext_text(msgstr: str) -> str:
+    """A UI message as plain text: keyboard-accelerator underscores and ampersands dropped."""
+    return re.sub(r"_(?=\w)", "", msgstr).replace("&&", "&")
+
+
+def cldr_emoji(xml: bytes) -> list[tuple[str, str, list[str]]]:
+    """(emoji, spoken name, keywords) of a CLDR annotations file, in file order."""
+    names: dict[str, str] = {}
+    keywords: dict[str, list[str]] = {}
+    for a in ET.fromstring(xml).iter("annotation"):
+        cp, value = a.get("cp"), (a.text or "").strip()
+        if a.get("type") == "tts":
+            names[cp] = value
+        else:
+            keywords[cp] = [k.strip() for k in value.split("|") if k.strip()]
+    return [(cp, names[cp], keywords.get(cp, [])) for cp in names if any(is_emoji(ch) for ch in cp)]
+
+
+def emoji_documents(entries: list[tuple[str, str, list[str]]], per_document: int = EMOJI_PER_DOCUMENT) -> list[str]:
+    """Short paragraphs in which every emoji stands inside a line of words: "name emoji: keyword, keyword."."""
+    lines = [f"{name} {cp}: {', '.join(k for k in kws if k != name)}." if len(kws) > 1 else f"{name} {cp}."
+             for cp, name, kws in entries]
+    return ["\n".join(lines[i:i + per_document]) for i in range(0, len(lines), per_document)]
+
+
+# ---------------------------------------------------------------- cleaning, scripts, splitting
+
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u200b\ufeff]")
+
+
+def clean(doc: str) -> str:
+    """NFC text with Unix newlines, no control characters, no trailing blanks, at most one blank line in a row."""
+    doc = unicodedata.normalize("NFC", doc.replace("\r\n", "\n").replace("\r", "\n"))
+    doc = CONTROL.sub("", doc)
+    doc = "\n".join(line.rstrip() for line in doc.split("\n"))
+    return re.sub(r"\n{3,}", "\n\n", doc).strip("\n").strip()
+
+
+def is_emoji(ch: str) -> bool:
+    o = ord(ch)
+    return 0x1F000 <= o <= 0x1FAFF or 0x2600 <= o <= 0x27BF or 0x2B00 <= o <= 0x2BFF or o in (0x200D, 0xFE0F) \
+        or 0x1F1E6 <= o <= 0x1F1FF or 0xE0020 <= o <= 0xE007F or 0x2190 <= o <= 0x21FF or 0x2300 <= o <= 0x23FF
+
+
+def script_of(ch: str) -> str:
+    """A coarse script class: Latin, Cyrillic, Greek, Han, Hiragana, Katakana, Hangul, Emoji, Common
+    (digits, punctuation, blanks, symbols) or Other."""
+    if ch.isascii():
+        return "Latin" if ch.isalpha() else "Common"
+    if is_emoji(ch):
+        return "Emoji"
+    name = unicodedata.name(ch, "")
+    for word, script in (("LATIN", "Latin"), ("CYRILLIC", "Cyrillic"), ("GREEK", "Greek"), ("CJK", "Han"),
+                         ("HIRAGANA", "Hiragana"), ("KATAKANA", "Katakana"), ("HANGUL", "Hangul")):
+        if name.startswith(word):
+            return script
+    return "Common" if not ch.isalpha() else "Other"
+
+
+def bytes_per_script(text: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for ch in text:
+        s = script_of(ch)
+        counts[s] = counts.get(s, 0) + len(ch.encode("utf-8"))
+    return dict(sorted(counts.items()))
+
+
+def in_language_script(doc: str, lang: str) -> bool:
+    """Whether enough of the document's letters are in its language's script (always true for Latin ones)."""
+    if lang not in SCRIPT_OF_LANG:
+        return True
+    letters = [script_of(ch) for ch in doc if ch.isalpha()]
+    return bool(letters) and sum(s in SCRIPT_OF_LANG[lang] for s in letters) / len(letters) >= MIN_SCRIPT_SHARE
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def deduplicate(docs: list[str]) -> list[str]:
+    """Documents in the fixed order of their sha256, each distinct text once."""
+    return sorted(set(docs), key=lambda d: sha256(d.encode("utf-8")))
+
+
+def split_held_out(docs: list[str], fraction: float = HELD_OUT) -> tuple[list[str], list[str]]:
+    """(train, held-out): the held-out part is the last documents, from the first one that starts at or after
+    (1 - fraction) of the language's bytes; documents are never cut."""
+    sizes = [len(d.encode("utf-8")) + 2 for d in docs]  # + the blank line between documents
+    cut_at, pos, cut = (1 - fraction) * sum(sizes), 0, len(docs)
+    for i, n in enumerate(sizes):
+        if pos >= cut_at:
+            cut = i
+            break
+        pos += n
+    return docs[:cut], docs[cut:]
+
+
+def join_documents(docs: list[str]) -> bytes:
+    return "".join(d + "\n\n" for d in docs).encode("utf-8")
+
+
+# ---------------------------------------------------------------- packages
+
+def run(cmd: list[str], cwd: Path | None = None) -> str:
+    return subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def available_version(package: str) -> str:
+    for line in run(["apt-cache", "policy", package]).splitlines():
+        if line.strip().startswith("Candidate:"):
+            return line.split(":", 1)[1].strip()
+    return "(none)"
+
+
+def fetch(src: Source, cache: Path, allow_other_versions: bool) -> tuple[Path, str, str]:
+    """Unpacked folder, version used and .deb sha256 of a source package, downloading it once into the cache."""
+    debs = cache / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    version = src.version
+    found = sorted(debs.glob(f"{src.package}_{version.replace(':', '%3a')}_*.deb"))
+    if not found:
+        candidate = available_version(src.package)
+        if candidate != src.version:
+            message = f"{src.package}: pinned {src.version}, apt offers {candidate}"
+            if not allow_other_versions or candidate == "(none)":
+                sys.exit(f"build_corpus: {message}; run `apt-get update`, or pass --allow-other-versions "
+                         f"to build a corpus that differs from the pinned one")
+            print(f"WARNING: {message}: the corpus will NOT match the pinned one", file=sys.stderr)
+            version = candidate
+        run(["apt-get", "download", f"{src.package}={version}"], cwd=debs)
+        found = sorted(debs.glob(f"{src.package}_{version.replace(':', '%3a')}_*.deb"))
+    deb = found[0]
+    digest = sha256(deb.read_bytes())
+    if src.deb_sha256 and digest != src.deb_sha256 and version == src.version:
+        sys.exit(f"build_corpus: {deb}: sha256 {digest}, pinned {src.deb_sha256}")
+    unpacked = cache / "unpacked" / deb.stem
+    if not unpacked.is_dir():
+        tmp = unpacked.with_name(unpacked.name + ".tmp")
+        subprocess.run(["rm", "-rf", str(tmp)], check=True)
+        tmp.mkdir(parents=True)
+        run(["dpkg-deb", "-x", str(deb), str(tmp)])
+        tmp.rename(unpacked)
+    return unpacked, version, digest
+
+
+def documents_of(src: Source, root: Path) -> tuple[list[str], int]:
+    """The raw documents of one unpacked source, and how many files it read."""
+    files = sorted(f for f in root.glob(src.pattern) if f.is_file() and not f.is_symlink())
+    docs: list[str] = []
+    used = 0
+    for f in files:
+        data = f.read_bytes()
+        if src.kind == "man":
+            text = gzip.decompress(data).decode("utf-8", errors="strict")
+            if re.match(r"\.so\s", text):  # a page that only points at another page
+                continue
+            docs.append(strip_roff(text))
+        elif src.kind == "fortune":
+            if f.suffix in (".dat", ".u8", ".pre") or "off" in f.relative_to(root).parts:
+                continue  # indexes, links, and the rot13 "offensive" sets
+            docs.extend(split_fortunes(data.decode("utf-8", errors="strict")))
+        elif src.kind == "mo":
+            docs.extend(gettext_text(s) for s in read_mo(data))
+        elif src.kind == "cldr":
+            if f.stem not in CLDR_LANGS:
+                continue
+            docs.extend(emoji_documents(cldr_emoji(data)))
+        used += 1
+    return docs, used
+
+
+# ---------------------------------------------------------------- main
+
+def build(out: Path, cache: Path, allow_other_versions: bool) -> dict:
+    by_lang: dict[str, list[str]] = {lang: [] for lang in LANGUAGES}
+    sources = []
+    for src in SOURCES:
+        root, version, digest = fetch(src, cache, allow_other_versions)
+        raw, files = documents_of(src, root)
+        kept = [d for d in map(clean, raw) if len(d) >= 2 and in_language_script(d, src.lang)]
+        by_lang[src.lang].extend(kept)
+        copyright_file = f"usr/share/doc/{src.package}/copyright"
+        sources.append({"package": src.package, "version": version, "pinned_version": src.version,
+                        "deb_sha256": digest, "licence": src.licence, "copyright_file": copyright_file,
+                        "language": src.lang, "extractor": src.kind, "files": files, "pattern": src.pattern,
+                        "documents_raw": len(raw), "documents_kept": len(kept)})
+        print(f"{src.package} {version}: {files} files, {len(kept)} of {len(raw)} documents -> {src.lang}",
+              file=sys.stderr)
+
+    for split in ("train", "val"):
+        (out / split).mkdir(parents=True, exist_ok=True)
+    languages, files, scripts_total = {}, {}, {}
+    for lang in LANGUAGES:
+        docs = deduplicate(by_lang[lang])
+        train, val = split_held_out(docs)
+        entry = {"documents": len(docs), "duplicates_dropped": len(by_lang[lang]) - len(docs)}
+        for split, part in (("train", train), ("val", val)):
+            data = join_documents(part)
+            path = out / split / f"{lang}.txt"
+            path.write_bytes(data)
+            files[f"{split}/{lang}.txt"] = {"bytes": len(data), "documents": len(part), "sha256": sha256(data)}
+            entry[f"{split}_bytes"] = len(data)
+            entry[f"{split}_documents"] = len(part)
+        text = join_documents(docs).decode("utf-8")
+        entry["bytes"] = entry["train_bytes"] + entry["val_bytes"]
+        entry["characters"] = len(text)
+        entry["bytes_per_script"] = bytes_per_script(text)
+        for s, n in entry["bytes_per_script"].items():
+            scripts_total[s] = scripts_total.get(s, 0) + n
+        languages[lang] = entry
+        print(f"{lang}: {len(docs)} documents, {entry['bytes']:,} bytes ({entry['val_bytes']:,} held out)",
+              file=sys.stderr)
+
+    manifest = {
+        "description": "TinyLLM multilingual corpus, built by scripts/build_corpus.py from pinned Debian packages",
+        "command": "python scripts/build_corpus.py " + " ".join(sys.argv[1:]),
+        "held_out": {"fraction": HELD_OUT, "rule": "per language, documents ordered by sha256 of their UTF-8 "
+                     "text; the held-out part (val/) starts at the first document at or after 90% of the "
+                     "language's bytes", "train_dir": "train", "val_dir": "val"},
+        "document_separator": "a blank line (every document is followed by \\n\\n)",
+        "total_bytes": sum(v["bytes"] for v in files.values()),
+        "bytes_per_script": dict(sorted(scripts_total.items())),
+        "languages": languages,
+        "files": dict(sorted(files.items())),
+        "sources": sources,
+        "versions_match_pins": all(s["version"] == s["pinned_version"] for s in sources),
+    }
+    manifest_bytes = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    (out / "manifest.json").write_bytes(manifest_bytes)
+    print(f"wrote {out} ({manifest['total_bytes']:,} bytes); manifest sha256 {sha256(manifest_bytes)}", file=sys.stderr)
+    return manifest
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("data/multilingual"), help="corpus folder to write")
+    p.add_argument("--cache", type=Path, default=Path("data/cache"), help="downloaded and unpacked packages")
+    p.add_argument("--allow-other-versions", action="store_true",
+                   help="build from apt's current versions when a pinned one is gone (the bytes will differ)")
+    args = p.parse_args(argv)
+    build(args.out, args.cache, args.allow_other_versions)
+
+
+if __name__ == "__main__":
+    main()
