@@ -45,41 +45,78 @@ class Source:
 MAN_L10N = "GPL-3+ (manpages-l10n translations; the original pages keep their own licences)"
 MO = "msgstr of the package's gettext catalogue for Greek (el.mo)"
 SOURCES = [
-    Source("manpages", "6.03-2", "", "GPL-2+ and others (Linux man-pages, see its copyright file)",
+    Source("manpages", "6.03-2", "efa1ba4cd19ad7baeae959c9209a7eb74be2ebb858bcabb412597bfc9f588c91",
+           "GPL-2+ and others (Linux man-pages, see its copyright file)",
            "en", "man", "usr/share/man/man*/*.gz"),
-    Source("fortunes", "1:1.99.1-7.3", "", "BSD-3-clause program; the cookies are quotations", "en", "fortune",
-           "usr/share/games/fortunes/*"),
-    Source("fortunes-min", "1:1.99.1-7.3", "", "BSD-3-clause program; the cookies are quotations", "en",
-           "fortune", "usr/share/games/fortunes/*"),
-    Source("manpages-de", "4.18.1-1", "", MAN_L10N, "de", "man", "usr/share/man/de/man*/*.gz"),
-    Source("fortunes-de", "0.35-1", "", "GPL-2+", "de", "fortune", "usr/share/games/fortunes/de/*"),
-    Source("manpages-fr", "4.18.1-1", "", MAN_L10N, "fr", "man", "usr/share/man/fr/man*/*.gz"),
-    Source("manpages-es", "4.18.1-1", "", MAN_L10N, "es", "man", "usr/share/man/es/man*/*.gz"),
-    Source("fortunes-es", "1.36", "", "GPL-2+ program; the cookies are presumed public domain", "es", "fortune",
-           "usr/share/games/fortunes/es/*"),
-    Source("manpages-ru", "4.18.1-1", "", MAN_L10N, "ru", "man", "usr/share/man/ru/man*/*.gz"),
-    Source("fortunes-ru", "1.52-3.1", "", "GPL-2+", "ru", "fortune", "usr/share/games/fortunes/ru/*"),
-    Source("manpages-el", "4.18.1-1", "", MAN_L10N, "el", "man", "usr/share/man/el/man*/*.gz"),
-    Source("git", "1:2.39.5-0+deb12u3", "", "GPL-2 (" + MO + ")", "el", "mo", "usr/share/locale/el/LC_MESSAGES/*.mo"),
-    Source("libgtk-3-common", "3.24.38-2~deb12u3", "", "LGPL-2+ (" + MO + ")", "el", "mo",
-           "usr/share/locale/el/LC_MESSAGES/*.mo"),
-    Source("gsettings-desktop-schemas", "43.0-1", "", "LGPL-2.1+ (" + MO + ")", "el", "mo",
-           "usr/share/locale/el/LC_MESSAGES/*.mo"),
-    Source("libglib2.0-data", "2.74.6-2+deb12u9", "", "LGPL-2.1+ (" + MO + ")", "el", "mo",
-           "usr/share/locale/el/LC_MESSAGES/*.mo"),
-    Source("bash", "5.2.15-2+b13", "", "GPL-3+ (" + MO + ")", "el", "mo", "usr/share/locale/el/LC_MESSAGES/*.mo"),
-    Source("libc-l10n", "2.36-9+deb12u14", "", "LGPL-2.1+ (" + MO + ")", "el", "mo",
-           "usr/share/locale/el/LC_MESSAGES/*.mo"),
-    Source("dpkg", "1.21.23", "", "GPL-2+ (" + MO + ")", "el", "mo", "usr/share/locale/el/LC_MESSAGES/*.mo"),
-    Source("gnupg-l10n", "2.2.40-1.1+deb12u2", "", "GPL-3+ (" + MO + ")", "el", "mo",
-           "usr/share/locale/el/LC_MESSAGES/*.mo"),
-    Source("apt", "2.6.2", "", "GPL-2+ (" + MO + ")", "el", "mo", "usr/share/locale/el/LC_MESSAGES/*.mo"),
-    Source("manpages-ja", "0.5.0.0.20221215+dfsg-1", "", "GPL-2+ and others (JM project, see its copyright file)",
+    Source("fortunes", "1:1.99.1-7.3", "41d0551dc0ff52f875a2ecef7c39da2f672ab468c37e170119f7e0245a9d63c5",
+           "BSD-3-clause program; the cookies are quotations",
+           "en", "fortune", "usr/share/games/fortunes/*"),
+    Source("fortunes-min", "1:1.99.1-7.3", "9eed5b45064e41133dae0967cf3a17588ad77c014fcc7bf1527fa3ea48e44d07",
+           "BSD-3-clause program; the cookies are quotations",
+           "en", "fortune", "usr/share/games/fortunes/*"),
+    Source("manpages-de", "4.18.1-1", "37d2e7ee51f22952aecec3af93647ff59194a3c74bb7a694560f49c7f7ab3978",
+           MAN_L10N,
+           "de", "man", "usr/share/man/de/man*/*.gz"),
+    Source("fortunes-de", "0.35-1", "03fe7a7912935bd3d4e02e38d79ef32a289097f8718d4488c409595abce067a0",
+           "GPL-2+",
+           "de", "fortune", "usr/share/games/fortunes/de/*"),
+    Source("manpages-fr", "4.18.1-1", "ec29759cc0e4a44dc7719c1e32869d0060667049e584f09556f0d982b969ea33",
+           MAN_L10N,
+           "fr", "man", "usr/share/man/fr/man*/*.gz"),
+    Source("manpages-es", "4.18.1-1", "d21e9f85e487f149ae45b5c525b2b1a70ae7fd38d4b05b47c8753042c66f4c2b",
+           MAN_L10N,
+           "es", "man", "usr/share/man/es/man*/*.gz"),
+    Source("fortunes-es", "1.36", "54636edc1a4384093b68d1666c7e702ce42d1fcc8b5ab402d9646c328dcca899",
+           "GPL-2+ program; the cookies are presumed public domain",
+           "es", "fortune", "usr/share/games/fortunes/es/*"),
+    Source("manpages-ru", "4.18.1-1", "5d5821dad5840652ba9c1c6b85bdc785c1fc52148a71c18fab6658c9659244c0",
+           MAN_L10N,
+           "ru", "man", "usr/share/man/ru/man*/*.gz"),
+    Source("fortunes-ru", "1.52-3.1", "2dc76af9c0e02e2926d36f88dcb685bb171fab8677e553a6def41efe8a551cc6",
+           "GPL-2+",
+           "ru", "fortune", "usr/share/games/fortunes/ru/*"),
+    Source("manpages-el", "4.18.1-1", "79ae710057edfd437a6fcdbf27ed8a1a3e29ae785730282313ed31ff3f93a95d",
+           MAN_L10N,
+           "el", "man", "usr/share/man/el/man*/*.gz"),
+    Source("git", "1:2.39.5-0+deb12u3", "637a85ddd6247fab13bdd0592f2f39aff04ce4dbf0655d3ab553ac359a38ce6f",
+           "GPL-2 (" + MO + ")",
+           "el", "mo", "usr/share/locale/el/LC_MESSAGES/*.mo"),
+    Source("libgtk-3-common", "3.24.38-2~deb12u3", "f2642d127d85440acbfc2ed404d3932d8b2fbe8a576ead7f93f35ac1fa999c92",
+           "LGPL-2+ (" + MO + ")",
+           "el", "mo", "usr/share/locale/el/LC_MESSAGES/*.mo"),
+    Source("gsettings-desktop-schemas", "43.0-1", "15cc7142c3ddea0551b834c53c4d3b5cd8f5485e695100966877f2be50def7af",
+           "LGPL-2.1+ (" + MO + ")",
+           "el", "mo", "usr/share/locale/el/LC_MESSAGES/*.mo"),
+    Source("libglib2.0-data", "2.74.6-2+deb12u9", "d98434e097009dedd2f2382c48b7debab5b14261966c0e0506a991b2496bea5f",
+           "LGPL-2.1+ (" + MO + ")",
+           "el", "mo", "usr/share/locale/el/LC_MESSAGES/*.mo"),
+    Source("bash", "5.2.15-2+b13", "82130bb6a560cd2a7234d8018baf73f188f5dd56413d5aa0accc987b2197a6a1",
+           "GPL-3+ (" + MO + ")",
+           "el", "mo", "usr/share/locale/el/LC_MESSAGES/*.mo"),
+    Source("libc-l10n", "2.36-9+deb12u14", "95285badd0b02ca7e90e8f20d17c912170ffaeb48db10f113d1ece042b59248d",
+           "LGPL-2.1+ (" + MO + ")",
+           "el", "mo", "usr/share/locale/el/LC_MESSAGES/*.mo"),
+    Source("dpkg", "1.21.23", "f89e9f8d1a4a50ade44be3ed59a6ec55460fce205d2f8520c5c492137c5b609b",
+           "GPL-2+ (" + MO + ")",
+           "el", "mo", "usr/share/locale/el/LC_MESSAGES/*.mo"),
+    Source("gnupg-l10n", "2.2.40-1.1+deb12u2", "c985452d06cc7b3b1044cd1eb3f2acac773836d34cafb35b5a4bebae02c1caa0",
+           "GPL-3+ (" + MO + ")",
+           "el", "mo", "usr/share/locale/el/LC_MESSAGES/*.mo"),
+    Source("apt", "2.6.2", "796fc7fe18866f5b1fb27a115d7339e549d71b7ddbc15b8d6fc4226c243e96d1",
+           "GPL-2+ (" + MO + ")",
+           "el", "mo", "usr/share/locale/el/LC_MESSAGES/*.mo"),
+    Source("manpages-ja", "0.5.0.0.20221215+dfsg-1", "4d270e9a1e83be4de0c072a110892a17dc9caa4b501257324006ac28d82c5743",
+           "GPL-2+ and others (JM project, see its copyright file)",
            "ja", "man", "usr/share/man/ja/man*/*.gz"),
-    Source("manpages-zh", "1.6.4.0-1", "", "GFDL-1.2+", "zh", "man", "usr/share/man/zh_*/man*/*.gz"),
-    Source("fortunes-zh", "2.98", "", "GPL-3+", "zh", "fortune", "usr/share/games/fortunes/*"),
-    Source("unicode-cldr-core", "41-0.1", "", "Unicode-DFS-2016", "emoji", "cldr",
-           "usr/share/unicode/cldr/common/annotations/*.xml"),
+    Source("manpages-zh", "1.6.4.0-1", "81bae29495f6445db290e3f329f1203eb19b651c2a7ea165b74ebdc853a32ac1",
+           "GFDL-1.2+",
+           "zh", "man", "usr/share/man/zh_*/man*/*.gz"),
+    Source("fortunes-zh", "2.98", "211c5ddee59d0ae74ce01cbfd02f7c8714740bae1835d5661eb2254edd739105",
+           "GPL-3+",
+           "zh", "fortune", "usr/share/games/fortunes/*"),
+    Source("unicode-cldr-core", "41-0.1", "35d30d5d3bee4d8244e95236259c4c2a0db06e21bad696515751fcfeee4d0260",
+           "Unicode-DFS-2016",
+           "emoji", "cldr", "usr/share/unicode/cldr/common/annotations/*.xml"),
 ]
 LANGUAGES = ["en", "de", "fr", "es", "ru", "el", "ja", "zh", "emoji"]
 # Share of a document's letters that must be in the language's script (untranslated English is dropped).
@@ -160,6 +197,7 @@ def strip_roff(source: str) -> str:
     out: list[str] = []
     para: list[str] = []
     fill, in_table_format, skip_until = True, False, None
+    tag_next = False  # the line after .TP is a tag: a line of its own
 
     def flush():
         if para:
@@ -177,13 +215,18 @@ def strip_roff(source: str) -> str:
             out.append("")
 
     def text(s: str):
+        nonlocal tag_next
         s = s.strip() if fill else s.rstrip()
         if not s:
             if not fill:
                 flush()
                 out.append("")
             return
-        if fill:
+        if fill and tag_next:
+            flush()
+            out.append(s)
+            tag_next = False
+        elif fill:
             para.append(s)
         else:
             flush()
@@ -198,7 +241,9 @@ def strip_roff(source: str) -> str:
             if raw.rstrip().endswith("."):
                 in_table_format = False
             continue
-        if raw[:1] in (".", "'") and not raw.startswith(".\\\"") and not raw.startswith("'\\\""):
+        if re.match(r"""[.']\s*\\["#]""", raw):  # a comment line
+            continue
+        if raw[:1] in (".", "'"):
             m = re.match(r"[.']\s*(\S+)\s*(.*)", raw)
             if not m:
                 continue
@@ -206,9 +251,9 @@ def strip_roff(source: str) -> str:
             if name in ("de", "de1", "am", "ig"):
                 skip_until = ".."
                 continue
-            if name == "TS":
+            if name == "TS":  # a tbl table: one row a line
                 blank()
-                in_table_format = True
+                in_table_format, fill = True, False
                 continue
             if name in HEADINGS:
                 blank()
@@ -220,8 +265,9 @@ def strip_roff(source: str) -> str:
                 if name in ("nf", "EX"):
                     flush()
                     fill = False
-                elif name in ("fi", "EE"):
+                elif name in ("fi", "EE", "TE"):
                     fill = True
+                tag_next = name in ("TP", "TQ")
                 if name in ("br",):
                     flush()
                 else:
@@ -245,6 +291,8 @@ def strip_roff(source: str) -> str:
             continue
         if raw.startswith("T{") or raw.startswith("T}"):
             raw = raw[2:].lstrip("\t")
+        if raw.strip() in ("_", "="):  # a table's rule
+            continue
         text(roff_text(raw).replace("\t", " ") if fill else roff_text(raw))
     flush()
     return "\n".join(out)
