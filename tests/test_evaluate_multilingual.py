@@ -58,6 +58,7 @@ def test_is_valid_utf8():
     assert ev.is_valid_utf8("ок 😀".encode()[:-2])  # cut short at the end only
     assert not ev.is_valid_utf8(b"a\x80b")
     assert not ev.is_valid_utf8(b"\xe4\xb8a")
+    assert ev.invalid_sequences(b"a\x80b\xff\xe4\xb8") == 2  # the cut-off 3-byte character is not counted
 
 
 def test_generate_bytes_slides_past_the_context(llm):
