@@ -172,15 +172,17 @@ def fetch(src: Source, cache: Path, allow_other_versions: bool) -> tuple[Path, s
     version = src.version
     found = sorted(debs.glob(f"{src.package}_{version.replace(':', '%3a')}_*.deb"))
     if not found:
-        candidate = available_version(src.package)
-        if candidate != src.version:
-            message = f"{src.package}: pinned {src.version}, apt offers {candidate}"
+        try:
+            run(["apt-get", "download", f"{src.package}={version}"], cwd=debs)
+        except subprocess.CalledProcessError:
+            candidate = available_version(src.package)
+            message = f"{src.package}: pinned {src.version} cannot be downloaded, apt offers {candidate}"
             if not allow_other_versions or candidate == "(none)":
                 sys.exit(f"build_corpus: {message}; run `apt-get update`, or pass --allow-other-versions "
                          f"to build a corpus that differs from the pinned one")
             print(f"WARNING: {message}: the corpus will NOT match the pinned one", file=sys.stderr)
             version = candidate
-        run(["apt-get", "download", f"{src.package}={version}"], cwd=debs)
+            run(["apt-get", "download", f"{src.package}={version}"], cwd=debs)
         found = sorted(debs.glob(f"{src.package}_{version.replace(':', '%3a')}_*.deb"))
     deb = found[0]
     digest = sha256(deb.read_bytes())
@@ -209,7 +211,7 @@ def documents_of(src: Source, root: Path) -> tuple[list[str], int]:
                 continue
             docs.append(strip_roff(text))
         elif src.kind == "fortune":
-            if f.suffix in (".dat", ".u8", ".pre") or "off" in f.relative_to(root).parts:
+            if f.suffix in (".dat", ".u8") or "off" in f.relative_to(root).parts:
                 continue  # indexes, links, and the rot13 "offensive" sets
             docs.extend(split_fortunes(data.decode("utf-8", errors="strict")))
         elif src.kind == "mo":
