@@ -1,20 +1,21 @@
 # TinyLLM server image: `docker build -t tinyllm .` then `docker run -p 8000:8000 tinyllm`.
 #
-# Stages: base (Debian's Python 3.11 + the service user) -> requirements (the dependency list out of
-# pyproject.toml) -> builder (a venv: torch, then those dependencies, then our code, each its own
-# cached layer) -> checkpoint (the bundled checkpoint, made world-readable) -> runtime (base + venv +
-# checkpoint, non-root).
+# Stages: base (Debian's Python 3.11 + the service user) -> builder (a venv: the locked dependencies,
+# then our code, each its own cached layer) -> checkpoint (the bundled checkpoint, made world-readable)
+# -> runtime (base + venv + checkpoint, non-root).
 #
+# Every Python package comes from a lock file with hashes, deploy/requirements/$TORCH_VARIANT.txt
+# (made by scripts/lock-requirements.sh with uv), so two builds install the same files.
 # Build arguments:
-#   TORCH_VARIANT  cpu (default, PyTorch's CPU-only wheels, ~180 MB)
+#   TORCH_VARIANT  cpu (default, PyTorch's CPU-only wheel, ~180 MB, from PyTorch's CPU index)
 #                  cuda (PyPI's default Linux wheel, CUDA libraries included, for `docker run --gpus all`;
 #                        torch 2.13.0's is built for CUDA 13.0: NVIDIA driver 580 or newer; image ~5.3 GB)
-#                  cu126, cu128, ... (PyTorch's wheel index for that CUDA version, for older drivers)
-#   TORCH_VERSION  2.13.0 (the version the Makefile installs)
+#                  cu126, cu128, ... (PyTorch's wheel index for that CUDA version, for older drivers;
+#                        lock it first: scripts/lock-requirements.sh cu126)
 # Secret (optional, BuildKit): `--secret id=extra_ca,src=FILE` adds PEM CA certificates for pip,
 # for networks behind a TLS-inspecting proxy. Without it nothing changes.
-# Torch wheels put in build/docker-wheels/ are installed instead of downloading one
-# (scripts/docker-smoke.sh stages the machine's local CPU wheel there; normally it does not exist).
+# Torch wheels put in build/docker-wheels/ are offered to pip besides the index (the lock's hash still
+# decides; scripts/docker-smoke.sh stages the machine's local CPU wheel there; normally it does not exist).
 
 FROM debian:bookworm-slim AS base
 RUN apt-get update \
@@ -25,13 +26,6 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
-
-
-# The runtime and build requirements, out of pyproject.toml.
-FROM base AS requirements
-COPY pyproject.toml /tmp/
-RUN python3 -c 'import tomllib; p = tomllib.load(open("/tmp/pyproject.toml", "rb")); \
-print("\n".join(p["build-system"]["requires"] + p["project"]["dependencies"]))' > /requirements.txt
 
 
 FROM base AS builder
@@ -48,28 +42,28 @@ RUN --mount=type=secret,id=extra_ca \
     fi
 
 ARG TORCH_VARIANT=cpu
-ARG TORCH_VERSION=2.13.0
 # Both globs let the build go on when build/ or build/docker-wheels/ does not exist (a glob that
 # matches nothing copies nothing; a missing plain directory fails the build).
 COPY buil[d]/docker-wheel[s] /tmp/wheels/
+COPY deploy/requirements /tmp/requirements
+# Editing model/ or server/ does not reinstall the dependencies; only a changed lock file does.
 RUN --mount=type=cache,target=/root/.cache/pip \
     set -e; \
-    if ls /tmp/wheels/torch-*.whl >/dev/null 2>&1; then \
-        pip install /tmp/wheels/torch-*.whl; \
-    elif [ "$TORCH_VARIANT" = cuda ]; then \
-        pip install "torch==$TORCH_VERSION"; \
-    else \
-        pip install --index-url "https://download.pytorch.org/whl/$TORCH_VARIANT" "torch==$TORCH_VERSION"; \
+    lock=/tmp/requirements/$TORCH_VARIANT.txt; \
+    if [ ! -f "$lock" ]; then \
+        echo "no lock file deploy/requirements/$TORCH_VARIANT.txt: make it with scripts/lock-requirements.sh $TORCH_VARIANT" >&2; \
+        exit 1; \
     fi; \
-    rm -rf /tmp/wheels; \
+    case "$TORCH_VARIANT" in \
+        cuda) torch_index= ;; \
+        *) torch_index="--extra-index-url https://download.pytorch.org/whl/$TORCH_VARIANT" ;; \
+    esac; \
+    if ls /tmp/wheels/torch-*.whl >/dev/null 2>&1; then torch_index="--find-links /tmp/wheels"; fi; \
+    pip install --require-hashes $torch_index -r "$lock"; \
+    rm -rf /tmp/wheels /tmp/requirements; \
     # C++ headers, test binaries and protoc (~190 MB) serve only C++ extension builds and torch's own tests.
     torch=$(python -c 'import importlib.util; print(importlib.util.find_spec("torch").submodule_search_locations[0])'); \
     rm -rf "$torch/include" "$torch/test" "$torch"/bin/test_* "$torch"/bin/*Test "$torch"/bin/protoc*
-
-# Dependencies before code: editing model/ or server/ does not reinstall them, nor does editing
-# pyproject.toml elsewhere than its dependency lists (the copied file is what the cache compares).
-COPY --from=requirements /requirements.txt /tmp/requirements.txt
-RUN --mount=type=cache,target=/root/.cache/pip pip install -r /tmp/requirements.txt
 
 WORKDIR /src
 COPY pyproject.toml README.md ./

@@ -4,7 +4,7 @@ PYTHON ?= python3
 TORCH ?= torch==2.13.0
 BIN := .venv/bin
 
-.PHONY: setup serve test browser clean
+.PHONY: setup eval serve test lint browser clean
 
 setup: .venv/.installed
 
@@ -14,11 +14,22 @@ setup: .venv/.installed
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
+# lm-evaluation-harness for the tests only (tests/test_lm_eval.py): too heavy for `make serve`.
+eval: .venv/.eval-installed
+
+.venv/.eval-installed: .venv/.installed
+	$(BIN)/pip install -q -e ".[dev,eval]"
+	touch $@
+
 serve: setup
 	$(BIN)/tinyllm-serve
 
-test: setup browser
+test: setup eval browser lint
 	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The page's browser test drives Debian's chromium (never a downloaded browser); installed where we can.
 browser:

@@ -3,12 +3,14 @@
 Every request asks for all layers and heads of a text of 64, 256 and the full context (512) bytes. Each
 (length, format) gets one warm-up request, then --runs timed ones (wall clock for one POST, body fully read);
 the table shows the median and the fastest. A baseline in the same run asks for one map (layer 0, head 0):
-the same forward pass with a tiny body, so the rest of a full request's time is its body. The server runs with the JSON cell cap raised so the
-full-context JSON answer can be timed too (with the default cap it is refused with a 400 that points to npy).
+the same forward pass with a tiny body, so the rest of a full request's time is its body. The server runs with
+the JSON cell cap raised so the full-context JSON answer can be timed too (with the default cap it is refused
+with a 400 that points to npy).
 Writes docs/benchmarks/attention.md.
 
     python -m bench.attention [--checkpoint checkpoints/shakespeare] [--runs 7] [--lengths 64 256 512]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,11 +29,13 @@ from model import checkpoint
 from model.config import ModelConfig
 from model.model import Transformer
 from server.config import Settings
-from tests.serving import running_server
+from server.process import running_server
 
 SAMPLE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
-FALLBACK = ("ROMEO: But, soft! what light through yonder window breaks? It is the east, and Juliet is the sun. "
-            "Arise, fair sun, and kill the envious moon, who is already sick and pale with grief. ")
+FALLBACK = (
+    "ROMEO: But, soft! what light through yonder window breaks? It is the east, and Juliet is the sun. "
+    "Arise, fair sun, and kill the envious moon, who is already sick and pale with grief. "
+)
 TARGET_S = 0.5  # the full context, all layers and heads, as npy
 
 
@@ -64,8 +68,12 @@ def time_requests(client: httpx.Client, body: dict, runs: int) -> tuple[list[flo
 
 def main() -> None:
     p = argparse.ArgumentParser(description="Time POST /v1/attention (json and npy) over HTTP.")
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
-                   help="checkpoint to serve (a random default-config model when it is absent)")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=DEFAULT_CHECKPOINT,
+        help="checkpoint to serve (a random default-config model when it is absent)",
+    )
     p.add_argument("--lengths", type=int, nargs="+", help="text lengths in bytes (default: 64 256 context)")
     p.add_argument("--runs", type=int, default=7, help="timed requests per cell, after one warm-up")
     args = p.parse_args()
@@ -86,8 +94,10 @@ def main() -> None:
 
     load_before = os.getloadavg()[0]
     rows, full_npy = [], None
-    with running_server(ckpt, "--attention-max-cells", str(10**9), "--device", "cpu", timeout=120) as server, \
-            httpx.Client(base_url=server.url, timeout=300) as client:
+    with (
+        running_server(ckpt, "--attention-max-cells", str(10**9), "--device", "cpu", timeout=120) as server,
+        httpx.Client(base_url=server.url, timeout=300) as client,
+    ):
         for T in lengths:
             for fmt, one_map in (("json", False), ("npy", False), ("npy", True)):
                 body = {"text": sample_text(T), "format": fmt}
@@ -95,20 +105,39 @@ def main() -> None:
                     body.update(layers=[0], heads=[0])
                 times, size = time_requests(client, body, args.runs)
                 cells = T * T if one_map else cfg.n_layer * cfg.n_head * T * T
-                note = ("baseline: layer 0, head 0 only" if one_map
-                        else "over the default JSON cap" if fmt == "json" and cells > default_cap else "")
-                rows.append([T, fmt, f"{cells:,}", f"{size / 1e6:.2f} MB", f"{median(times) * 1e3:.0f} ms",
-                             f"{min(times) * 1e3:.0f} ms", note])
+                note = (
+                    "baseline: layer 0, head 0 only"
+                    if one_map
+                    else "over the default JSON cap"
+                    if fmt == "json" and cells > default_cap
+                    else ""
+                )
+                rows.append(
+                    [
+                        T,
+                        fmt,
+                        f"{cells:,}",
+                        f"{size / 1e6:.2f} MB",
+                        f"{median(times) * 1e3:.0f} ms",
+                        f"{min(times) * 1e3:.0f} ms",
+                        note,
+                    ]
+                )
                 print(" | ".join(map(str, rows[-1])), flush=True)
-                if T == cfg.context_length and fmt == "npy" and not one_map:
+                if cfg.context_length == T and fmt == "npy" and not one_map:
                     full_npy = median(times)
     if tmp is not None:
         tmp.cleanup()
 
     load_after = os.getloadavg()[0]
-    verdict = "" if full_npy is None else (
-        f"Target: the full context ({cfg.context_length} bytes), all layers and heads, as `npy`, under "
-        f"{TARGET_S} s: **{'met' if full_npy < TARGET_S else 'missed'}** ({full_npy * 1e3:.0f} ms median).")
+    verdict = (
+        ""
+        if full_npy is None
+        else (
+            f"Target: the full context ({cfg.context_length} bytes), all layers and heads, as `npy`, under "
+            f"{TARGET_S} s: **{'met' if full_npy < TARGET_S else 'missed'}** ({full_npy * 1e3:.0f} ms median)."
+        )
+    )
     body = f"""
 Model: {what}: {cfg.n_layer} layers × {cfg.n_head} heads, d_model {cfg.d_model}, context {cfg.context_length},
 float32 on the CPU. Each request asks for all layers and heads; the time is one POST over HTTP to a real

@@ -1,6 +1,8 @@
 """Shared by the benchmarks: the machine's description and writing results into docs/benchmarks/."""
+
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
@@ -16,10 +18,8 @@ DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "shakespeare"
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
+        cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     parts = [f"CPU: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"]
     if torch.cuda.is_available():
         parts.append(f"GPU: {torch.cuda.get_device_name()}")
@@ -43,6 +43,7 @@ def median(values: list[float]) -> float:
 def table(headers: list[str], rows: list[list]) -> str:
     def fmt(v):
         return f"{v:,.2f}" if isinstance(v, float) else str(v)
+
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -59,6 +60,7 @@ def write_doc(name: str, title: str, body: str) -> Path:
 def plot(name: str, draw) -> str:
     """Save a figure drawn by draw(ax) as docs/benchmarks/NAME.png; return its file name."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

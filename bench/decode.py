@@ -6,6 +6,7 @@ floor: the weight bytes read per token divided by this machine's measured copy b
 
     python -m bench.decode [--checkpoint checkpoints/shakespeare] [--tokens 256] [--rounds 5] [--device cpu]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,6 +18,7 @@ from bench.common import DEFAULT_CHECKPOINT, median, table, write_doc
 from model import checkpoint
 from model.export_hf import hf_config, to_hf_state_dict
 from model.generate import generate
+from model.runner import Runner
 from model.sampling import SamplingParams
 
 PROMPT = b"ROMEO:\nBut soft, what light through yonder window breaks?\n"
@@ -41,10 +43,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def ours(model, n: int, device) -> tuple[float, list[int]]:
+def ours(runner: Runner, n: int, device) -> tuple[float, list[int]]:
     sync(device)
     t = time.perf_counter()
-    out = [s.token for s in generate(model, list(PROMPT), n, SamplingParams(temperature=0))]
+    out = [s.token for s in generate(runner, list(PROMPT), n, SamplingParams(temperature=0))]
     sync(device)
     return n / (time.perf_counter() - t), out
 
@@ -56,7 +58,7 @@ def hugging_face(hf, n: int, device) -> tuple[float, list[int]]:
     t = time.perf_counter()
     out = hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
     sync(device)
-    return n / (time.perf_counter() - t), out[0, len(PROMPT):].tolist()
+    return n / (time.perf_counter() - t), out[0, len(PROMPT) :].tolist()
 
 
 def main() -> None:
@@ -72,36 +74,41 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cfg = checkpoint.load_config(args.checkpoint)
     model = checkpoint.load_model(args.checkpoint, device=device, dtype=dtype)
-    model.fuse_projections()
+    runner = Runner(model)
     hf = LlamaForCausalLM(LlamaConfig.from_dict(hf_config(cfg)))
-    hf.load_state_dict(to_hf_state_dict(checkpoint.load_state_dict(args.checkpoint, cfg), cfg),
-                       strict=not cfg.tie_embeddings)
+    hf.load_state_dict(
+        to_hf_state_dict(checkpoint.load_state_dict(args.checkpoint, cfg), cfg), strict=not cfg.tie_embeddings
+    )
     hf = hf.to(device=device, dtype=dtype).eval()
     hf.generation_config.max_length = None
 
-    ours(model, 16, device), hugging_face(hf, 16, device)  # warm-up
+    ours(runner, 16, device), hugging_face(hf, 16, device)  # warm-up
     rates = {"tinyllm": [], "hf": []}
     same = True
     for r in range(args.rounds):
-        rate, a = ours(model, args.tokens, device)
+        rate, a = ours(runner, args.tokens, device)
         rates["tinyllm"].append(rate)
         rate, b = hugging_face(hf, args.tokens, device)
         rates["hf"].append(rate)
         same &= a == b
         print(f"round {r}: tinyllm {rates['tinyllm'][-1]:.1f} tok/s, hf {rates['hf'][-1]:.1f} tok/s")
 
-    weight_bytes = sum(p.numel() * p.element_size() for name, p in model.named_parameters()
-                       if name != "embed_tokens.weight")  # an embedding lookup reads one row, not the table
+    weight_bytes = sum(
+        p.numel() * p.element_size() for name, p in model.named_parameters() if name != "embed_tokens.weight"
+    )  # an embedding lookup reads one row, not the table
     bandwidth = copy_bandwidth(device)
     floor = bandwidth / weight_bytes
     ours_rate, hf_rate = median(rates["tinyllm"]), median(rates["hf"])
     import transformers
-    rows = [["TinyLLM (prefill + KV-cache decode)", ours_rate, ours_rate / hf_rate, 100 * ours_rate / floor],
-            [f"HF transformers {transformers.__version__} generate", hf_rate, 1.0, 100 * hf_rate / floor],
-            ["memory-bandwidth floor", floor, floor / hf_rate, 100.0]]
+
+    rows = [
+        ["TinyLLM (prefill + KV-cache decode)", ours_rate, ours_rate / hf_rate, 100 * ours_rate / floor],
+        [f"HF transformers {transformers.__version__} generate", hf_rate, 1.0, 100 * hf_rate / floor],
+        ["memory-bandwidth floor", floor, floor / hf_rate, 100.0],
+    ]
     body = f"""
 Batch 1, greedy, {args.tokens} new bytes after a {len(PROMPT)}-byte prompt, checkpoint `{args.checkpoint}`
-({model.num_params():,} parameters, {str(dtype).removeprefix('torch.')} on {device}). Medians of {args.rounds}
+({model.num_params():,} parameters, {str(dtype).removeprefix("torch.")} on {device}). Medians of {args.rounds}
 alternating rounds after a warm-up; identical output bytes from both: **{same}**.
 
 {table(["decoder", "tokens/s", "× HF", "% of floor"], rows)}
@@ -110,8 +117,8 @@ Floor: {weight_bytes / 1e6:.1f} MB of weights read per token ÷ {bandwidth / 1e9
 bandwidth (read + write of a 512 MB tensor) = {floor:,.0f} tokens/s. On a CPU much of a 43 MB model can sit
 in the last-level cache, so the floor is an estimate, not a hard limit.
 
-Per round (tokens/s): TinyLLM {', '.join(f'{r:.0f}' for r in rates['tinyllm'])};
-HF {', '.join(f'{r:.0f}' for r in rates['hf'])}.
+Per round (tokens/s): TinyLLM {", ".join(f"{r:.0f}" for r in rates["tinyllm"])};
+HF {", ".join(f"{r:.0f}" for r in rates["hf"])}.
 
 Reproduce: `.venv/bin/python -m bench.decode --device {device.type}`
 """

@@ -3,6 +3,7 @@ and with a no-cache recompute of the whole sequence; and prefill time against pr
 
     python -m bench.growth [--checkpoint checkpoints/shakespeare] [--device cpu]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,6 +14,8 @@ import torch
 from bench.common import DEFAULT_CHECKPOINT, median, plot, table, write_doc
 from bench.decode import sync
 from model import checkpoint
+from model.runner import Runner, Sequence
+from model.sampling import SamplingParams
 
 
 def timed(fn, device, repeats: int = 5) -> float:
@@ -35,20 +38,21 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = checkpoint.load_model(args.checkpoint, device=device, dtype=dtype)
-    model.fuse_projections()
+    runner = Runner(model)
     ctx = model.config.context_length
-    model.setup_caches(batch=1)
     ids = torch.randint(32, 127, (1, ctx), device=device)
     lengths = [n for n in (16, 32, 64, 128, 192, 256, 320, 384, 448, ctx - 1) if n < ctx]
+    greedy = SamplingParams(temperature=0)
 
-    def prefill(n):
-        return lambda: model(ids[:, :n], torch.arange(n, device=device)[None], use_cache=True)
+    def prefill(n):  # the prompt's n bytes into the cache, and the first token chosen
+        return lambda: runner.prefill(Sequence(ids[0, :n].tolist(), n, greedy), row=0, start=0, end=n)
 
     def cached_step(n):  # one token at position n after a prefill of n
-        return lambda: model(ids[:, n:n + 1], torch.tensor([[n]], device=device), use_cache=True)
+        seq = Sequence(ids[0, : n + 1].tolist(), n + 1, greedy)
+        return lambda: runner.decode([seq])
 
     def recompute(n):  # what a server without a KV cache does per token: the whole sequence again
-        return lambda: model(ids[:, :n + 1])
+        return lambda: model(ids[:, : n + 1])
 
     prefill(16)(), cached_step(16)(), recompute(16)()  # warm-up
     rows = []
@@ -59,15 +63,26 @@ def main() -> None:
         rows.append([n, t_cached * 1e3, t_recompute * 1e3, t_recompute / t_cached, t_prefill * 1e3])
         print(rows[-1])
     xs = [r[0] for r in rows]
-    decode_png = plot(f"growth-decode-{device.type}", lambda ax: (
-        ax.plot(xs, [r[1] for r in rows], "o-", label="KV cache"),
-        ax.plot(xs, [r[2] for r in rows], "o-", label="no cache (recompute)"),
-        ax.set_xlabel("context length (bytes)"), ax.set_ylabel("ms per generated token"), ax.legend()))
-    prefill_png = plot(f"growth-prefill-{device.type}", lambda ax: (
-        ax.plot(xs, [r[4] for r in rows], "o-"),
-        ax.set_xlabel("prompt length (bytes)"), ax.set_ylabel("prefill time (ms)")))
+    decode_png = plot(
+        f"growth-decode-{device.type}",
+        lambda ax: (
+            ax.plot(xs, [r[1] for r in rows], "o-", label="KV cache"),
+            ax.plot(xs, [r[2] for r in rows], "o-", label="no cache (recompute)"),
+            ax.set_xlabel("context length (bytes)"),
+            ax.set_ylabel("ms per generated token"),
+            ax.legend(),
+        ),
+    )
+    prefill_png = plot(
+        f"growth-prefill-{device.type}",
+        lambda ax: (
+            ax.plot(xs, [r[4] for r in rows], "o-"),
+            ax.set_xlabel("prompt length (bytes)"),
+            ax.set_ylabel("prefill time (ms)"),
+        ),
+    )
     body = f"""
-`{args.checkpoint}`, {str(dtype).removeprefix('torch.')} on {device}, batch 1, medians of repeated runs.
+`{args.checkpoint}`, {str(dtype).removeprefix("torch.")} on {device}, batch 1, medians of repeated runs.
 The cached step feeds one token at position *n* against a cache holding *n* positions; the recompute
 runs the whole sequence of *n + 1* bytes, as a server without a KV cache must for every token.
 

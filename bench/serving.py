@@ -7,6 +7,7 @@ token and inter-token latency (p50/p99), and the batched server's resident memor
 
     python -m bench.serving [--checkpoint checkpoints/shakespeare] [--clients 1 4 16 64] [--tokens 128]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,13 +19,14 @@ import time
 import httpx
 
 from bench.common import DEFAULT_CHECKPOINT, percentile, plot, table, write_doc
-from tests.serving import running_server
+from server.process import running_server
 
 
 def rss_mb(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
     return float("nan")
 
 
@@ -72,9 +74,16 @@ async def load(url: str, clients: int, tokens: int) -> dict:
     ttft = [r[0] for r in results]
     itl = [x for r in results for x in r[1]]
     total = sum(r[2] for r in results)
-    return {"clients": clients, "tokens": total, "wall_s": wall, "tokens_per_s": total / wall,
-            "ttft_p50": percentile(ttft, 50), "ttft_p99": percentile(ttft, 99),
-            "itl_p50": percentile(itl, 50), "itl_p99": percentile(itl, 99)}
+    return {
+        "clients": clients,
+        "tokens": total,
+        "wall_s": wall,
+        "tokens_per_s": total / wall,
+        "ttft_p50": percentile(ttft, 50),
+        "ttft_p99": percentile(ttft, 99),
+        "itl_p50": percentile(itl, 50),
+        "itl_p99": percentile(itl, 99),
+    }
 
 
 def main() -> None:
@@ -87,8 +96,10 @@ def main() -> None:
     top = max(args.clients)
     common = ["--max-queue", "1024", "--request-timeout", "600", "--threads", str(args.threads)]
     results = {"batched": [], "one at a time": []}
-    with running_server(args.checkpoint, "--max-batch", str(top), *common) as batched, \
-            running_server(args.checkpoint, "--max-batch", "1", *common) as single:
+    with (
+        running_server(args.checkpoint, "--max-batch", str(top), *common) as batched,
+        running_server(args.checkpoint, "--max-batch", "1", *common) as single,
+    ):
         servers = {"batched": batched, "one at a time": single}
         for srv in servers.values():  # warm-up
             asyncio.run(load(srv.url, 2, 16))
@@ -105,34 +116,71 @@ def main() -> None:
 
     rows = []
     for b, s in zip(results["batched"], results["one at a time"]):
-        rows.append([b["clients"], b["tokens_per_s"], s["tokens_per_s"], b["tokens_per_s"] / s["tokens_per_s"],
-                     b["ttft_p50"] * 1e3, b["ttft_p99"] * 1e3, s["ttft_p99"] * 1e3,
-                     b["itl_p50"] * 1e3, b["itl_p99"] * 1e3])
-    throughput_png = plot("serving-throughput", lambda ax: (
-        ax.plot(args.clients, [r["tokens_per_s"] for r in results["batched"]], "o-", label="continuous batching"),
-        ax.plot(args.clients, [r["tokens_per_s"] for r in results["one at a time"]], "o-", label="one at a time"),
-        ax.set_xscale("log", base=2), ax.set_xlabel("concurrent clients"), ax.set_ylabel("aggregate tokens/s"),
-        ax.legend()))
-    ttft_png = plot("serving-ttft", lambda ax: (
-        ax.plot(args.clients, [r["ttft_p99"] for r in results["batched"]], "o-", label="batching, p99"),
-        ax.plot(args.clients, [r["ttft_p50"] for r in results["batched"]], "o--", label="batching, p50"),
-        ax.plot(args.clients, [r["ttft_p99"] for r in results["one at a time"]], "o-", label="one at a time, p99"),
-        ax.set_xscale("log", base=2), ax.set_yscale("log"), ax.set_xlabel("concurrent clients"),
-        ax.set_ylabel("time to first token (s)"), ax.legend()))
+        rows.append(
+            [
+                b["clients"],
+                b["tokens_per_s"],
+                s["tokens_per_s"],
+                b["tokens_per_s"] / s["tokens_per_s"],
+                b["ttft_p50"] * 1e3,
+                b["ttft_p99"] * 1e3,
+                s["ttft_p99"] * 1e3,
+                b["itl_p50"] * 1e3,
+                b["itl_p99"] * 1e3,
+            ]
+        )
+    throughput_png = plot(
+        "serving-throughput",
+        lambda ax: (
+            ax.plot(args.clients, [r["tokens_per_s"] for r in results["batched"]], "o-", label="continuous batching"),
+            ax.plot(args.clients, [r["tokens_per_s"] for r in results["one at a time"]], "o-", label="one at a time"),
+            ax.set_xscale("log", base=2),
+            ax.set_xlabel("concurrent clients"),
+            ax.set_ylabel("aggregate tokens/s"),
+            ax.legend(),
+        ),
+    )
+    ttft_png = plot(
+        "serving-ttft",
+        lambda ax: (
+            ax.plot(args.clients, [r["ttft_p99"] for r in results["batched"]], "o-", label="batching, p99"),
+            ax.plot(args.clients, [r["ttft_p50"] for r in results["batched"]], "o--", label="batching, p50"),
+            ax.plot(args.clients, [r["ttft_p99"] for r in results["one at a time"]], "o-", label="one at a time, p99"),
+            ax.set_xscale("log", base=2),
+            ax.set_yscale("log"),
+            ax.set_xlabel("concurrent clients"),
+            ax.set_ylabel("time to first token (s)"),
+            ax.legend(),
+        ),
+    )
     body = f"""
 Each client streams {args.tokens} new tokens (temperature 0.8, its own seed) from `{args.checkpoint}` over
 HTTP (httpx, server-sent events); the load generator runs on the same machine. "One at a time" is the same
 engine started with `--max-batch 1`. Both servers ran with `--threads {args.threads}` (0 = torch's default).
 
-{table(["clients", "batched tok/s", "one-at-a-time tok/s", "ratio", "TTFT p50 ms", "TTFT p99 ms",
-        "1-at-a-time TTFT p99 ms", "ITL p50 ms", "ITL p99 ms"], rows)}
+{
+        table(
+            [
+                "clients",
+                "batched tok/s",
+                "one-at-a-time tok/s",
+                "ratio",
+                "TTFT p50 ms",
+                "TTFT p99 ms",
+                "1-at-a-time TTFT p99 ms",
+                "ITL p50 ms",
+                "ITL p99 ms",
+            ],
+            rows,
+        )
+    }
 
 ![throughput]({throughput_png}) ![time to first token]({ttft_png})
 
 ## Memory (benchmark 4)
 
 Resident memory of the batched server (max batch {top}): idle {idle_rss:.0f} MB; peak under load:
-{', '.join(f'{c} clients {m:.0f} MB' for c, m in peak.items())}.
+{", ".join(f"{c} clients {m:.0f} MB" for c, m in peak.items())}.
 
 Reproduce: `.venv/bin/python -m bench.serving`
 """

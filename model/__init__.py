@@ -1,4 +1,5 @@
 """TinyLLM's model package: a byte-level Llama-style transformer, its tokenizer, sampling and checkpoints."""
+
 from model.api import Generation, TinyLLM
 from model.config import ModelConfig
 from model.model import Transformer

@@ -1,4 +1,5 @@
 """The model's shape: the single source of truth, saved as config.json in every checkpoint."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -6,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-VOCAB_SIZE = 256  # one token per byte value; no special tokens are reserved
+from model.tokenizer import VOCAB_SIZE
 
 
 @dataclass(frozen=True)
@@ -23,11 +24,15 @@ class ModelConfig:
     dropout: float = 0.0  # used only while training
 
     def __post_init__(self):
-        assert self.vocab_size == VOCAB_SIZE, f"vocab_size must be {VOCAB_SIZE} (bytes), got {self.vocab_size}"
+        if self.vocab_size != VOCAB_SIZE:
+            raise ValueError(f"vocab_size must be {VOCAB_SIZE} (bytes), got {self.vocab_size}")
         for name in ("context_length", "n_layer", "n_head", "d_model", "mlp_hidden"):
-            assert getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}"
-        assert self.d_model % self.n_head == 0, f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})"
-        assert self.head_dim % 2 == 0, f"head_dim ({self.head_dim}) must be even for rotary embeddings"
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim ({self.head_dim}) must be even for rotary embeddings")
 
     @property
     def head_dim(self) -> int:
@@ -37,7 +42,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -48,5 +53,5 @@ class ModelConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: Path) -> "ModelConfig":
+    def load(cls, path: Path) -> ModelConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))

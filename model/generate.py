@@ -1,22 +1,32 @@
-"""Generation: one prefill over the prompt, then one-token decode steps against the KV cache."""
+"""Generation: one prefill over the prompt, then one-token decode steps, until a finish reason applies."""
+
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator
+import enum
+from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 
-from model.model import Transformer
-from model.sampling import SamplingParams, sample
+from model.runner import Runner, Sequence, TokenOutput
+from model.sampling import SamplingParams
 from model.tokenizer import IncrementalDecoder
 
 
-@dataclass
-class Step:
-    token: int
-    logprobs: torch.Tensor  # (vocab,) float32 on the CPU: log-softmax of the model's raw logits
-    attention: list[torch.Tensor] | None  # per layer (n_head, T_key): the row that chose this token
+class FinishReason(str, enum.Enum):
+    LENGTH = "length"  # max_new_tokens generated
+    STOP = "stop"  # a stop string was generated
+    CONTEXT_FULL = "context_full"  # no room left in the context
+    TIMEOUT = "timeout"  # the server's request timeout ran out
+    ERROR = "error"  # the engine failed this sequence
+
+
+def finish_reason(generated: int, max_new_tokens: int, length: int, context_length: int) -> FinishReason | None:
+    """Why generation ends after `generated` new tokens, the sequence now `length` long; None: it goes on."""
+    if generated >= max_new_tokens:
+        return FinishReason.LENGTH
+    if length >= context_length:
+        return FinishReason.CONTEXT_FULL
+    return None
 
 
 class TextAssembler:
@@ -34,7 +44,7 @@ class TextAssembler:
         self.data.append(byte)
         hit = max((len(s) for s in self.stop if self.data.endswith(s)), default=0)  # the earliest-starting one
         if hit:
-            del self.data[len(self.data) - hit:]
+            del self.data[len(self.data) - hit :]
             return self._release(len(self.data), final=True), True
         hold = max((k for s in self.stop for k in range(1, len(s)) if self.data.endswith(s[:k])), default=0)
         return self._release(len(self.data) - hold), False
@@ -43,7 +53,7 @@ class TextAssembler:
         return self._release(len(self.data), final=True)
 
     def _release(self, upto: int, final: bool = False) -> str:
-        out = "".join(self.decoder.push(b) for b in self.data[self.released:upto])
+        out = "".join(self.decoder.push(b) for b in self.data[self.released : upto])
         self.released = max(self.released, upto)
         if final:
             out += self.decoder.flush()
@@ -51,45 +61,32 @@ class TextAssembler:
         return out
 
 
-def prefill(model: Transformer, ids: torch.Tensor, need_weights: bool = False):
-    """Run the prompt (B, T) through the model, filling cache rows 0..B-1 from position 0."""
-    B, T = ids.shape
-    pos = torch.arange(T, device=ids.device).expand(B, T)
-    return model(ids, pos, use_cache=True, need_weights=need_weights, n_keys=T)
+def generate(
+    runner: Runner,
+    prompt: list[int],
+    max_new_tokens: int,
+    params: SamplingParams = SamplingParams(),
+    generator: torch.Generator | None = None,
+    need_weights: bool = False,
+) -> Iterator[TokenOutput]:
+    """Yield sampled tokens one at a time, until max_new_tokens or the context is full. Uses cache row 0.
 
-
-def decode_one(model: Transformer, ids: torch.Tensor, pos: torch.Tensor, need_weights: bool = False,
-               n_keys: int | None = None):
-    """One decode step: ids (B, 1) at absolute positions pos (B, 1); n_keys > every position (default: all)."""
-    return model(ids, pos, use_cache=True, need_weights=need_weights, n_keys=n_keys)
-
-
-@torch.inference_mode()
-def generate(model: Transformer, prompt: list[int], max_new_tokens: int, params: SamplingParams = SamplingParams(),
-             generator: torch.Generator | None = None, need_weights: bool = False) -> Iterator[Step]:
-    """Yield sampled tokens one at a time, until max_new_tokens or the context is full.
-
-    With need_weights, each step carries every layer's attention row (n_head, T_key) of the query that
-    produced the token: over the prompt and the tokens generated before it.
+    With need_weights, each token carries every layer's attention row (n_head, keys) of the query that
+    produced it: over the prompt and the tokens generated before it.
     """
-    cfg = model.config
-    assert len(prompt) > 0, "the prompt must have at least one byte"
+    cfg = runner.config
+    if not prompt:
+        raise ValueError("the prompt must have at least one byte")
     if max_new_tokens <= 0 or len(prompt) >= cfg.context_length:
         return
-    device = model.lm_head.weight.device
-    if model.caches is None:
-        model.setup_caches(batch=1)
-    seen = torch.tensor(prompt, dtype=torch.long)
-    logits, attn = prefill(model, torch.tensor([prompt], device=device), need_weights)
-    pos, n = len(prompt), 0  # pos: where the next token goes
+    everything = (list(range(cfg.n_layer)), list(range(cfg.n_head)))
+    seq = Sequence(list(prompt), len(prompt), params, generator, attention=everything if need_weights else None)
+    out = runner.prefill(seq, row=0, start=0, end=len(prompt))
     while True:
-        row = logits[0, -1].float().cpu()
-        token = sample(row, params, seen, generator)
-        rows = [a[0, :, -1, :pos].float().cpu() for a in attn] if need_weights else None
-        yield Step(token, F.log_softmax(row, dim=-1), rows)
-        seen = torch.cat([seen, torch.tensor([token])])
-        pos, n = pos + 1, n + 1
-        if n >= max_new_tokens or pos >= cfg.context_length:
+        if out is None:
+            raise RuntimeError("sampling failed (see the log)")
+        yield out
+        seq.tokens.append(out.token)
+        if finish_reason(len(seq.tokens) - seq.n_prompt, max_new_tokens, len(seq.tokens), cfg.context_length):
             return
-        logits, attn = decode_one(model, torch.tensor([[token]], device=device),
-                                  torch.tensor([[pos - 1]], device=device), need_weights, n_keys=pos)
+        out = runner.decode([seq])[0]

@@ -8,15 +8,18 @@ Attention is softmax(QKᵀ/√d_k)·V per head. Two paths compute it: the fused
 `F.scaled_dot_product_attention` (fast) and an explicit masked softmax that also returns the
 probabilities (B, n_head, T_query, T_key) — that is how attention maps are served.
 """
+
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from model.config import ModelConfig
+from model.kv_cache import KVCache
 
 
 class RMSNorm(nn.Module):
@@ -51,26 +54,36 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotate_half(x) * sin
 
 
-class KVCache(nn.Module):
-    """Preallocated keys and values for one layer: (batch, n_head, max_len, head_dim), written in place."""
+@dataclass
+class CacheSlots:
+    """Where a forward pass writes its keys and values in the KV cache, and how far it reads back.
 
-    def __init__(self, batch: int, n_head: int, max_len: int, head_dim: int, dtype: torch.dtype, device):
-        super().__init__()
-        shape = (batch, n_head, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+    Batch row b is cache row first_row + b (a batch always sits in consecutive rows); token t of it goes
+    to position positions[b, t]. Attention reads each row's first n_keys positions, masking those after
+    the query's own.
+    """
 
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: slice, n_keys: int):
-        """Write k, v (B, nh, T, hs) at positions input_pos (B, T) of cache rows `rows`.
+    first_row: int
+    positions: torch.Tensor  # (B, T) absolute positions
+    n_keys: int
 
-        Returns those rows' first n_keys positions (B, nh, n_keys, hs), as views: attention never reads
-        further than the longest sequence in the batch.
-        """
-        index = torch.arange(rows.start, rows.stop, device=k.device).unsqueeze(1)  # (B, 1)
-        # Indexing [index, :, input_pos] addresses a (B, T, nh, hs) block of the cache.
-        self.k[index, :, input_pos] = k.transpose(1, 2)
-        self.v[index, :, input_pos] = v.transpose(1, 2)
-        return self.k[rows, :, :n_keys], self.v[rows, :, :n_keys]
+    def __post_init__(self):
+        B = self.positions.shape[0]
+        self.rows = slice(self.first_row, self.first_row + B)
+        self.row_index = torch.arange(self.first_row, self.first_row + B, device=self.positions.device)[:, None]
+
+    def write_and_read(self, cache: tuple[torch.Tensor, torch.Tensor], k: torch.Tensor, v: torch.Tensor):
+        """Store k, v (B, nh, T, hs) in one layer's cache; return its rows' keys and values (B, nh, n_keys, hs)."""
+        k_cache, v_cache = cache  # (rows, nh, max_len, hs) each
+        # Indexing [row_index, :, positions] addresses a (B, T, nh, hs) block of the cache.
+        k_cache[self.row_index, :, self.positions] = k.transpose(1, 2)
+        v_cache[self.row_index, :, self.positions] = v.transpose(1, 2)
+        return k_cache[self.rows, :, : self.n_keys], v_cache[self.rows, :, : self.n_keys]
+
+    def mask(self) -> torch.Tensor:
+        """(B, 1, T, n_keys): True where a query may attend to a key (keys up to its own position)."""
+        key_pos = torch.arange(self.n_keys, device=self.positions.device)
+        return (key_pos <= self.positions.unsqueeze(-1)).unsqueeze(1)
 
 
 class Attention(nn.Module):
@@ -84,7 +97,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.qkv_weight: torch.Tensor | None = None  # set by Transformer.fuse_projections()
 
-    def forward(self, x, cos, sin, mask, input_pos, need_weights: bool, cache: tuple | None):
+    def forward(self, x, cos, sin, mask, need_weights: bool, cache=None, slots: CacheSlots | None = None):
         B, T, C = x.shape
         if self.qkv_weight is not None:
             q, k, v = F.linear(x, self.qkv_weight).split(C, dim=-1)
@@ -95,9 +108,8 @@ class Attention(nn.Module):
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            layer_cache, rows, n_keys = cache
-            k, v = layer_cache.update(input_pos, k, v, rows, n_keys)  # (B, nh, n_keys, hs)
+        if slots is not None:
+            k, v = slots.write_and_read(cache, k, v)  # (B, nh, n_keys, hs)
 
         probs = None
         if need_weights:
@@ -140,8 +152,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, mask, input_pos, need_weights, cache):
-        a, probs = self.self_attn(self.input_layernorm(x), cos, sin, mask, input_pos, need_weights, cache)
+    def forward(self, x, cos, sin, mask, need_weights, cache=None, slots=None):
+        a, probs = self.self_attn(self.input_layernorm(x), cos, sin, mask, need_weights, cache, slots)
         x = x + self.resid_dropout(a)
         x = x + self.resid_dropout(self.mlp(self.post_attention_layernorm(x)))
         return x, probs
@@ -160,7 +172,6 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(cfg)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.caches: nn.ModuleList | None = None
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
@@ -179,51 +190,44 @@ class Transformer(nn.Module):
         """
         for layer in self.layers:
             attn, mlp = layer.self_attn, layer.mlp
+            if attn.qkv_weight is not None:
+                return  # fused already
             attn.qkv_weight = _fuse(attn.q_proj, attn.k_proj, attn.v_proj)
             mlp.gate_up_weight = _fuse(mlp.gate_proj, mlp.up_proj)
 
-    def setup_caches(self, batch: int, max_len: int | None = None):
-        """Allocate a fixed-shape KV cache per layer for up to `batch` sequences."""
-        cfg = self.config
-        max_len = max_len or cfg.context_length
-        assert max_len <= cfg.context_length, f"cache length {max_len} exceeds context {cfg.context_length}"
-        dtype, device = self.lm_head.weight.dtype, self.lm_head.weight.device
-        self.caches = nn.ModuleList(
-            KVCache(batch, cfg.n_head, max_len, cfg.head_dim, dtype, device) for _ in range(cfg.n_layer)
-        )
-
-    def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, use_cache: bool = False,
-                need_weights: bool = False, cache_row: int = 0, n_keys: int | None = None):
+    def forward(
+        self,
+        idx: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        need_weights: bool = False,
+        cache: KVCache | None = None,
+        slots: CacheSlots | None = None,
+    ):
         """Logits (B, T, vocab) for every position, and, if asked, each layer's attention probabilities.
 
-        idx: (B, T) byte ids. input_pos: (B, T) absolute positions (default 0..T-1 in every row).
-        use_cache: write this step's keys and values into KV-cache rows cache_row..cache_row+B-1 and attend
-        over their first n_keys positions (default: the whole cache; it must cover every position in
-        input_pos), masking those after each query's own. The returned attention is (B, nh, T, T_key),
-        T_key = T without the cache, n_keys with it.
+        idx: (B, T) byte ids. Without a cache, the batch is whole sequences from position 0 and attention is
+        causal over them; attention maps are (B, nh, T, T). With a cache, `slots` say where this step's keys
+        and values go and how far attention reads back (positions default to slots.positions); the maps
+        are then (B, nh, T, slots.n_keys).
         """
         B, T = idx.shape
-        if input_pos is None:
-            input_pos = torch.arange(T, device=idx.device).expand(B, T)
-        cos = self.rope_cos[input_pos].unsqueeze(1)  # (B, 1, T, hs)
-        sin = self.rope_sin[input_pos].unsqueeze(1)
-        if use_cache:
-            assert self.caches is not None, "call setup_caches() before using the cache"
-            n_keys = n_keys or self.caches[0].k.shape[2]
-            key_pos = torch.arange(n_keys, device=idx.device)
-            mask = (key_pos <= input_pos.unsqueeze(-1)).unsqueeze(1)  # (B, 1, T, n_keys)
-            rows = slice(cache_row, cache_row + B)
+        if slots is not None:
+            positions = slots.positions
+            mask = slots.mask()  # (B, 1, T, n_keys)
         elif need_weights:
             mask = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()  # (T, T)
         else:
             mask = None  # causal, handled inside the fused kernel
+        if positions is None:
+            positions = torch.arange(T, device=idx.device).expand(B, T)
 
         x = self.embed_tokens(idx)  # (B, T, C)
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        cos = self.rope_cos[positions].unsqueeze(1).to(x.dtype)  # (B, 1, T, hs)
+        sin = self.rope_sin[positions].unsqueeze(1).to(x.dtype)
         attn = []
         for i, layer in enumerate(self.layers):
-            cache = (self.caches[i], rows, n_keys) if use_cache else None
-            x, probs = layer(x, cos, sin, mask, input_pos, need_weights, cache)
+            layer_cache = cache.layer(i) if slots is not None else None
+            x, probs = layer(x, cos, sin, mask, need_weights, layer_cache, slots)
             attn.append(probs)
         logits = self.lm_head(self.norm(x))
         return logits, (attn if need_weights else None)
@@ -235,6 +239,6 @@ def _fuse(*linears: nn.Linear) -> torch.Tensor:
     start = 0
     for lin in linears:
         n = lin.weight.shape[0]
-        lin.weight = nn.Parameter(fused[start:start + n], requires_grad=False)
+        lin.weight = nn.Parameter(fused[start : start + n], requires_grad=False)
         start += n
     return fused

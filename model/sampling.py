@@ -1,7 +1,9 @@
 """Sampling as pure functions of logits, with an explicit torch.Generator for reproducibility."""
+
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -17,17 +19,32 @@ class SamplingParams:
     frequency_penalty: float = 0.0  # 0 = off; OpenAI's, over generated tokens
 
     def __post_init__(self):
-        assert self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"
-        assert self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}"
-        assert 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"
-        assert self.repetition_penalty > 0, f"repetition_penalty must be > 0, got {self.repetition_penalty}"
-        for name in ("presence_penalty", "frequency_penalty"):
-            assert math.isfinite(getattr(self, name)), f"{name} must be finite, got {getattr(self, name)}"
+        checks = [
+            ("temperature", self.temperature >= 0, ">= 0"),
+            ("top_k", self.top_k >= 0, ">= 0"),
+            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+            ("repetition_penalty", self.repetition_penalty > 0, "> 0"),
+            ("presence_penalty", math.isfinite(self.presence_penalty), "finite"),
+            ("frequency_penalty", math.isfinite(self.frequency_penalty), "finite"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
 
     @property
     def uses_history(self) -> bool:
         """Whether sampling depends on the tokens seen so far (a penalty is on)."""
         return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+
+def seeded_generator(seed: int | None) -> torch.Generator:
+    """A generator of its own for one sequence: seeded with `seed` (taken mod 2**64), or at random when None.
+
+    One generator per sequence is what makes a seed give the same bytes alone or in any batch.
+    """
+    if seed is None:
+        seed = int.from_bytes(os.urandom(8), "little")
+    return torch.Generator().manual_seed(seed % 2**64)
 
 
 def apply_repetition_penalty(logits: torch.Tensor, previous: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -40,8 +57,9 @@ def apply_repetition_penalty(logits: torch.Tensor, previous: torch.Tensor, penal
     return logits
 
 
-def apply_presence_frequency_penalty(logits: torch.Tensor, generated: torch.Tensor, presence: float,
-                                     frequency: float) -> torch.Tensor:
+def apply_presence_frequency_penalty(
+    logits: torch.Tensor, generated: torch.Tensor, presence: float, frequency: float
+) -> torch.Tensor:
     """OpenAI's penalties: logits -= presence * (count > 0) + frequency * count, counting each id in `generated`."""
     if (presence == 0.0 and frequency == 0.0) or generated.numel() == 0:
         return logits
@@ -49,38 +67,94 @@ def apply_presence_frequency_penalty(logits: torch.Tensor, generated: torch.Tens
     return logits - presence * (counts > 0).to(logits.dtype) - frequency * counts
 
 
-def logits_to_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Probabilities (vocab,) after temperature, top-k and nucleus (top-p) filtering. temperature > 0."""
-    logits = logits.float()
+def logits_to_probs(logits: torch.Tensor, temperature, top_k=0, top_p=1.0) -> torch.Tensor:
+    """Probabilities after temperature, top-k and nucleus (top-p) filtering; temperature > 0.
+
+    One row: logits (vocab,) with numbers for the rest. A batch: logits (B, vocab) with a (B,) tensor (or a
+    number for all rows) for each of temperature, top_k (0 = off) and top_p (1 = off): one op for all rows.
+    """
+    one_row = logits.dim() == 1
+    logits = logits.float().reshape(-1, logits.shape[-1])  # (B, V)
+    B, V = logits.shape
+    temperature, top_k, top_p = (torch.as_tensor(x).reshape(-1).expand(B) for x in (temperature, top_k, top_p))
+    tiny = torch.finfo(torch.float32).tiny  # a temperature of 1e-300 is 0 in float32: divide by the smallest instead
     # Shift the maximum to 0 before dividing: a tiny temperature then gives -inf (probability 0), never the
     # inf - inf = nan of softmax over overflowed logits. The clamp: a penalty near 0 can overflow a logit to inf.
-    logits = logits.clamp(max=torch.finfo(logits.dtype).max)
-    logits = (logits - logits.max()) / max(temperature, torch.finfo(logits.dtype).tiny)  # 1e-300 is 0 in float32
-    if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k).values[-1]
+    logits = logits.clamp(max=torch.finfo(torch.float32).max)
+    logits = (logits - logits.amax(-1, keepdim=True)) / temperature.float().clamp(min=tiny).unsqueeze(-1)
+    k = torch.where((top_k > 0) & (top_k < V), top_k, V).long()
+    if bool((k < V).any()):
+        kth = logits.sort(dim=-1, descending=True).values.gather(-1, (k - 1).unsqueeze(-1))  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
+    nucleus = top_p < 1.0
+    if bool(nucleus.any()):
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
         # keep the smallest prefix whose mass reaches top_p (always at least the most likely token)
-        drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
-        drop[..., 0] = False  # a top_p below float32's smallest (5e-324) would otherwise drop every token
+        drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p.float().unsqueeze(-1)
+        drop &= nucleus.unsqueeze(-1)  # rows without top-p keep everything, whatever the rounding of the sums
+        drop[:, 0] = False  # a top_p below float32's smallest (5e-324) would otherwise drop every token
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-        probs = probs / probs.sum()
-    return probs
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs[0] if one_row else probs
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, previous: torch.Tensor,
-           generator: torch.Generator | None, n_prompt: int = 0) -> int:
-    """The next token id from one position's logits (vocab,), given the ids seen so far.
+def penalize(logits: torch.Tensor, params: SamplingParams, previous: torch.Tensor, n_prompt: int) -> torch.Tensor:
+    """One row's logits (vocab,) after its repetition, presence and frequency penalties.
 
-    previous[n_prompt:] are the generated ones: presence and frequency penalties count only those.
+    previous: the ids seen so far, of which previous[n_prompt:] are generated (presence and frequency count only
+    those).
     """
     logits = apply_repetition_penalty(logits, previous, params.repetition_penalty)
-    logits = apply_presence_frequency_penalty(logits, previous[n_prompt:], params.presence_penalty,
-                                              params.frequency_penalty)
-    if params.temperature == 0:
-        return int(torch.argmax(logits))
-    probs = logits_to_probs(logits, params.temperature, params.top_k, params.top_p)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return apply_presence_frequency_penalty(
+        logits, previous[n_prompt:], params.presence_penalty, params.frequency_penalty
+    )
+
+
+def sample_rows(
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    previous: list[torch.Tensor | None],
+    n_prompt: list[int],
+    generators: list[torch.Generator | None],
+) -> list[int]:
+    """The next token of every row of logits (B, vocab), each row with its own parameters and generator.
+
+    previous[i]: row i's ids so far (needed only when a penalty is on, else None). The filters run as one op
+    over the batch; each row draws its noise from its own generator, so a seed gives the same tokens alone
+    or in any batch. A draw is argmax(probs / q), q ~ Exp(1): an exact sample from probs (the exponential race).
+    """
+    logits = logits.float()
+    for i, p in enumerate(params):
+        if p.uses_history:
+            logits[i] = penalize(logits[i], p, previous[i], n_prompt[i])
+    greedy = logits.argmax(dim=-1)
+    drawn = [i for i, p in enumerate(params) if p.temperature > 0]
+    if not drawn:
+        return greedy.tolist()
+    rows = logits[drawn]
+    chosen = [params[i] for i in drawn]
+    probs = logits_to_probs(
+        rows,
+        torch.tensor([p.temperature for p in chosen]),
+        torch.tensor([p.top_k for p in chosen]),
+        torch.tensor([p.top_p for p in chosen]),
+    )
+    race = torch.empty_like(probs)
+    for r, i in enumerate(drawn):
+        race[r].exponential_(generator=generators[i])
+    tokens = greedy.clone()
+    tokens[drawn] = (probs / race.clamp(min=torch.finfo(torch.float32).tiny)).argmax(dim=-1)
+    return tokens.tolist()
+
+
+def sample(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    previous: torch.Tensor,
+    generator: torch.Generator | None,
+    n_prompt: int = 0,
+) -> int:
+    """The next token id from one position's logits (vocab,), given the ids seen so far (see sample_rows)."""
+    return sample_rows(logits.unsqueeze(0), [params], [previous], [n_prompt], [generator])[0]

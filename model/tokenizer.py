@@ -1,20 +1,28 @@
 """Bytes are tokens: id i is the byte value i (0..255). Nothing to train, every language works."""
+
 from __future__ import annotations
 
 import codecs
 
+VOCAB_SIZE = 256  # one token per byte value; no special tokens are reserved
 
-def _display(b: int) -> str:
+# There is no BOS. Tools that condition a text's first token on one (lm-evaluation-harness's prefix token,
+# a tokenizer's bos_token) are given a line break: a text in a corpus begins after one, and it is an
+# ordinary byte the model has seen, so the first byte is scored as the start of a line.
+PREFIX_TOKEN = "\n"
+
+
+def _display(b: int, escape_controls: bool = True) -> str:
     if b < 0x80:
         ch = chr(b)
-        if ch.isprintable():
+        if ch.isprintable() or not escape_controls:
             return ch
         return {"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(ch, f"\\x{b:02x}")
     return f"\\x{b:02x}"
 
 
 class ByteTokenizer:
-    vocab_size = 256
+    vocab_size = VOCAB_SIZE
 
     def encode(self, text: str) -> list[int]:
         """UTF-8 bytes of `text`. Raises UnicodeEncodeError on lone surrogates (not valid Unicode text)."""
@@ -24,13 +32,17 @@ class ByteTokenizer:
         """Text of the bytes; invalid UTF-8 sequences become U+FFFD."""
         return bytes(ids).decode("utf-8", errors="replace")
 
-    def incremental_decoder(self) -> "IncrementalDecoder":
+    def incremental_decoder(self) -> IncrementalDecoder:
         return IncrementalDecoder()
 
     @staticmethod
-    def label(byte: int) -> str:
-        """A display label for one byte alone: its character if printable ASCII, else an escape like \\xe2."""
-        return _display(byte)
+    def label(byte: int, escape_controls: bool = True) -> str:
+        """A byte alone as text: its character if printable ASCII, else an escape like \\n or \\xe2.
+
+        escape_controls=False keeps ASCII control characters as themselves (OpenAI's logprobs tokens, whose
+        concatenation must spell ASCII text); a byte >= 0x80 is no text alone, so it is always escaped.
+        """
+        return _display(byte, escape_controls)
 
     def char_labels(self, ids) -> list[str]:
         """A label per byte where a multi-byte character is shown once, on its first byte.
@@ -45,7 +57,7 @@ class ByteTokenizer:
             n = _utf8_len(data[i])
             if n > 1 and i + n <= len(data):
                 try:
-                    ch = data[i:i + n].decode("utf-8")
+                    ch = data[i : i + n].decode("utf-8")
                 except UnicodeDecodeError:
                     ch = None
                 if ch is not None:
@@ -56,6 +68,16 @@ class ByteTokenizer:
                     continue
             i += 1
         return labels
+
+    def last_char_labels(self, ids) -> list[str]:
+        """`char_labels` of the last character of `ids` (complete or not): one label per byte of it.
+
+        Appending a byte changes only the labels of the character it belongs to, so a client that shows
+        bytes as they stream in relabels just these, counting back from the newest byte.
+        """
+        labels = self.char_labels(list(ids)[-4:])  # a UTF-8 character is at most 4 bytes
+        start = max(i for i, label in enumerate(labels) if label)  # the first label is never ""
+        return labels[start:]
 
     @staticmethod
     def byte_char_spans(text: str) -> list[tuple[int, int]]:
@@ -89,3 +111,6 @@ class IncrementalDecoder:
 
     def flush(self) -> str:
         return self._dec.decode(b"", final=True)
+
+
+tokenizer = ByteTokenizer()  # stateless: the one instance everything shares

@@ -6,6 +6,7 @@
 Every batch and dropout mask comes from a generator seeded by (seed, rank, step), so `--resume`
 continues exactly where a run stopped: N steps, then N more resumed, equal 2N steps in one run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,6 +32,7 @@ from model import checkpoint
 from model.config import ModelConfig
 from model.generate import generate
 from model.model import Transformer
+from model.runner import Runner
 from model.sampling import SamplingParams
 
 LN2 = math.log(2)
@@ -48,13 +50,21 @@ def positive_int(text: str) -> int:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="tinyllm-train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="tinyllm-train",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     d = ModelConfig()
     g = p.add_argument_group("data and output")
-    g.add_argument("--data", action="append", required=True, metavar="PATH",
-                   help="a file or folder of any bytes; repeatable. The last 10%% of each file is held out "
-                        "for validation unless --val-data is given")
+    g.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="a file or folder of any bytes; repeatable. The last 10%% of each file is held out "
+        "for validation unless --val-data is given",
+    )
     g.add_argument("--val-data", action="append", metavar="PATH", help="validation files or folders; repeatable")
     g.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
     g.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
@@ -81,9 +91,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("evaluation and runtime")
     g.add_argument("--eval-every", type=positive_int, default=250)
     g.add_argument("--eval-windows", type=positive_int, default=256, help="at most this many context windows per split")
-    g.add_argument("--save", choices=["last", "best"], default="last",
-                   help="at each evaluation save the latest model, or only one with a new best validation loss "
-                        "(small data overfits: nanoGPT keeps the best)")
+    g.add_argument(
+        "--save",
+        choices=["last", "best"],
+        default="last",
+        help="at each evaluation save the latest model, or only one with a new best validation loss "
+        "(small data overfits: nanoGPT keeps the best)",
+    )
     g.add_argument("--log-every", type=positive_int, default=10)
     g.add_argument("--sample-bytes", type=int, default=120, help="length of the sample printed at each evaluation")
     g.add_argument("--seed", type=int, default=1337)
@@ -93,6 +107,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------- data
+
 
 def list_files(paths: list[str]) -> list[Path]:
     files = []
@@ -129,22 +144,25 @@ def load_data(args) -> tuple[np.ndarray, np.ndarray, list[dict]]:
             val.append(data[cut:])
     for f in list_files(args.val_data or []) if args.val_data else []:
         data = read_bytes(f)
-        record.append({"path": str(f), "bytes": int(data.size), "sha256": hashlib.sha256(data).hexdigest(),
-                       "split": "val"})
+        record.append(
+            {"path": str(f), "bytes": int(data.size), "sha256": hashlib.sha256(data).hexdigest(), "split": "val"}
+        )
         val.append(data)
     train, val = np.concatenate(train), np.concatenate(val)
     need = args.context_length + 1
     for name, split in (("training", train), ("validation", val)):
         if split.size < need:
-            raise TrainError(f"context length {args.context_length} is larger than the {name} data "
-                             f"({split.size} bytes); use a shorter --context-length or more data")
+            raise TrainError(
+                f"context length {args.context_length} is larger than the {name} data "
+                f"({split.size} bytes); use a shorter --context-length or more data"
+            )
     return train, val, record
 
 
 def get_batch(data: np.ndarray, batch: int, ctx: int, rng: np.random.Generator, device):
     ix = rng.integers(0, data.size - ctx, size=batch)  # the last window's target ends on the last byte
-    x = torch.from_numpy(np.stack([data[i:i + ctx] for i in ix]).astype(np.int64))
-    y = torch.from_numpy(np.stack([data[i + 1:i + 1 + ctx] for i in ix]).astype(np.int64))
+    x = torch.from_numpy(np.stack([data[i : i + ctx] for i in ix]).astype(np.int64))
+    y = torch.from_numpy(np.stack([data[i + 1 : i + 1 + ctx] for i in ix]).astype(np.int64))
     if device.type == "cuda":
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x, y
@@ -159,9 +177,9 @@ def evaluate(model, data: np.ndarray, ctx: int, max_windows: int, batch: int, de
     model.eval()
     total, count = 0.0, 0
     for i in range(0, starts.size, batch):
-        s = starts[i:i + batch]
-        x = torch.from_numpy(np.stack([data[j:j + ctx] for j in s]).astype(np.int64)).to(device)
-        y = torch.from_numpy(np.stack([data[j + 1:j + 1 + ctx] for j in s]).astype(np.int64)).to(device)
+        s = starts[i : i + batch]
+        x = torch.from_numpy(np.stack([data[j : j + ctx] for j in s]).astype(np.int64)).to(device)
+        y = torch.from_numpy(np.stack([data[j + 1 : j + 1 + ctx] for j in s]).astype(np.int64)).to(device)
         with autocast:
             logits, _ = model(x)
         total += F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), reduction="sum").item()
@@ -171,9 +189,9 @@ def evaluate(model, data: np.ndarray, ctx: int, max_windows: int, batch: int, de
 
 
 def sample_text(model: Transformer, prompt: bytes, n: int, seed: int) -> str:
-    m = copy.deepcopy(model).eval()
+    runner = Runner(copy.deepcopy(model).eval())
     gen = torch.Generator().manual_seed(seed)
-    out = [s.token for s in generate(m, list(prompt), n, SamplingParams(temperature=0.8), gen)]
+    out = [s.token for s in generate(runner, list(prompt), n, SamplingParams(temperature=0.8), gen)]
     return (prompt + bytes(out)).decode("utf-8", errors="replace")
 
 
@@ -191,6 +209,7 @@ def lr_at(step: int, args) -> float:
 def plot_losses(rows: list[dict]) -> bytes:
     """loss.png of the metrics.jsonl rows."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -212,6 +231,7 @@ def plot_losses(rows: list[dict]) -> bytes:
 
 
 # ---------------------------------------------------------------- training
+
 
 def main(argv=None) -> None:
     try:
@@ -247,10 +267,16 @@ def train(args) -> None:
     # Configuration: from the checkpoint when resuming, else from the flags.
     mlp_hidden = args.mlp_hidden or 64 * math.ceil(8 * args.d_model / 3 / 64)
     try:
-        cfg = ModelConfig(context_length=args.context_length, n_layer=args.n_layer, n_head=args.n_head,
-                          d_model=args.d_model, mlp_hidden=mlp_hidden, tie_embeddings=args.tie_embeddings,
-                          dropout=args.dropout)
-    except AssertionError as e:
+        cfg = ModelConfig(
+            context_length=args.context_length,
+            n_layer=args.n_layer,
+            n_head=args.n_head,
+            d_model=args.d_model,
+            mlp_hidden=mlp_hidden,
+            tie_embeddings=args.tie_embeddings,
+            dropout=args.dropout,
+        )
+    except ValueError as e:
         raise TrainError(str(e)) from e
     start_step, resumed = 0, None
     if checkpoint.exists(args.out):
@@ -261,11 +287,14 @@ def train(args) -> None:
         elif args.overwrite:
             pass
         elif saved != cfg:
-            raise TrainError(f"{args.out} holds a checkpoint of a different model ({saved}); "
-                             "pass --resume to continue it, --overwrite to replace it, or choose another --out")
+            raise TrainError(
+                f"{args.out} holds a checkpoint of a different model ({saved}); "
+                "pass --resume to continue it, --overwrite to replace it, or choose another --out"
+            )
         else:
-            raise TrainError(f"{args.out} already holds a checkpoint; pass --resume to continue it "
-                             "or --overwrite to replace it")
+            raise TrainError(
+                f"{args.out} already holds a checkpoint; pass --resume to continue it or --overwrite to replace it"
+            )
     elif args.resume:
         raise TrainError(f"--resume: no checkpoint in {args.out}")
 
@@ -277,14 +306,19 @@ def train(args) -> None:
     model.to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=args.lr, betas=(0.9, 0.99), fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.99),
+        fused=device.type == "cuda",
+    )
     history = {}
     if resumed:
         if not (resumed / checkpoint.OPTIMIZER).exists():
-            raise TrainError(f"{resumed / checkpoint.OPTIMIZER}: missing; --resume needs the optimizer state "
-                             "that training saves (this checkpoint was not written by tinyllm-train)")
+            raise TrainError(
+                f"{resumed / checkpoint.OPTIMIZER}: missing; --resume needs the optimizer state "
+                "that training saves (this checkpoint was not written by tinyllm-train)"
+            )
         state = torch.load(resumed / checkpoint.OPTIMIZER, map_location=device, weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         history = checkpoint.load_training(resumed)
@@ -293,7 +327,9 @@ def train(args) -> None:
     if args.compile:
         model = torch.compile(model)
     if ddp:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     bytes_per_step = args.batch_size * args.context_length * args.grad_accum * world
     log_rows = []  # metrics.jsonl, rewritten with every checkpoint so it always matches it
@@ -302,15 +338,19 @@ def train(args) -> None:
         log_rows = [r for r in rows if r["step"] <= start_step]
     if master:
         tqdm.write(f"model: {raw_model.num_params():,} parameters, {cfg}")
-        tqdm.write(f"data: {train_data.size:,} training bytes, {val_data.size:,} validation bytes; "
-                   f"{bytes_per_step:,} bytes/step on {world} process(es), device {device}")
+        tqdm.write(
+            f"data: {train_data.size:,} training bytes, {val_data.size:,} validation bytes; "
+            f"{bytes_per_step:,} bytes/step on {world} process(es), device {device}"
+        )
 
     def save(step: int, val_loss: float, train_loss: float, wall: float):
         training = {
             "step": step,
             "bytes_seen": step * bytes_per_step,
-            "train_loss": train_loss, "val_loss": val_loss,
-            "train_bits_per_byte": train_loss / LN2, "val_bits_per_byte": val_loss / LN2,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "train_bits_per_byte": train_loss / LN2,
+            "val_bits_per_byte": val_loss / LN2,
             "data": data_record,
             "command": shlex.join(sys.orig_argv),  # as typed, e.g. python -m model.train ...
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -322,13 +362,21 @@ def train(args) -> None:
         }
         # metrics.jsonl and loss.png travel inside the atomic save, so they always match the checkpoint
         metrics = "".join(json.dumps(r) + "\n" for r in log_rows).encode()
-        checkpoint.save(args.out, raw_model, training, {"optimizer": optimizer.state_dict()},
-                        extra_files={"metrics.jsonl": metrics, "loss.png": plot_losses(log_rows)})
+        checkpoint.save(
+            args.out,
+            raw_model,
+            training,
+            {"optimizer": optimizer.state_dict()},
+            extra_files={"metrics.jsonl": metrics, "loss.png": plot_losses(log_rows)},
+        )
 
     def run_eval(step: int) -> tuple[float, float]:
-        val_loss = evaluate(raw_model, val_data, cfg.context_length, args.eval_windows, args.batch_size, device, autocast)
-        train_loss = evaluate(raw_model, train_data, cfg.context_length, args.eval_windows, args.batch_size, device,
-                              autocast)
+        val_loss = evaluate(
+            raw_model, val_data, cfg.context_length, args.eval_windows, args.batch_size, device, autocast
+        )
+        train_loss = evaluate(
+            raw_model, train_data, cfg.context_length, args.eval_windows, args.batch_size, device, autocast
+        )
         return train_loss, val_loss
 
     model.train()
@@ -347,7 +395,7 @@ def train(args) -> None:
             rng = np.random.default_rng([args.seed, rank, step, micro])
             x, y = get_batch(train_data, args.batch_size, cfg.context_length, rng, device)
             sync = not ddp or micro == args.grad_accum - 1
-            with (nullcontext() if sync else model.no_sync()), autocast:
+            with nullcontext() if sync else model.no_sync(), autocast:
                 logits, _ = model(x)
                 loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1)) / args.grad_accum
             loss.backward()
@@ -371,19 +419,28 @@ def train(args) -> None:
             loss_val = loss_sum.item()
             rate = (step - last_log) * bytes_per_step / max(now - t_last, 1e-9)
             t_last, last_log = now, step
-            log_rows.append({"step": step, "lr": lr, "loss": loss_val, "bits_per_byte": loss_val / LN2,
-                             "bytes_per_s": round(rate)})
+            log_rows.append(
+                {"step": step, "lr": lr, "loss": loss_val, "bits_per_byte": loss_val / LN2, "bytes_per_s": round(rate)}
+            )
             bar.set_postfix(loss=f"{loss_val:.3f}", bpb=f"{loss_val / LN2:.3f}", bytes_s=f"{rate:,.0f}")
         if step % args.eval_every == 0 or last:
             if master:
                 train_loss, val_loss = run_eval(step)
                 text = sample_text(raw_model, b"\n", args.sample_bytes, args.seed) if args.sample_bytes else ""
-                row = {"step": step, "train_loss": train_loss, "val_loss": val_loss,
-                       "train_bits_per_byte": train_loss / LN2, "val_bits_per_byte": val_loss / LN2, "sample": text}
+                row = {
+                    "step": step,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "train_bits_per_byte": train_loss / LN2,
+                    "val_bits_per_byte": val_loss / LN2,
+                    "sample": text,
+                }
                 log_rows.append(row)
-                tqdm.write(f"step {step}: train {train_loss:.4f} nats/byte ({train_loss / LN2:.3f} bits), "
-                           f"val {val_loss:.4f} nats/byte ({val_loss / LN2:.3f} bits)"
-                           + (f"\n  sample: {text!r}" if text else ""))
+                tqdm.write(
+                    f"step {step}: train {train_loss:.4f} nats/byte ({train_loss / LN2:.3f} bits), "
+                    f"val {val_loss:.4f} nats/byte ({val_loss / LN2:.3f} bits)"
+                    + (f"\n  sample: {text!r}" if text else "")
+                )
                 if args.save == "last" or val_loss < best_val:
                     save(step, val_loss, train_loss, time.time() - t_run)
                     saved_step, best_val = step, min(best_val, val_loss)

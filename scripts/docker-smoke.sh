@@ -6,8 +6,14 @@
 #   3. builds the image, with this machine's local CPU torch wheel and extra CA certificates, if any
 #   4. runs it with a published port on 127.0.0.1, waits for /health and for Docker's HEALTHCHECK,
 #      checks a /v1/generate and a /v1/attention answer, then stops it (SIGTERM must stop it cleanly);
-#      then once more with a checkpoint folder mounted and TINYLLM_CHECKPOINT / TINYLLM_PORT set
-#   5. prints the image size; removes the container, its temporary files, and the daemon it started
+#      then once more with a checkpoint folder mounted, TINYLLM_CHECKPOINT / TINYLLM_PORT set and a
+#      read-only root filesystem (as deploy/kubernetes/ runs it), checking a PNG heatmap there too
+#   5. prints the image size; runs the scripts named as arguments, if any, with this daemon and image
+#      (TINYLLM_IMAGE, TINYLLM_DOCKER set); removes the container, its temporary files, and the daemon
+#      it started
+#
+#   bash scripts/docker-smoke.sh                            # the smoke test
+#   bash scripts/docker-smoke.sh scripts/swarm-test.sh      # then the Swarm test, as CI runs them
 #
 # Idempotent: the base image and the build cache are kept, so a second run only rebuilds what changed.
 # Every step has a time limit, and the whole run stops after TINYLLM_SMOKE_TIMEOUT seconds.
@@ -19,7 +25,8 @@ cd "$(dirname "$0")/.."
 IMAGE=${TINYLLM_SMOKE_IMAGE:-tinyllm:smoke}
 DEADLINE=$((SECONDS + ${TINYLLM_SMOKE_TIMEOUT:-600}))
 BASE_IMAGE=$(awk 'toupper($1) == "FROM" { print $2; exit }' Dockerfile)
-TORCH_VERSION=$(sed -n 's/^ARG TORCH_VERSION=//p' Dockerfile)
+# The torch version of the CPU image's lock file (torch==2.13.0+cpu there).
+TORCH_VERSION=$(sed -n 's/^torch==\([^+ ]*\).*/\1/p' deploy/requirements/cpu.txt)
 WHEEL_DIR=build/docker-wheels
 CA_DIR=/usr/local/share/ca-certificates
 LABEL=tinyllm-docker-smoke
@@ -99,7 +106,7 @@ LOCKED=1
 
 [[ -f checkpoints/shakespeare/config.json && -f checkpoints/shakespeare/model.safetensors ]] \
     || die "no bundled checkpoint in checkpoints/shakespeare/ (the image ships it)"
-[[ -n $BASE_IMAGE && -n $TORCH_VERSION ]] || die "cannot read FROM / ARG TORCH_VERSION from the Dockerfile"
+[[ -n $BASE_IMAGE && -n $TORCH_VERSION ]] || die "cannot read FROM from the Dockerfile or torch==VERSION from deploy/requirements/cpu.txt"
 command -v python3 >/dev/null || die "python3 is needed to check the answers"
 
 # --- 1. tools and daemon ---------------------------------------------------------------------------
@@ -238,17 +245,18 @@ fi
 
 # --- 4. run and check ------------------------------------------------------------------------------
 # check.py URL TEXT_FILE: checks the answers; writes the greedy text to TEXT_FILE, or, if that exists,
-# checks only /v1/generate, and that it says the same text.
+# checks only that /v1/generate says the same text, and that a PNG heatmap renders (matplotlib needs a
+# writable /tmp under a read-only root).
 cat >"$STATE/check.py" <<'PY'
 import json, os, sys, urllib.request
 
 url, text_file = sys.argv[1], sys.argv[2]
 
-def post(path, body):
+def post(path, body, raw=False):
     req = urllib.request.Request(url + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=60) as r:
         assert r.status == 200, f"{path}: HTTP {r.status}"
-        return json.load(r)
+        return r.read() if raw else json.load(r)
 
 req = {"prompt": "ROMEO:", "max_new_tokens": 20, "temperature": 0}
 g = post("/v1/generate", req)
@@ -262,6 +270,9 @@ if os.path.exists(text_file):
     expected = open(text_file).read()
     assert g["text"] == expected, f"generate: {g['text']!r}, but the first container said {expected!r}"
     print(f"    generate: {g['text']!r}, as the first container said", file=sys.stderr)
+    png = post("/v1/attention", {"text": "To be", "layers": [0], "heads": [0], "format": "png"}, raw=True)
+    assert png.startswith(b"\x89PNG"), f"attention: not a PNG: {png[:40]!r}"
+    print(f"    attention: a {len(png)}-byte PNG heatmap", file=sys.stderr)
     sys.exit(0)
 again = post("/v1/generate", req)
 assert again["text"] == g["text"], "generate: temperature 0 gave two different texts"
@@ -329,10 +340,11 @@ serve 8000
 timeout "$(limit 120)" python3 "$STATE/check.py" "$URL" "$STATE/text" || { show_logs; die "wrong answers"; }
 stop
 
-log "mounted checkpoint (a copy of the bundled one), TINYLLM_CHECKPOINT and TINYLLM_PORT set"
+log "mounted checkpoint (a copy of the bundled one), TINYLLM_CHECKPOINT and TINYLLM_PORT set, read-only root"
 cp -r checkpoints/shakespeare "$STATE/checkpoint"
 chmod -R a+rX "$STATE/checkpoint" # the trainer writes weights 0600; the container's user is uid 10001
-serve 9000 -v "$STATE/checkpoint:/checkpoint:ro" -e TINYLLM_CHECKPOINT=/checkpoint -e TINYLLM_PORT=9000
+serve 9000 -v "$STATE/checkpoint:/checkpoint:ro" -e TINYLLM_CHECKPOINT=/checkpoint -e TINYLLM_PORT=9000 \
+    --read-only --tmpfs /tmp
 timeout "$(limit 120)" python3 "$STATE/check.py" "$URL" "$STATE/text" || { show_logs; die "wrong answers"; }
 stop
 
@@ -340,3 +352,12 @@ stop
 size=$("${DOCKER[@]}" image inspect -f '{{.Size}}' "$IMAGE")
 log "image $IMAGE: $((size / 1000000)) MB"
 log "OK"
+
+for next in "$@"; do
+    log "running $next with this daemon and $IMAGE"
+    # In the background so that a signal to this script is handled at once (see on_signal).
+    TINYLLM_IMAGE=$IMAGE TINYLLM_DOCKER="${DOCKER[*]}" bash "$next" &
+    CHILD=$!
+    wait "$CHILD" || die "$next failed"
+    CHILD=
+done

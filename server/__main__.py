@@ -1,4 +1,5 @@
 """`tinyllm-serve` / `python -m server`: load the checkpoint (failing fast), then serve it with uvicorn."""
+
 from __future__ import annotations
 
 import logging
@@ -26,9 +27,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"tinyllm-serve: error: {e}")
     app = create_app(settings, llm)
     grace = settings.shutdown_grace
-    server = GracefulServer(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                                           timeout_graceful_shutdown=grace),
-                            drain=lambda: app.state.streams.drain(after=max(grace - 1.0, grace / 2)))
+    server = GracefulServer(
+        uvicorn.Config(
+            app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=grace
+        ),
+        drain=lambda: app.state.streams.drain(after=max(grace - 1.0, grace / 2)),
+    )
     # uvicorn raises the signal again once it has shut down: ignoring that second one lets main() return, status 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     server.run()

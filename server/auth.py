@@ -7,6 +7,7 @@ Plain ASGI middleware, so it guards everything the app serves (docs, static file
 included) and answers before the body is read. The key is compared in constant time (hmac.compare_digest
 over SHA-256 digests, so not even its length leaks) and never logged: it lives in a SecretStr.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,18 +60,32 @@ class BearerAuth:
         self.key_digest = _digest(api_key.get_secret_value())
 
     async def __call__(self, scope, receive, send):
-        if (scope["type"] != "http" or scope["path"] in self.open_paths or scope["path"].startswith(OPEN_PREFIX)
-                or _is_preflight(scope)):
+        if (
+            scope["type"] != "http"
+            or scope["path"] in self.open_paths
+            or scope["path"].startswith(OPEN_PREFIX)
+            or _is_preflight(scope)
+        ):
             return await self.app(scope, receive, send)
         token = bearer_token(scope["headers"])
         if token is not None and hmac.compare_digest(_digest(token), self.key_digest):
             return await self.app(scope, receive, send)
         if token is None:
-            message = "missing API key: send the header \"Authorization: Bearer <key>\""
+            message = 'missing API key: send the header "Authorization: Bearer <key>"'
         else:
             message = "invalid API key"
-        log.info("401 %s %s: %s", scope["method"], scope["path"], "no bearer token" if token is None
-                    else "wrong bearer token")
-        response = error_response(401, message, "authentication_error", headers={"WWW-Authenticate": "Bearer"},
-                                  path=scope["path"], code="invalid_api_key")  # code: on OpenAI paths only
+        log.info(
+            "401 %s %s: %s",
+            scope["method"],
+            scope["path"],
+            "no bearer token" if token is None else "wrong bearer token",
+        )
+        response = error_response(
+            401,
+            message,
+            "authentication_error",
+            headers={"WWW-Authenticate": "Bearer"},
+            path=scope["path"],
+            code="invalid_api_key",
+        )  # code: on OpenAI paths only
         await response(scope, receive, send)

@@ -10,6 +10,7 @@
 Exit codes: 0 done, 1 an error (the server's message, or a file that cannot be written), 2 a bad command
 line, 3 the server cannot be reached. Errors are one line on standard error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,10 +33,12 @@ class CLIError(Exception):
 
 # ---------------------------------------------------------------- talking to the server
 
+
 def client(args) -> httpx.Client:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    return httpx.Client(base_url=args.url.rstrip("/"), headers=headers,
-                        timeout=httpx.Timeout(args.timeout, connect=5.0))
+    return httpx.Client(
+        base_url=args.url.rstrip("/"), headers=headers, timeout=httpx.Timeout(args.timeout, connect=5.0)
+    )
 
 
 def check(response: httpx.Response) -> httpx.Response:
@@ -60,9 +63,17 @@ def request(args, method: str, path: str, **kwargs) -> httpx.Response:
 
 # ---------------------------------------------------------------- commands
 
+
 def cmd_generate(args) -> None:
-    body = {"prompt": read_text(args.text), "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-            "top_k": args.top_k, "top_p": args.top_p, "stop": args.stop, "stream": True}
+    body = {
+        "prompt": read_text(args.text),
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "stop": args.stop,
+        "stream": True,
+    }
     if args.seed is not None:
         body["seed"] = args.seed
     out = sys.stdout
@@ -73,7 +84,7 @@ def cmd_generate(args) -> None:
         for line in response.iter_lines():
             if not line.startswith("data: "):
                 continue
-            data = line[len("data: "):]
+            data = line[len("data: ") :]
             if data == "[DONE]":
                 break
             event = json.loads(data)
@@ -139,12 +150,19 @@ def save(path: str, data: bytes) -> None:
 
 # ---------------------------------------------------------------- the command line
 
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tinyllm", description="Talk to a running TinyLLM server.")
-    p.add_argument("--url", default=os.environ.get("TINYLLM_URL", DEFAULT_URL),
-                   help=f"server address (env TINYLLM_URL, default {DEFAULT_URL})")
-    p.add_argument("--api-key", default=os.environ.get("TINYLLM_API_KEY"),
-                   help="bearer token, when the server needs one (env TINYLLM_API_KEY)")
+    p.add_argument(
+        "--url",
+        default=os.environ.get("TINYLLM_URL", DEFAULT_URL),
+        help=f"server address (env TINYLLM_URL, default {DEFAULT_URL})",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("TINYLLM_API_KEY"),
+        help="bearer token, when the server needs one (env TINYLLM_API_KEY)",
+    )
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server (default 300)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -186,8 +204,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"tinyllm: error: {e}", file=sys.stderr)
         sys.exit(e.code)
     except (httpx.ConnectError, httpx.ConnectTimeout):
-        print(f"tinyllm: error: cannot reach the server at {args.url} (is it running? start it with tinyllm-serve)",
-              file=sys.stderr)
+        print(
+            f"tinyllm: error: cannot reach the server at {args.url} (is it running? start it with tinyllm-serve)",
+            file=sys.stderr,
+        )
         sys.exit(EXIT_UNREACHABLE)
     except httpx.TimeoutException:
         print(f"tinyllm: error: the server at {args.url} did not answer within {args.timeout:g}s", file=sys.stderr)

@@ -1,4 +1,5 @@
 """Server settings: command-line flags > TINYLLM_* environment variables > .env file > defaults."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,16 +10,22 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TINYLLM_", env_file=".env", extra="ignore",
-                                      cli_prog_name="tinyllm-serve", cli_kebab_case=True,
-                                      cli_implicit_flags=True)
+    model_config = SettingsConfigDict(
+        env_prefix="TINYLLM_",
+        env_file=".env",
+        extra="ignore",
+        cli_prog_name="tinyllm-serve",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+    )
 
     checkpoint: Path = Field(Path("checkpoints/shakespeare"), description="checkpoint folder to serve")
     host: str = Field("127.0.0.1", description="address to bind (0.0.0.0 for all interfaces)")
     port: int = Field(8000, ge=0, le=65535)
     device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto = bfloat16 on CUDA, float32 on CPU")
+        "auto", description="auto = bfloat16 on CUDA, float32 on CPU"
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     threads: int = Field(0, ge=0, description="CPU threads for torch's kernels (0 = torch's default, one per core)")
 

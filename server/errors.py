@@ -1,12 +1,14 @@
 """One error envelope for every route: {"error": {"message", "type", "param"}}. Never a stack trace.
 
-The OpenAI-compatible routes (and any path under them) add OpenAI's "code" field, whoever answers: a
-route, the router (404/405), the body-size limit or the auth middleware.
+The OpenAI-compatible routes (and any path under them), vLLM's tokenizer routes included, add OpenAI's
+"code" field, whoever answers: a route, the router (404/405), the body-size limit or the auth middleware.
+Every error is translated here: API errors, validation errors, HTTP errors, a full queue, and anything
+unexpected.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,8 +16,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-if TYPE_CHECKING:
-    from server.engine import Engine, FinishEvent
+from model.generate import FinishReason
+from server.engine import FinishEvent, QueueFull
 
 log = logging.getLogger("tinyllm.server")
 
@@ -30,32 +32,62 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class OpenAIErrorBody(ErrorBody):
+    code: str | None = None
+
+
+class OpenAIErrorResponse(BaseModel):
+    error: OpenAIErrorBody
+
+
+ERROR_RESPONSES = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 503, 504)}
+OPENAI_ERROR_RESPONSES = {code: {"model": OpenAIErrorResponse} for code in (400, 401, 404, 413, 503, 504)}
+
+
 class APIError(Exception):
-    """An error answered to the client as-is."""
+    """An error answered to the client as-is; `code` is OpenAI's extra field (sent on OpenAI paths only)."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 headers: dict | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        headers: dict | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
-        self.status, self.message, self.type, self.param, self.headers = status, message, type, param, headers
+        self.status, self.message, self.type, self.param, self.headers, self.code = (
+            status,
+            message,
+            type,
+            param,
+            headers,
+            code,
+        )
 
 
-def engine_of(request: Request) -> "Engine":
-    """The app's engine, or a 503 while the model is still loading."""
-    engine = getattr(request.app.state, "engine", None)
-    if engine is None or not engine.ready.is_set():
-        raise APIError(503, "the model is still loading", "overloaded", headers={"Retry-After": "1"})
-    return engine
+def overloaded(reason: str) -> APIError:
+    """503 with Retry-After: the server is busy (or shutting down); the client should retry shortly."""
+    return APIError(503, f"server busy: {reason}; retry shortly", "overloaded", headers={"Retry-After": "1"})
 
 
-def check_finish(event: "FinishEvent") -> None:
-    """A generation that ended in a timeout or an engine failure becomes the matching error."""
-    if event.reason == "timeout":
-        raise APIError(504, "request timed out; ask for fewer tokens or retry", "timeout")
-    if event.reason == "error":
-        raise APIError(500, event.message or "internal error", "server_error")
+def finish_error(event: FinishEvent) -> APIError | None:
+    """The error a generation that ended in a timeout or an engine failure is answered with; None if it did not."""
+    if event.reason == FinishReason.TIMEOUT:
+        return APIError(504, "request timed out; ask for fewer tokens or retry", "timeout")
+    if event.reason == FinishReason.ERROR:
+        return APIError(500, event.message or "internal error", "server_error")
+    return None
 
 
-OPENAI_PATHS = ("/v1/completions", "/v1/models")
+def check_finish(event: FinishEvent) -> None:
+    if (error := finish_error(event)) is not None:
+        raise error
+
+
+# vLLM serves its tokenizer routes beside the OpenAI ones, with the same envelope.
+OPENAI_PATHS = ("/v1/completions", "/v1/models", "/tokenize", "/detokenize", "/tokenizer_info")
 
 
 def is_openai_path(path: str) -> bool:
@@ -70,42 +102,63 @@ def error_body(message: str, type: str, param: str | None = None, path: str = ""
     return {"error": error}
 
 
-def error_response(status: int, message: str, type: str, param: str | None = None, headers=None, path: str = "",
-                   code: str | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    message: str,
+    type: str,
+    param: str | None = None,
+    headers=None,
+    path: str = "",
+    code: str | None = None,
+) -> JSONResponse:
     return JSONResponse(error_body(message, type, param, path, code), status_code=status, headers=headers)
 
 
-_STATUS_TYPES = {401: "authentication_error", 404: "not_found", 405: "method_not_allowed",
-                 413: "request_too_large", 503: "overloaded"}
+_STATUS_TYPES = {
+    401: "authentication_error",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    503: "overloaded",
+}
+_PROMPT_SHAPES = "prompt must be a string, a list of strings, a list of byte ids (0..255), or a list of such lists"
 
 
-def _param(loc) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
-    return ".".join(parts) or None
+def validation_message(exc: RequestValidationError, path: str) -> tuple[str, str | None]:
+    """(message, param) for the first problem of a request body that failed validation.
+
+    param names the field: its whole path ("stop.0") on the native routes, the top-level field on the
+    OpenAI routes, as OpenAI does.
+    """
+    err = exc.errors()[0]
+    kind = err.get("type")
+    if kind == "json_invalid":
+        return f"invalid JSON body: {err.get('msg')}", None
+    loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+    if not loc:
+        return "the request body must be a JSON object (Content-Type: application/json)", None
+    openai = is_openai_path(path)
+    param = loc[0] if openai else ".".join(loc)
+    if openai and param == "prompt" and len(loc) > 1 and kind != "value_error":  # a union: say what it takes
+        return _PROMPT_SHAPES, param
+    msg = {"extra_forbidden": "unknown field", "missing": "field required"}.get(kind, err.get("msg", "invalid value"))
+    return f"{'.'.join(loc)}: {msg}", param
 
 
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
-        return error_response(exc.status, exc.message, exc.type, exc.param, exc.headers, request.url.path,
-                              getattr(exc, "code", None))
+        return error_response(exc.status, exc.message, exc.type, exc.param, exc.headers, request.url.path, exc.code)
+
+    @app.exception_handler(QueueFull)
+    async def _queue_full(request: Request, exc: QueueFull):
+        e = overloaded(str(exc))
+        return error_response(e.status, e.message, e.type, headers=e.headers, path=request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        err = exc.errors()[0]
-        if err.get("type") == "json_invalid":
-            return error_response(400, f"invalid JSON body: {err.get('msg')}", "invalid_request_error",
-                                  path=request.url.path)
-        param = _param(err.get("loc", ()))
-        msg = err.get("msg", "invalid value")
-        if param is None and err.get("type") in ("model_attributes_type", "dict_type", "model_type"):
-            msg = "the request body must be a JSON object (Content-Type: application/json)"
-        if err.get("type") == "extra_forbidden":
-            msg = "unknown field"
-        elif err.get("type") == "missing":
-            msg = "field required"
-        return error_response(400, f"{param}: {msg}" if param else msg, "invalid_request_error", param,
-                              path=request.url.path)
+        message, param = validation_message(exc, request.url.path)
+        return error_response(400, message, "invalid_request_error", param, path=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
@@ -113,8 +166,9 @@ def install_handlers(app: FastAPI) -> None:
         message = str(exc.detail)
         if message == "There was an error parsing the body":  # FastAPI's words for a body that is not UTF-8 JSON
             message = "invalid JSON body: it could not be parsed (is it UTF-8 JSON?)"
-        return error_response(exc.status_code, message, kind, headers=getattr(exc, "headers", None),
-                              path=request.url.path)
+        return error_response(
+            exc.status_code, message, kind, headers=getattr(exc, "headers", None), path=request.url.path
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

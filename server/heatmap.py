@@ -1,4 +1,5 @@
 """A PNG heatmap of one attention map, both axes labelled with the bytes (multi-byte characters once)."""
+
 from __future__ import annotations
 
 import io
@@ -9,6 +10,7 @@ import numpy as np
 def render_png(attention: np.ndarray, labels: list[str], title: str) -> bytes:
     """attention: (T, T) probabilities, queries down, keys across. Labels: one per byte ("" for continuations)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

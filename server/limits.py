@@ -1,16 +1,17 @@
 """Limits that protect everyone: the request body size (ASGI middleware, 413) and the number of streaming
 responses open at once (503 with Retry-After). Both answer in the error envelope."""
+
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 from fastapi.responses import StreamingResponse
 from starlette.exceptions import HTTPException
 
-from server.errors import APIError, error_body, error_response
+from server import sse
+from server.errors import error_body, error_response, overloaded
 
 
 class BodySizeLimit:
@@ -22,8 +23,12 @@ class BodySizeLimit:
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            response = error_response(413, f"request body is {int(length)} bytes; the limit is {self.max_bytes}",
-                                      "request_too_large", path=scope["path"])
+            response = error_response(
+                413,
+                f"request body is {int(length)} bytes; the limit is {self.max_bytes}",
+                "request_too_large",
+                path=scope["path"],
+            )
             return await response(scope, receive, send)
         received = 0
 
@@ -52,18 +57,17 @@ class StreamLimit:
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    def response(self, content: AsyncIterator[str], cancel: Callable[[], None], path: str,
-                 **kwargs) -> StreamingResponse:
-        """A StreamingResponse over the SSE `content` holding one slot; when none is free, cancel() and raise a 503."""
+    def response(self, content: AsyncIterator[str], cancel: Callable[[], None], path: str) -> StreamingResponse:
+        """A server-sent-event response over `content` holding one slot; when none is free, cancel() and 503."""
         if self.open >= self.max_streams or self.draining:
             cancel()
-            reason = "shutting down" if self.draining else f"{self.open} streams are open, the most it serves at once"
-            raise APIError(503, f"server busy: {reason}; retry shortly", "overloaded", headers={"Retry-After": "1"})
+            raise overloaded(
+                "shutting down" if self.draining else f"{self.open} streams are open, the most it serves at once"
+            )
         self.loop = asyncio.get_running_loop()
         self.open += 1
-        last = error_body("the server is shutting down; retry shortly", "overloaded", path=path)
-        return _CountedStream(self._until_drained(content, f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n"), self,
-                              **kwargs)
+        last = sse.event(error_body("the server is shutting down; retry shortly", "overloaded", path=path)) + sse.DONE
+        return _CountedStream(self._until_drained(content, last), self, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
 
     def drain(self, after: float) -> None:
         """From any thread (a signal handler): `after` seconds from now, end the open streams at their next event."""

@@ -1,13 +1,14 @@
 """Prometheus metrics (GET /metrics): requests, queue, active sequences, tokens, latency histograms."""
+
 from __future__ import annotations
 
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from server.engine import Engine, Sequence, TokenEvent
+from server.engine import Engine, Job, TokenEvent
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -22,35 +23,48 @@ class EngineCollector:
         engine: Engine | None = self.get_engine()
         if engine is None:
             return
-        yield GaugeMetricFamily("tinyllm_queue_length", "requests waiting for a KV-cache slot",
-                                value=engine.queue_length)
-        yield GaugeMetricFamily("tinyllm_active_sequences", "sequences being prefilled or decoded",
-                                value=engine.active_count)
-        yield GaugeMetricFamily("tinyllm_kv_slots_free", "free KV-cache slots",
-                                value=engine.max_batch - len(engine.active))
-        yield CounterMetricFamily("tinyllm_tokens_generated", "tokens generated since start",
-                                  value=engine.tokens_generated)
+        yield GaugeMetricFamily(
+            "tinyllm_queue_length", "requests waiting for a KV-cache slot", value=engine.queue_length
+        )
+        yield GaugeMetricFamily(
+            "tinyllm_active_sequences", "sequences being prefilled or decoded", value=engine.active_count
+        )
+        yield GaugeMetricFamily(
+            "tinyllm_kv_slots_free", "free KV-cache slots", value=engine.max_batch - len(engine.active)
+        )
+        yield CounterMetricFamily(
+            "tinyllm_tokens_generated", "tokens generated since start", value=engine.tokens_generated
+        )
 
 
 class Metrics:
     def __init__(self, get_engine):
         self.registry = CollectorRegistry()
-        self.requests = Counter("tinyllm_requests", "HTTP requests by route and status", ["route", "status"],
-                                registry=self.registry)
-        self.ttft = Histogram("tinyllm_time_to_first_token_seconds", "from request to its first token",
-                              buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.itl = Histogram("tinyllm_inter_token_latency_seconds", "between consecutive tokens of a request",
-                             buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.requests = Counter(
+            "tinyllm_requests", "HTTP requests by route and status", ["route", "status"], registry=self.registry
+        )
+        self.ttft = Histogram(
+            "tinyllm_time_to_first_token_seconds",
+            "from request to its first token",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.itl = Histogram(
+            "tinyllm_inter_token_latency_seconds",
+            "between consecutive tokens of a request",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(EngineCollector(get_engine))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
-    async def timed(self, seq: Sequence) -> AsyncIterator:
-        """seq.events(), observing time to first token and inter-token latency as the client sees them."""
+    async def timed(self, job: Job) -> AsyncIterator:
+        """job.events(), observing time to first token and inter-token latency as the client sees them."""
         start = last = time.perf_counter()
         first = True
-        async for event in seq.events():
+        async for event in job.events():
             if isinstance(event, TokenEvent):
                 now = time.perf_counter()
                 if first:

@@ -1,19 +1,18 @@
-"""Request and response bodies of the OpenAI-compatible routes (OpenAI's completions API, as vLLM serves it).
+"""Request and response bodies of the OpenAI-compatible routes (OpenAI's completions API, as vLLM serves it,
+and vLLM's tokenizer routes).
 
 Unknown fields are refused, as OpenAI does. Fields some clients send with their default values (best_of,
 logit_bias, suffix) are accepted only with those values.
 """
+
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from model.sampling import SamplingParams
-from model.tokenizer import ByteTokenizer
-from server.schemas import Strict, valid_text
-
-tokenizer = ByteTokenizer()
+from model.tokenizer import tokenizer
+from server.schemas import SamplingFields, Strict, Usage, valid_text
 
 Byte = Annotated[int, Field(ge=0, le=255)]
 Text = Annotated[str, StringConstraints(min_length=1)]
@@ -24,38 +23,40 @@ class StreamOptions(Strict):
     include_usage: bool = Field(False, description="send a last chunk with usage and no choices")
 
 
-class CompletionRequest(Strict):
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"model": "shakespeare", "prompt": "ROMEO:", "max_tokens": 64, "temperature": 0.8, "seed": 1},
-        {"model": "shakespeare", "prompt": "To be, or not to be", "max_tokens": 0, "echo": True, "logprobs": 1},
-    ]})
+class CompletionRequest(SamplingFields):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"model": "shakespeare", "prompt": "ROMEO:", "max_tokens": 64, "temperature": 0.8, "seed": 1},
+                {"model": "shakespeare", "prompt": "To be, or not to be", "max_tokens": 0, "echo": True, "logprobs": 1},
+            ]
+        }
+    )
 
     model: str = Field(description="the served model's id (GET /v1/models)")
-    prompt: Text | Annotated[list[Text], Field(min_length=1)] | Annotated[list[Byte], Field(min_length=1)] \
-        | Annotated[list[Annotated[list[Byte], Field(min_length=1)]], Field(min_length=1)] = Field(
-        description="a string, a list of strings, byte ids, or a list of byte-id lists")
+    prompt: (
+        Text
+        | Annotated[list[Text], Field(min_length=1)]
+        | Annotated[list[Byte], Field(min_length=1)]
+        | Annotated[list[Annotated[list[Byte], Field(min_length=1)]], Field(min_length=1)]
+    ) = Field(description="a string, a list of strings, byte ids, or a list of byte-id lists")
     max_tokens: int | None = Field(16, ge=0, description="bytes to generate per choice (null: up to the server's cap)")
-    temperature: float = Field(1.0, ge=0, le=100, allow_inf_nan=False, description="0 = greedy")
-    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     n: int = Field(1, ge=1, le=128, description="choices per prompt")
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: StopText | Annotated[list[StopText], Field(max_length=16)] | None = Field(
-        None, description="strings that end a choice (not included in its text)")
+        None, description="strings that end a choice (not included in its text)"
+    )
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1, description="choice j of a prompt uses seed + j")
-    logprobs: int | None = Field(None, ge=0, le=20, description="top alternatives per token (the chosen one is "
-                                                                "always included)")
+    logprobs: int | None = Field(
+        None, ge=0, le=20, description="top alternatives per token (the chosen one is always included)"
+    )
     echo: bool = Field(False, description="return the prompt before the completion")
-    presence_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
-    frequency_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
     user: str | None = Field(None, description="accepted and ignored")
-    # vLLM's extensions, which the engine supports
-    top_k: int = Field(0, ge=0, le=256, description="keep the k most likely bytes (0 = off)")
-    repetition_penalty: float = Field(1.0, gt=0, le=100, allow_inf_nan=False, description="1 = off")
     # sent by some clients with their default values; anything else is refused
     best_of: int | None = Field(None, ge=1, description="only null or equal to n")
     logit_bias: dict[str, float] | None = Field(None, description="only null or {}")
-    suffix: str | None = Field(None, description="only null or \"\"")
+    suffix: str | None = Field(None, description='only null or ""')
 
     @field_validator("prompt")
     @classmethod
@@ -74,10 +75,6 @@ class CompletionRequest(Strict):
 
     def stop_bytes(self) -> list[bytes]:
         return [s.encode("utf-8") for s in ([self.stop] if isinstance(self.stop, str) else self.stop or [])]
-
-    def sampling_params(self) -> SamplingParams:
-        return SamplingParams(self.temperature, self.top_k, self.top_p, self.repetition_penalty,
-                              self.presence_penalty, self.frequency_penalty)
 
     def prompts(self) -> list[tuple[str, list[int]]]:
         """Each prompt as (text, byte ids)."""
@@ -98,12 +95,6 @@ class CompletionChoice(BaseModel):
     text: str
     logprobs: CompletionLogprobs | None
     finish_reason: Literal["length", "stop"] | None
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
 
 
 class Completion(BaseModel):
@@ -130,12 +121,52 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class OpenAIErrorBody(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
+# ---------------------------------------------------------------- vLLM's tokenizer routes
 
 
-class OpenAIErrorResponse(BaseModel):
-    error: OpenAIErrorBody
+class TokenizePromptRequest(Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"prompt": "Hé 🙂", "return_token_strs": True}]})
+
+    model: str | None = Field(None, description="the served model's id, if given")
+    prompt: str = Field(description="the text to tokenize: each UTF-8 byte is a token")
+    add_special_tokens: bool = Field(True, description="accepted; there are no special tokens to add")
+    return_token_strs: bool = Field(False, description="also return each token's text")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v):
+        return valid_text(v, "prompt")
+
+
+class TokenizePromptResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = Field(
+        None, description='as in completions\' logprobs: the character for ASCII, "\\xNN" for other bytes'
+    )
+
+
+class DetokenizeRequest(Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"tokens": [72, 195, 169]}]})
+
+    model: str | None = Field(None, description="the served model's id, if given")
+    tokens: list[Byte] = Field(description="byte ids (0..255)")
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str = Field(description="the bytes as UTF-8 text; an invalid sequence becomes U+FFFD")
+
+
+class TokenizerInfo(BaseModel):
+    """The tokenizer's settings, in the shape of a tokenizer_config.json (as vLLM serves them)."""
+
+    tokenizer_class: str
+    vocab_size: int
+    model_max_length: int
+    bos_token: str | None = Field(description="the token a text's first byte is conditioned on (never added)")
+    eos_token: str | None = Field(description="the token that ends a text, if any")
+    pad_token: str | None
+    unk_token: str | None
+    add_bos_token: bool
+    add_eos_token: bool

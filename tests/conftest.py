@@ -1,23 +1,18 @@
-"""Shared fixtures: a tiny random checkpoint on disk, and the `gpu` marker's skip."""
+"""Shared fixtures: a tiny random checkpoint on disk, an in-process app clientand the `gpu` skip."""
+
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 from model import checkpoint
-from model.config import ModelConfig
-from model.model import Transformer
-
-TINY_CONFIG = ModelConfig(context_length=64, n_layer=2, n_head=2, d_model=32, mlp_hidden=64)
-
-
-def tiny_model(seed: int = 0, **overrides) -> Transformer:
-    """A random tiny model in eval mode; the same seed gives the same weights."""
-    torch.manual_seed(seed)
-    cfg = ModelConfig(**{**TINY_CONFIG.to_dict(), **overrides})
-    return Transformer(cfg).eval()
+from server.app import create_app
+from server.config import Settings
+from support import tiny_model, wait_healthy
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +22,22 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     training = {"step": 0, "bytes_seen": 0, "val_loss": None, "note": "random weights for tests", "seed": 0}
     checkpoint.save(path, tiny_model(seed=0), training=training)
     return path
+
+
+@pytest.fixture(scope="session")
+def app_client():
+    """app_client(checkpoint, **settings): the app in process (its lifespan and engine run), once healthy."""
+
+    @contextlib.contextmanager
+    def make(checkpoint_dir: Path, **overrides):
+        settings = Settings(
+            _env_file=None, checkpoint=checkpoint_dir, device="cpu", dtype="float32", api_key=None, **overrides
+        )
+        with TestClient(create_app(settings)) as client:
+            wait_healthy(client)
+            yield client
+
+    return make
 
 
 def pytest_collection_modifyitems(config, items):

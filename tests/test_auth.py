@@ -1,17 +1,25 @@
 """Bearer-token auth against a real server started with TINYLLM_API_KEY (debug logging, to show the key stays out)."""
+
 from __future__ import annotations
 
 import httpx
 import openai
 import pytest
 
-from serving import running_server
 from server.auth import bearer_token
+from server.process import running_server
 
 KEY = "tl-test-key-7f3a9c1e5b"
 OPEN = {"/health", "/"}  # and /static/*: the page's files, which hold no data
-UNDOCUMENTED = [("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/metrics"), ("GET", "/"), ("GET", "/no/such/route"),
-                ("POST", "/v1/completions")]
+OPENAI_PREFIXES = ("/v1/completions", "/v1/models", "/tokenize", "/detokenize", "/tokenizer_info")  # carry `code`
+UNDOCUMENTED = [
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/metrics"),
+    ("GET", "/"),
+    ("GET", "/no/such/route"),
+    ("POST", "/v1/completions"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +35,10 @@ def auth(key: str = KEY) -> dict:
 def every_route(server) -> list[tuple[str, str]]:
     """Every (method, path) the app documents, plus the undocumented ones; path parameters filled in."""
     spec = httpx.get(f"{server.url}/openapi.json", headers=auth()).json()
-    routes = [(method.upper(), path.replace("{model}", "tiny")) for path, item in spec["paths"].items()
-              for method in item]
-    assert {"/v1/generate", "/v1/completions", "/v1/models", "/v1/attention"} <= {p for _, p in routes}
+    routes = [
+        (method.upper(), path.replace("{model}", "tiny")) for path, item in spec["paths"].items() for method in item
+    ]
+    assert {"/v1/generate", "/v1/completions", "/v1/models", "/v1/attention", "/tokenize"} <= {p for _, p in routes}
     return sorted(set(routes) | set(UNDOCUMENTED))
 
 
@@ -38,15 +47,18 @@ def assert_401(r: httpx.Response):
     assert r.headers["WWW-Authenticate"] == "Bearer"
     error = r.json()["error"]
     assert error["type"] == "authentication_error" and error["message"]
-    assert set(error) == ({"message", "type", "param", "code"} if r.request.url.path.startswith("/v1/completions")
-                          or r.request.url.path.startswith("/v1/models") else {"message", "type", "param"})
+    assert set(error) == (
+        {"message", "type", "param", "code"}
+        if r.request.url.path.startswith(OPENAI_PREFIXES)
+        else {"message", "type", "param"}
+    )
 
 
 def test_health_and_the_page_need_no_key(server):
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
     page = httpx.get(f"{server.url}/")
     assert page.status_code == 200 and "<html" in page.text.lower()
-    assert httpx.get(f"{server.url}/static/app.js").status_code == 200
+    assert httpx.get(f"{server.url}/static/main.js").status_code == 200
     assert_401(httpx.post(f"{server.url}/v1/attention", json={"text": "hi"}))  # the data behind it does
 
 
@@ -79,8 +91,10 @@ def test_routes_answer_with_the_key(server):
 def test_openai_client_with_and_without_the_key(server):
     with openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0) as good:
         assert good.completions.create(model="tiny", prompt="hi", max_tokens=2).usage.completion_tokens == 2
-    with openai.OpenAI(base_url=f"{server.url}/v1", api_key="not-the-key", max_retries=0) as bad, \
-            pytest.raises(openai.AuthenticationError) as e:
+    with (
+        openai.OpenAI(base_url=f"{server.url}/v1", api_key="not-the-key", max_retries=0) as bad,
+        pytest.raises(openai.AuthenticationError) as e,
+    ):
         bad.models.list()
     assert e.value.body["code"] == "invalid_api_key"
 

@@ -1,4 +1,5 @@
 """The `tinyllm` command-line client, as a subprocess against a real server that needs an API key."""
+
 from __future__ import annotations
 
 import io
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from model import TinyLLM
-from serving import ROOT, free_port, running_server
+from server.process import ROOT, free_port, running_server
 
 KEY = "cli-test-key-0b7d"
 
@@ -37,8 +38,9 @@ def tinyllm(*args: str, url: str | None = None, key: str | None = KEY, stdin: by
         env["TINYLLM_URL"] = url
     if key:
         env["TINYLLM_API_KEY"] = key
-    p = subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=ROOT, env=env, input=stdin,
-                       capture_output=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "server.cli", *args], cwd=ROOT, env=env, input=stdin, capture_output=True, timeout=120
+    )
     return p.returncode, p.stdout.decode("utf-8"), p.stderr.decode("utf-8")
 
 
@@ -51,8 +53,23 @@ def test_generate_streams_the_continuation(server, llm):
 def test_generate_options_match_the_api(server):
     args = dict(prompt="To be", max_new_tokens=25, temperature=0.9, top_k=50, top_p=0.95, seed=7)
     expected = httpx.post(f"{server.url}/v1/generate", json=args, headers={"Authorization": f"Bearer {KEY}"}).json()
-    rc, out, err = tinyllm("generate", "-", "--max-new-tokens", "25", "--temperature", "0.9", "--top-k", "50",
-                           "--top-p", "0.95", "--seed", "7", "--echo", url=server.url, stdin=b"To be")
+    rc, out, err = tinyllm(
+        "generate",
+        "-",
+        "--max-new-tokens",
+        "25",
+        "--temperature",
+        "0.9",
+        "--top-k",
+        "50",
+        "--top-p",
+        "0.95",
+        "--seed",
+        "7",
+        "--echo",
+        url=server.url,
+        stdin=b"To be",
+    )
     assert rc == 0, err
     assert out == "To be" + expected["text"] + "\n"
 
@@ -60,16 +77,28 @@ def test_generate_options_match_the_api(server):
 def test_generate_stop(server, llm):
     full = llm.generate("ROMEO:", max_new_tokens=30, temperature=0).text
     stop = next(ch for ch in full[1:] if ch.isascii() and ch.isprintable())
-    rc, out, err = tinyllm("generate", "ROMEO:", "--max-new-tokens", "30", "--temperature", "0", "--stop", stop,
-                           url=server.url)
+    rc, out, err = tinyllm(
+        "generate", "ROMEO:", "--max-new-tokens", "30", "--temperature", "0", "--stop", stop, url=server.url
+    )
     assert rc == 0, err
-    assert out == full[:full.index(stop)] + "\n"
+    assert out == full[: full.index(stop)] + "\n"
 
 
 def test_attention_png_and_npy(server, llm, tmp_path):
     png, npy = tmp_path / "attn.png", tmp_path / "attn.npy"
-    rc, _, err = tinyllm("attention", "To be, or not", "--layer", "1", "--head", "1", "--png", str(png),
-                         "--npy", str(npy), url=server.url)
+    rc, _, err = tinyllm(
+        "attention",
+        "To be, or not",
+        "--layer",
+        "1",
+        "--head",
+        "1",
+        "--png",
+        str(png),
+        "--npy",
+        str(npy),
+        url=server.url,
+    )
     assert rc == 0, err
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     maps = np.load(io.BytesIO(npy.read_bytes()))

@@ -1,11 +1,16 @@
 """The Hugging Face export, checked against transformers' own LlamaForCausalLM as the outside reference.
 
 A tiny random checkpoint (untied and tied embeddings) is exported, loaded with `from_pretrained`, and
-must give TinyLLM's logits, greedy bytes and attention probabilities.
+must give TinyLLM's logits, greedy bytes and attention probabilities; its tokenizer must give the bytes as
+ids and decode as ByteTokenizer does, and `pipeline("text-generation")` on the folder, offline, must say
+what TinyLLM.generate says.
 """
+
 from __future__ import annotations
 
 import json
+import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -17,15 +22,18 @@ transformers = pytest.importorskip("transformers")
 
 from safetensors import safe_open  # noqa: E402
 
-from model import checkpoint  # noqa: E402
+from model import TinyLLM, checkpoint  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.export_hf import export, hf_config, main, to_hf_state_dict  # noqa: E402
 from model.generate import generate  # noqa: E402
 from model.model import Transformer  # noqa: E402
+from model.runner import Runner  # noqa: E402
 from model.sampling import SamplingParams  # noqa: E402
+from model.tokenizer import ByteTokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = "Grüße, 世界! 🙂 ok"  # 1-, 2-, 3- and 4-byte UTF-8 characters
+PROMPT = "Grüße, мир, 日本 🙂"
 NEW_TOKENS = 16
 
 transformers.logging.set_verbosity_error()  # "Loading weights" bars and max_length notices
@@ -36,8 +44,16 @@ def random_model(tie: bool) -> Transformer:
 
     Non-default norm_eps and rope_theta make a config field that the export drops show up in the logits.
     """
-    cfg = ModelConfig(context_length=64, n_layer=2, n_head=2, d_model=32, mlp_hidden=64,
-                      norm_eps=1e-6, rope_theta=500.0, tie_embeddings=tie)
+    cfg = ModelConfig(
+        context_length=64,
+        n_layer=2,
+        n_head=2,
+        d_model=32,
+        mlp_hidden=64,
+        norm_eps=1e-6,
+        rope_theta=500.0,
+        tie_embeddings=tie,
+    )
     torch.manual_seed(0)
     model = Transformer(cfg).eval()
     with torch.no_grad():
@@ -82,6 +98,10 @@ def test_exported_files(exported):
     gen = transformers.GenerationConfig.from_pretrained(out)
     assert gen.max_length == cfg.context_length and gen.eos_token_id is None
 
+    tok = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    assert sorted(tok["model"]["vocab"].values()) == list(range(256)) and tok["model"]["merges"] == []
+    assert tok["added_tokens"] == [] and tok["post_processor"] is None
+
 
 @torch.no_grad()
 def test_logits_match(exported):
@@ -101,10 +121,10 @@ def test_greedy_generate_matches(exported):
     model, out = exported
     hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     prompt = list(TEXT.encode("utf-8"))
-    ours = [s.token for s in generate(model, prompt, NEW_TOKENS, SamplingParams(temperature=0))]
+    ours = [s.token for s in generate(Runner(model), prompt, NEW_TOKENS, SamplingParams(temperature=0))]
     ids = torch.tensor([prompt])
     seq = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW_TOKENS)
-    theirs = seq[0, len(prompt):].tolist()
+    theirs = seq[0, len(prompt) :].tolist()
     assert len(ours) == NEW_TOKENS
     assert len(set(ours)) > 1, "the random model repeats one byte: a weak check, change its seed"
     assert theirs == ours
@@ -136,20 +156,106 @@ def test_in_memory_llama(exported):
     assert diff < 1e-4, f"logits differ from transformers' by {diff}"
 
 
+# ---------------------------------------------------------------- the tokenizer
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer(exported):
+    return transformers.AutoTokenizer.from_pretrained(exported[1])
+
+
+def test_tokenizer_ids_are_the_bytes(hf_tokenizer):
+    tok = hf_tokenizer
+    assert len(tok) == 256 and tok.model_max_length == 64
+    assert tok.all_special_ids == [] and tok.bos_token is None and tok.eos_token is None and tok.pad_token is None
+    for text in (PROMPT, TEXT, " leading and  double spaces , \n\ttabs\r\n", "\x00\x7f\u0100Ā<s></s>", ""):
+        ids = list(text.encode("utf-8"))
+        assert tok(text)["input_ids"] == ids, f"{text!r}: not its bytes"
+        assert tok.decode(ids) == text, f"{text!r}: decodes differently"
+    assert tok.convert_tokens_to_ids(tok.convert_ids_to_tokens(list(range(256)))) == list(range(256))
+
+
+def test_tokenizer_decodes_any_bytes_as_byte_tokenizer(hf_tokenizer):
+    """Bytes that are no UTF-8 text by themselves (a cut character, a stray continuation byte) become
+    U+FFFD exactly where ByteTokenizer.decode puts them."""
+    ours = ByteTokenizer()
+    cases = [[b] for b in range(256)]
+    data = PROMPT.encode("utf-8")
+    cases += [list(data[:n]) for n in range(len(data) + 1)] + [list(data[n:]) for n in range(len(data))]
+    rng = random.Random(0)
+    cases += [[rng.randrange(256) for _ in range(rng.randrange(1, 16))] for _ in range(2000)]
+    cases += [
+        [0xED, 0xA0, 0x80],
+        [0xF4, 0x90, 0x80, 0x80],
+        [0xC0, 0xAF],
+        [0xE2, 0x82],
+    ]  # surrogate, > U+10FFFF, overlong
+    for ids in cases:
+        assert hf_tokenizer.decode(ids) == ours.decode(ids), f"{bytes(ids)!r}"
+
+
+def test_pipeline_offline_says_what_tinyllm_says(tmp_path):
+    """The README's recipe, run as a user would (a fresh process, no network): greedy text and bytes equal."""
+    checkpoint.save(tmp_path / "ckpt", random_model(tie=False), training={})
+    export(tmp_path / "ckpt", tmp_path / "hf")
+    script = (
+        "import json, sys\n"
+        "from transformers import logging, pipeline\n"
+        "logging.set_verbosity_error()\n"
+        "p = pipeline('text-generation', model=sys.argv[1])\n"
+        "kw = dict(max_new_tokens=int(sys.argv[3]), do_sample=False)\n"
+        "text = p(sys.argv[2], return_full_text=False, **kw)[0]['generated_text']\n"
+        "ids = p(sys.argv[2], return_tensors=True, **kw)[0]['generated_token_ids']\n"
+        "print(json.dumps({'text': text, 'ids': list(ids)}))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    r = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "hf"), PROMPT, str(NEW_TOKENS)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    theirs = json.loads(r.stdout.strip().splitlines()[-1])
+
+    ours = TinyLLM.load(tmp_path / "ckpt", device="cpu").generate(PROMPT, max_new_tokens=NEW_TOKENS, temperature=0)
+    assert len(ours.tokens) == NEW_TOKENS
+    assert any(b >= 0x80 for b in ours.tokens) and "\ufffd" in ours.text, (
+        "the greedy bytes hold no invalid UTF-8: a weak check, change the model's seed"
+    )
+    prompt_ids = list(PROMPT.encode("utf-8"))
+    # generated_token_ids holds the prompt too: the pipeline returns the whole sequence as ids
+    assert theirs["ids"] == prompt_ids + ours.tokens
+    assert theirs["text"] == ours.text
+
+
 # ---------------------------------------------------------------- the command line
 
+
 def run_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "model.export_hf", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "model.export_hf", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-def test_cli_writes_the_three_files(tmp_path):
+def test_cli_writes_the_five_files(tmp_path):
     checkpoint.save(tmp_path / "ckpt", random_model(tie=False), training={})
     r = run_cli(tmp_path / "ckpt", tmp_path / "out" / "hf")
     assert r.returncode == 0, r.stderr
     assert str(tmp_path / "out" / "hf") in r.stdout
     assert sorted(p.name for p in (tmp_path / "out" / "hf").iterdir()) == [
-        "config.json", "generation_config.json", "model.safetensors"]
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
 
 
 def test_cli_bad_checkpoint_is_one_line(tmp_path):

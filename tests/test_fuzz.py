@@ -3,6 +3,7 @@ against a real server process: never a 5xx, and every 4xx is the error envelope.
 
 Bounded for CI (FUZZ_EXAMPLES per operation and mode); the `slow` test runs a deeper pass.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,17 +15,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.generation.modes import GenerationMode
 
-from tests.serving import running_server
+from server.process import running_server
 
 FUZZ_EXAMPLES = int(os.environ.get("TINYLLM_FUZZ_EXAMPLES", "25"))
-OPENAI_PREFIXES = ("/v1/completions", "/v1/models")
+OPENAI_PREFIXES = ("/v1/completions", "/v1/models", "/tokenize", "/detokenize", "/tokenizer_info")
 
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint):
     # a small token cap so positive cases generate quickly; the limits themselves are tested elsewhere
-    with running_server(tiny_checkpoint, "--max-new-tokens", "32", "--max-batch", "8",
-                        "--max-body-bytes", "65536") as srv:
+    with running_server(
+        tiny_checkpoint, "--max-new-tokens", "32", "--max-batch", "8", "--max-body-bytes", "65536"
+    ) as srv:
         yield srv
 
 
@@ -54,17 +56,25 @@ def fuzz(url: str, mode: GenerationMode, examples: int) -> tuple[int, list[str]]
     for result in schema.get_all_operations():
         operation = result.ok()
 
-        @settings(max_examples=examples, deadline=None, database=None, derandomize=True, print_blob=False,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=examples,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            print_blob=False,
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=operation.as_strategy(mode))
-        def run(case):
+        def run(case):  # called within this iteration: `operation` is this iteration's
             nonlocal count
             count += 1
             response = case.call(base_url=url, timeout=60)
-            problem = envelope_problem(operation.path, response.status_code, response.content)
+            problem = envelope_problem(operation.path, response.status_code, response.content)  # noqa: B023
             if problem and len(problems) < 20:
-                problems.append(f"{operation.method.upper()} {operation.path} {mode.value}: {problem}\n"
-                                f"    body={case.body!r} query={case.query!r} path={case.path_parameters!r}")
+                problems.append(
+                    f"{operation.method.upper()} {operation.path} {mode.value}: {problem}\n"  # noqa: B023
+                    f"    body={case.body!r} query={case.query!r} path={case.path_parameters!r}"
+                )
 
         try:
             run()

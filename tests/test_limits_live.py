@@ -4,6 +4,7 @@ Each limit answers the one who crosses it with a clear 4xx/503 while the others 
 64 streaming clients (a third walking away mid-stream) leaves no 5xx, every KV-cache slot free, memory near
 its idle level and greedy bytes unchanged; SIGTERM lets a stream in flight finish, then the process exits 0.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,9 +20,8 @@ import httpx
 import pytest
 
 from model import checkpoint
-from tests.conftest import tiny_model
-from tests.serving import running_server
-from tests.test_server_live import metric
+from server.process import running_server
+from support import assert_envelope, metric, sse_events, start_fails, tiny_model
 
 LONG = 2000  # tokens a long request asks for: seconds of decoding, so it is surely in flight
 
@@ -32,10 +32,6 @@ def long_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "long"
     checkpoint.save(path, tiny_model(seed=0, context_length=2048), training={"step": 0, "note": "tests"})
     return path
-
-
-def events(lines) -> list[dict]:
-    return [json.loads(line[6:]) for line in lines if line.startswith("data: ") and line != "data: [DONE]"]
 
 
 async def stream_all(client: httpx.AsyncClient, body: dict, path: str = "/v1/generate") -> tuple[int, list[str]]:
@@ -54,17 +50,12 @@ async def first_event(client: httpx.AsyncClient, body: dict):
     return r, lines, cm
 
 
-def assert_envelope(r: httpx.Response, status: int, kind: str) -> dict:
-    assert r.status_code == status, r.text
-    error = r.json()["error"]
-    assert error["type"] == kind and error["message"] and "Traceback" not in r.text, error
-    return error
-
-
 # ------------------------------------------------------------------ limits that protect everyone
+
 
 def test_body_limit_refuses_one_while_streams_finish(tiny_checkpoint):
     with running_server(tiny_checkpoint, "--max-body-bytes", "4096") as srv:
+
         async def main():
             async with httpx.AsyncClient(base_url=srv.url, timeout=60) as c:
                 body = {"prompt": "go", "max_new_tokens": 60, "temperature": 0.8}
@@ -73,32 +64,35 @@ def test_body_limit_refuses_one_while_streams_finish(tiny_checkpoint):
                 return big, await asyncio.gather(*streams)
 
         big, done = asyncio.run(main())
-        assert_envelope(big, 413, "request_too_large")
+        assert_envelope(big, 413, kind="request_too_large")
         for status, lines in done:
             assert status == 200 and lines[-1] == "data: [DONE]"
-            assert events(lines)[-1]["usage"]["completion_tokens"] == 60
+            assert sse_events(lines)[-1]["usage"]["completion_tokens"] == 60
 
 
 def test_request_timeout_ends_the_long_one_while_short_ones_finish(long_checkpoint):
     with running_server(long_checkpoint, "--request-timeout", "0.4") as srv:
+
         async def main():
             async with httpx.AsyncClient(base_url=srv.url, timeout=60) as c:
                 long = asyncio.create_task(c.post("/v1/generate", json={"prompt": "a", "max_new_tokens": LONG}))
                 long_stream = asyncio.create_task(stream_all(c, {"prompt": "b", "max_new_tokens": LONG}))
-                short = [await c.post("/v1/generate", json={"prompt": "c", "max_new_tokens": 8, "seed": i})
-                         for i in range(5)]
+                short = [
+                    await c.post("/v1/generate", json={"prompt": "c", "max_new_tokens": 8, "seed": i}) for i in range(5)
+                ]
                 return await long, await long_stream, short
 
         long, (status, lines), short = asyncio.run(main())
-        assert_envelope(long, 504, "timeout")
+        assert_envelope(long, 504, kind="timeout")
         assert status == 200 and lines[-1] == "data: [DONE]"
-        assert events(lines)[-1]["error"]["type"] == "timeout"  # the stream ends with one error event
+        assert sse_events(lines)[-1]["error"]["type"] == "timeout"  # the stream ends with one error event
         assert all(r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 8 for r in short)
         assert metric(srv.url, "tinyllm_active_sequences") == 0
 
 
 def test_max_streams_refuses_the_extra_stream_while_the_open_ones_finish(long_checkpoint):
     with running_server(long_checkpoint, "--max-streams", "2") as srv:
+
         async def main():
             async with httpx.AsyncClient(base_url=srv.url, timeout=60) as c:
                 body = {"prompt": "s", "max_new_tokens": 400, "temperature": 0}
@@ -107,24 +101,25 @@ def test_max_streams_refuses_the_extra_stream_while_the_open_ones_finish(long_ch
                 openai_third = await c.post("/v1/completions", json={"model": "long", "prompt": "s", "stream": True})
                 plain = await c.post("/v1/generate", json={"prompt": "p", "max_new_tokens": 5})  # not a stream
                 rest = []
-                for r, lines, cm in opened:
+                for _, lines, cm in opened:
                     rest.append([line async for line in lines if line])
                     await cm.__aexit__(None, None, None)
                 again = await stream_all(c, {**body, "max_new_tokens": 5})
                 return third, openai_third, plain, rest, again
 
         third, openai_third, plain, rest, again = asyncio.run(main())
-        error = assert_envelope(third, 503, "overloaded")
+        error = assert_envelope(third, 503, kind="overloaded")
         assert third.headers["retry-after"] == "1" and "2 streams" in error["message"]
-        assert_envelope(openai_third, 503, "overloaded")
+        assert_envelope(openai_third, 503, openai=True, kind="overloaded")
         assert set(openai_third.json()["error"]) == {"message", "type", "param", "code"}
         assert plain.status_code == 200
         for lines in rest:
-            assert lines[-1] == "data: [DONE]" and events(lines)[-1]["usage"]["completion_tokens"] == 400
+            assert lines[-1] == "data: [DONE]" and sse_events(lines)[-1]["usage"]["completion_tokens"] == 400
         assert again[0] == 200 and again[1][-1] == "data: [DONE]"  # the slots came back
 
 
 # ------------------------------------------------------------------ load with faults
+
 
 def rss_kib(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
@@ -134,8 +129,13 @@ def rss_kib(pid: int) -> int:
 async def one_client(c: httpx.AsyncClient, rng: random.Random, deadline: float, walk_away: bool, stats: dict):
     """Stream request after request until the deadline; a walker leaves each stream at a random point."""
     while time.monotonic() < deadline:
-        body = {"prompt": rng.choice(["ROMEO:", "To be", "é🙂", "\x00ctl"]), "max_new_tokens": rng.randint(8, 56),
-                "temperature": rng.choice([0, 0.8, 1.2]), "top_k": rng.choice([0, 20]), "stream": True}
+        body = {
+            "prompt": rng.choice(["ROMEO:", "To be", "é🙂", "\x00ctl"]),
+            "max_new_tokens": rng.randint(8, 56),
+            "temperature": rng.choice([0, 0.8, 1.2]),
+            "top_k": rng.choice([0, 20]),
+            "stream": True,
+        }
         leave_after = rng.randint(0, 20) if walk_away else None
         try:
             async with c.stream("POST", "/v1/generate", json=body) as r:
@@ -167,8 +167,9 @@ def run_load(url: str, clients: int, seconds: float, seed: int = 0) -> dict:
         limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
         async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
             deadline = time.monotonic() + seconds
-            await asyncio.gather(*[one_client(c, random.Random(seed * 1000 + i), deadline, i % 3 == 0, stats)
-                                   for i in range(clients)])
+            await asyncio.gather(
+                *[one_client(c, random.Random(seed * 1000 + i), deadline, i % 3 == 0, stats) for i in range(clients)]
+            )
 
     asyncio.run(main())
     return stats
@@ -191,8 +192,11 @@ def load_and_check(checkpoint: Path, clients: int, seconds: float) -> dict:
         time.sleep(0.5)
         stats.update(idle_rss_mib=round(idle / 1024, 1), after_rss_mib=round(rss_kib(srv.proc.pid) / 1024, 1))
         text = httpx.get(f"{srv.url}/metrics").text
-        server_5xx = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                         if line.startswith("tinyllm_requests_total") and 'status="5' in line)
+        server_5xx = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("tinyllm_requests_total") and 'status="5' in line
+        )
         stats["server_5xx"] = server_5xx
         assert not stats["transport_errors"], stats["transport_errors"][:5]
         assert set(stats["status"]) == {200}, stats["status"]
@@ -218,11 +222,15 @@ def test_load_64_streaming_clients_for_a_minute(tiny_checkpoint):
 
 # ------------------------------------------------------------------ graceful shutdown
 
+
 def test_sigterm_lets_the_stream_in_flight_finish_then_exits_0(long_checkpoint):
     with running_server(long_checkpoint, "--shutdown-grace", "30") as srv:
-        with httpx.stream("POST", f"{srv.url}/v1/generate",
-                          json={"prompt": "t", "max_new_tokens": LONG, "temperature": 0, "stream": True},
-                          timeout=60) as r:
+        with httpx.stream(
+            "POST",
+            f"{srv.url}/v1/generate",
+            json={"prompt": "t", "max_new_tokens": LONG, "temperature": 0, "stream": True},
+            timeout=60,
+        ) as r:
             lines = r.iter_lines()
             assert next(lines).startswith("data: ")
             srv.proc.send_signal(signal.SIGTERM)
@@ -231,22 +239,25 @@ def test_sigterm_lets_the_stream_in_flight_finish_then_exits_0(long_checkpoint):
                 httpx.get(f"{srv.url}/health", timeout=2)
             rest = [line for line in lines if line]
         assert rest[-1] == "data: [DONE]"
-        assert events(rest)[-1]["usage"]["completion_tokens"] == LONG
+        assert sse_events(rest)[-1]["usage"]["completion_tokens"] == LONG
         assert srv.proc.wait(timeout=30) == 0
 
 
 def test_sigterm_past_the_grace_period_ends_the_stream_cleanly_then_exits_0(long_checkpoint):
     with running_server(long_checkpoint, "--shutdown-grace", "1") as srv:
-        with httpx.stream("POST", f"{srv.url}/v1/generate",
-                          json={"prompt": "t", "max_new_tokens": LONG, "temperature": 0, "stream": True},
-                          timeout=60) as r:
+        with httpx.stream(
+            "POST",
+            f"{srv.url}/v1/generate",
+            json={"prompt": "t", "max_new_tokens": LONG, "temperature": 0, "stream": True},
+            timeout=60,
+        ) as r:
             lines = r.iter_lines()
             assert next(lines).startswith("data: ")
             t0 = time.monotonic()
             srv.proc.send_signal(signal.SIGTERM)
             rest = [line for line in lines if line]
         assert rest[-1] == "data: [DONE]"
-        last = events(rest)[-1]
+        last = sse_events(rest)[-1]
         assert last["error"]["type"] == "overloaded" and "shutting down" in last["error"]["message"]
         assert srv.proc.wait(timeout=15) == 0
         assert time.monotonic() - t0 < 10
@@ -255,12 +266,12 @@ def test_sigterm_past_the_grace_period_ends_the_stream_cleanly_then_exits_0(long
 
 # ------------------------------------------------------------------ corrupt checkpoint at start-up
 
+
 def test_startup_with_a_corrupt_header_fails_naming_the_file(tiny_checkpoint, tmp_path):
-    from tests.test_server_live import start_fails
     broken = tmp_path / "garbage"
     shutil.copytree(tiny_checkpoint, broken)
     weights = broken / "model.safetensors"
     data = weights.read_bytes()
-    weights.write_bytes(data[:8] + b"\x00garbage!" * 4 + data[8 + 36:])  # same size, the header is not JSON
+    weights.write_bytes(data[:8] + b"\x00garbage!" * 4 + data[8 + 36 :])  # same size, the header is not JSON
     msg = start_fails(broken)
     assert "model.safetensors" in msg and "unreadable" in msg

@@ -3,6 +3,7 @@
 Expectations come from the model package run directly on the same checkpoint (an outside reference for
 the HTTP layer): greedy continuations, per-token log-probabilities, penalised greedy decoding.
 """
+
 from __future__ import annotations
 
 import httpx
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from model import TinyLLM
 from model.sampling import SamplingParams, apply_presence_frequency_penalty, sample
 from model.tokenizer import ByteTokenizer
-from serving import running_server
+from server.process import running_server
 
 MODEL = "tiny"  # the checkpoint folder's name
 
@@ -81,6 +82,7 @@ def assert_openai_error(r: httpx.Response, status: int, param: str | None, code:
 
 # ---------------------------------------------------------------- models
 
+
 def test_models_list_and_retrieve(client):
     models = client.models.list().data
     assert [m.id for m in models] == [MODEL]
@@ -94,6 +96,7 @@ def test_models_list_and_retrieve(client):
 
 # ---------------------------------------------------------------- completions
 
+
 def test_greedy_completion_equals_model_package(client, llm):
     r = complete(client, prompt="ROMEO:", max_tokens=20, temperature=0)
     assert r.object == "text_completion" and r.model == MODEL and r.id.startswith("cmpl-")
@@ -103,10 +106,60 @@ def test_greedy_completion_equals_model_package(client, llm):
     assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (6, 20, 26)
 
 
-def test_max_tokens_defaults_to_16_and_context_full_is_length(client):
+def test_max_tokens_defaults_to_16_and_null_asks_for_what_fits(client):
     assert complete(client, prompt="x", temperature=0).usage.completion_tokens == 16
-    r = complete(client, prompt="y" * 60, max_tokens=50, temperature=0)  # the context holds 64 bytes
+    r = complete(client, prompt="y" * 60, max_tokens=None, temperature=0)  # the context holds 64 bytes
     assert r.usage.completion_tokens == 4 and r.choices[0].finish_reason == "length"
+
+
+# ---------------------------------------------------------------- the context (as vLLM: a 400, never cut short)
+
+
+def test_prompt_plus_max_tokens_past_the_context_is_400_naming_the_numbers(client, server):
+    with pytest.raises(openai.BadRequestError) as e:
+        complete(client, prompt="y" * 60, max_tokens=50)
+    assert e.value.body["code"] == "context_length_exceeded" and e.value.body["param"] == "max_tokens"
+    assert e.value.body["message"] == (
+        "This model's maximum context length is 64 tokens. However, you requested 110 tokens "
+        "(60 in the messages, 50 in the completion). Please reduce the length of the messages or completion."
+    )
+    # the longest of several prompts decides; streaming is refused before it starts
+    body = {"model": MODEL, "prompt": ["short", "z" * 62], "max_tokens": 3, "stream": True}
+    r = httpx.post(f"{server.url}/v1/completions", json=body)
+    assert_openai_error(r, 400, "max_tokens", "context_length_exceeded")
+    assert "65 tokens (62 in the messages, 3 in the completion)" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("max_tokens", [0, None])
+def test_a_prompt_longer_than_the_context_is_400_on_the_prompt(server, max_tokens):
+    body = {"model": MODEL, "prompt": list(b"y" * 65), "max_tokens": max_tokens, "echo": True, "logprobs": 1}
+    r = httpx.post(f"{server.url}/v1/completions", json=body)
+    assert_openai_error(r, 400, "prompt", "context_length_exceeded")
+    assert "maximum context length is 64 tokens. However, you requested 65 tokens" in r.json()["error"]["message"]
+
+
+def test_a_full_context_prompt_scores_but_cannot_generate(client, server, llm):
+    """lm-eval's scoring request is echo + max_tokens 1, and it drops the last logprob as the generated token's.
+    A prompt that fills the context leaves no room for that token: a 200 would make it drop a real byte's score."""
+    ids = list(b"To be, or not to be, that is the question: whether 'tis nobler in")[:64]
+    assert len(ids) == 64
+    lm_eval_request = {"model": MODEL, "prompt": [ids], "max_tokens": 1, "echo": True, "logprobs": 1, "temperature": 0}
+    r = httpx.post(f"{server.url}/v1/completions", json=lm_eval_request)
+    assert_openai_error(r, 400, "max_tokens", "context_length_exceeded")
+    scored = complete(client, prompt=ids, max_tokens=0, echo=True, logprobs=1).choices[0]
+    ref = next_byte_logprobs(llm, ids)
+    assert scored.logprobs.token_logprobs[1:] == pytest.approx(
+        [float(ref[t - 1, ids[t]]) for t in range(1, 64)], abs=1e-5
+    )
+    as_many_as_fit = httpx.post(
+        f"{server.url}/v1/completions", json={"model": MODEL, "prompt": ids, "max_tokens": None}
+    )
+    assert_openai_error(as_many_as_fit, 400, "prompt", "context_length_exceeded")
+    assert (
+        "64 tokens in the messages, which leaves none for the completion" in as_many_as_fit.json()["error"]["message"]
+    )
+    fits = complete(client, prompt=ids[:63], max_tokens=1, echo=True, logprobs=1, temperature=0).choices[0]
+    assert len(fits.logprobs.token_logprobs) == 64 and fits.finish_reason == "length"
 
 
 def test_byte_id_prompts_equal_text_prompts(client):
@@ -116,11 +169,14 @@ def test_byte_id_prompts_equal_text_prompts(client):
     assert [c.text for c in r.choices] == [by_text, by_text]
 
 
-@pytest.mark.parametrize("params", [
-    dict(temperature=0, max_tokens=30),
-    dict(temperature=0.9, seed=3, max_tokens=30, logprobs=3),
-    dict(temperature=0, max_tokens=30, logprobs=0, echo=True),
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(temperature=0, max_tokens=30),
+        dict(temperature=0.9, seed=3, max_tokens=30, logprobs=3),
+        dict(temperature=0, max_tokens=30, logprobs=0, echo=True),
+    ],
+)
 def test_stream_concatenates_to_the_non_streamed_choice(client, params):
     whole = complete(client, prompt="To be, or", **params).choices[0]
     chunks = stream(client, prompt="To be, or", **params)
@@ -136,9 +192,9 @@ def test_stream_concatenates_to_the_non_streamed_choice(client, params):
 def test_stream_include_usage_adds_a_last_chunk_without_choices(client):
     chunks = stream(client, prompt="abc", max_tokens=7, temperature=0, stream_options={"include_usage": True})
     *body, last = chunks
-    assert last.choices == [] and last.usage.model_dump(include={"prompt_tokens", "completion_tokens",
-                                                                  "total_tokens"}) == \
-        {"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10}
+    assert last.choices == [] and last.usage.model_dump(
+        include={"prompt_tokens", "completion_tokens", "total_tokens"}
+    ) == {"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10}
     assert body and all(c.usage is None for c in body)
     assert all(c.usage is None for c in stream(client, prompt="abc", max_tokens=3))  # off by default
 
@@ -194,8 +250,10 @@ def test_echo_with_generation_continues_the_offsets(client):
     alone = complete(client, prompt=prompt, max_tokens=5, temperature=0, logprobs=1).choices[0]
     assert choice.text == prompt + alone.text
     n = len(prompt.encode())
-    assert choice.logprobs.tokens == [ByteTokenizer.label(b) if b >= 0x80 else chr(b) for b in prompt.encode()] \
-        + alone.logprobs.tokens
+    assert (
+        choice.logprobs.tokens
+        == [ByteTokenizer.label(b) if b >= 0x80 else chr(b) for b in prompt.encode()] + alone.logprobs.tokens
+    )
     assert choice.logprobs.text_offset[n:] == [len(prompt) + o for o in alone.logprobs.text_offset]
     assert choice.logprobs.token_logprobs[n:] == alone.logprobs.token_logprobs
     assert complete(client, prompt=prompt, max_tokens=0, echo=True).choices[0].text == prompt
@@ -220,14 +278,15 @@ def test_stop_ends_the_choice_and_is_not_returned(client):
     ascii_chars = [ch for ch in full[1:] if ch.isascii()]
     assert ascii_chars, f"the tiny model produced no ASCII byte to stop on: {full!r}"
     stop = ascii_chars[0]
-    expected = full[:full.index(stop)]
+    expected = full[: full.index(stop)]
     for stops in (stop, ["\x00never", stop]):
         r = complete(client, prompt="ROMEO:", max_tokens=40, temperature=0, stop=stops, logprobs=0)
         (choice,) = r.choices
         assert choice.text == expected and choice.finish_reason == "stop"
         assert ByteTokenizer().decode([byte_of(t) for t in choice.logprobs.tokens]) == expected
-        text, logprobs, finish = joined(stream(client, prompt="ROMEO:", max_tokens=40, temperature=0, stop=stops,
-                                               logprobs=0))
+        text, logprobs, finish = joined(
+            stream(client, prompt="ROMEO:", max_tokens=40, temperature=0, stop=stops, logprobs=0)
+        )
         assert (text, finish, logprobs) == (expected, "stop", choice.logprobs.model_dump())
     # a stop string that begins, then does not complete: its held-back bytes come out with their logprobs
     r = complete(client, prompt="ROMEO:", max_tokens=40, temperature=0, stop=stop + "\x00\x00", logprobs=0)
@@ -235,8 +294,9 @@ def test_stop_ends_the_choice_and_is_not_returned(client):
 
 
 def test_seed_makes_sampling_reproducible(client):
-    a, b, c = (complete(client, prompt="The", max_tokens=24, temperature=1.0, seed=s).choices[0].text
-               for s in (5, 5, 6))
+    a, b, c = (
+        complete(client, prompt="The", max_tokens=24, temperature=1.0, seed=s).choices[0].text for s in (5, 5, 6)
+    )
     assert a == b and a != c
 
 
@@ -274,33 +334,40 @@ def test_penalty_function_is_openais_definition():
 
 # ---------------------------------------------------------------- errors
 
+
 def test_unknown_model_is_404_model_not_found(client, server):
     with pytest.raises(openai.NotFoundError) as e:
         client.completions.create(model="gpt-3.5-turbo-instruct", prompt="x")
     assert e.value.body["code"] == "model_not_found" and e.value.body["param"] == "model"
-    assert_openai_error(httpx.post(f"{server.url}/v1/completions", json={"model": "nope", "prompt": "x"}),
-                        404, "model", "model_not_found")
+    assert_openai_error(
+        httpx.post(f"{server.url}/v1/completions", json={"model": "nope", "prompt": "x"}),
+        404,
+        "model",
+        "model_not_found",
+    )
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"temperature": -1}, "temperature"),
-    ({"top_p": 0}, "top_p"),
-    ({"n": 0}, "n"),
-    ({"logprobs": 21}, "logprobs"),
-    ({"max_tokens": -1}, "max_tokens"),
-    ({"presence_penalty": 2.5}, "presence_penalty"),
-    ({"prompt": ""}, "prompt"),
-    ({"prompt": []}, "prompt"),
-    ({"prompt": [256]}, "prompt"),
-    ({"prompt": [{"text": "x"}]}, "prompt"),
-    ({"prompt": "x" * 65}, "prompt"),
-    ({"stop": [""]}, "stop"),
-    ({"stream_options": {"include_usage": True}}, "stream_options"),
-    ({"suffix": "end"}, "suffix"),
-    ({"best_of": 3}, "best_of"),
-    ({"frobnicate": 1}, "frobnicate"),
-    ({"model": None}, "model"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"n": 0}, "n"),
+        ({"logprobs": 21}, "logprobs"),
+        ({"max_tokens": -1}, "max_tokens"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": []}, "prompt"),
+        ({"prompt": [256]}, "prompt"),
+        ({"prompt": [{"text": "x"}]}, "prompt"),
+        ({"stop": [""]}, "stop"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"suffix": "end"}, "suffix"),
+        ({"best_of": 3}, "best_of"),
+        ({"frobnicate": 1}, "frobnicate"),
+        ({"model": None}, "model"),
+    ],
+)
 def test_bad_parameters_are_400_in_openai_shape(server, body, param):
     r = httpx.post(f"{server.url}/v1/completions", json={"model": MODEL, "prompt": "x", **body})
     assert_openai_error(r, 400, param)

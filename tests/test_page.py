@@ -6,6 +6,7 @@ CSS. The test reads the pixels back with getImageData and checks that every cell
 painted and none above it is, that the colours rise with the probabilities the API serves, and that both axes
 carry one label element per byte. Screenshots go to test-artifacts/.
 """
+
 from __future__ import annotations
 
 import time
@@ -20,7 +21,7 @@ from model import checkpoint
 from model.config import ModelConfig
 from model.model import Transformer
 from model.tokenizer import ByteTokenizer
-from tests.serving import ROOT, running_server
+from server.process import ROOT, running_server
 
 try:
     from playwright.sync_api import sync_playwright
@@ -29,13 +30,22 @@ except ImportError:  # pragma: no cover - the skip below says what to install
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 pytestmark = [
-    pytest.mark.skipif(sync_playwright is None,
-                       reason="playwright is not installed: .venv/bin/pip install playwright "
-                              "(never `playwright install`: the test drives Debian's chromium)"),
+    pytest.mark.skipif(
+        sync_playwright is None,
+        reason="playwright is not installed: .venv/bin/pip install playwright "
+        "(never `playwright install`: the test drives Debian's chromium)",
+    ),
     pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing: apt-get install -y chromium"),
 ]
 
@@ -113,8 +123,9 @@ def api_attention(server, text: str, **body) -> np.ndarray:
 
 def floats(page, selector: str, attr: str) -> dict[int, float]:
     """{byte index: value} of the data-`attr` attribute of the elements matched by selector, where present."""
-    pairs = page.eval_on_selector_all(selector, f"els => els.filter(e => '{attr}' in e.dataset)"
-                                                f".map(e => [+e.dataset.i, +e.dataset.{attr}])")
+    pairs = page.eval_on_selector_all(
+        selector, f"els => els.filter(e => '{attr}' in e.dataset).map(e => [+e.dataset.i, +e.dataset.{attr}])"
+    )
     return {i: v for i, v in pairs}
 
 
@@ -124,6 +135,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------ the map and the head view
+
 
 def test_analysis_draws_every_cell_and_hovering_a_byte_highlights_its_row(page, server):
     T = analyse(page, TEXT)
@@ -140,8 +152,10 @@ def test_analysis_draws_every_cell_and_hovering_a_byte_highlights_its_row(page, 
     assert spearman(luminance[lower], expected[0, 0][lower]) > 0.95, "colours do not follow layer 0, head 0"
 
     # One label per byte on each axis; a multi-byte character once, as the character, on its first byte.
-    labels = [AXIS_SHOWN.get(lab, "·" if lab.startswith("\\") and len(lab) > 1 else lab)
-              for lab in ByteTokenizer().char_labels(list(data))]
+    labels = [
+        AXIS_SHOWN.get(lab, "·" if lab.startswith("\\") and len(lab) > 1 else lab)
+        for lab in ByteTokenizer().char_labels(list(data))
+    ]
     for axis in ("#key-labels", "#query-labels"):
         assert page.eval_on_selector_all(f"{axis} span", "els => els.map(e => e.textContent)") == labels
     assert labels[1:3] == ["é", ""] and labels[5:8] == ["☃", "", ""]
@@ -161,7 +175,7 @@ def test_analysis_draws_every_cell_and_hovering_a_byte_highlights_its_row(page, 
     assert "focus" in page.locator(f"#bytes .b[data-i='{i}']").get_attribute("class")
     to, frm = floats(page, "#bytes .b", "to"), floats(page, "#bytes .b", "from")
     assert sorted(to) == list(range(i + 1)) and sorted(frm) == list(range(i, T))
-    np.testing.assert_allclose([to[k] for k in range(i + 1)], expected[0, 0, i, :i + 1], atol=1e-3)  # float16
+    np.testing.assert_allclose([to[k] for k in range(i + 1)], expected[0, 0, i, : i + 1], atol=1e-3)  # float16
     np.testing.assert_allclose([frm[q] for q in range(i, T)], expected[0, 0, i:, i], atol=1e-3)
     assert "attends to" in page.inner_text("#readout")
     screenshot(page, "page-analysis.png")
@@ -170,7 +184,7 @@ def test_analysis_draws_every_cell_and_hovering_a_byte_highlights_its_row(page, 
     page.select_option("#head", "mean")
     page.wait_for_selector("#heatmap[data-head='mean']")
     to = floats(page, "#bytes .b", "to")
-    np.testing.assert_allclose([to[k] for k in range(i + 1)], expected[0, :, i, :i + 1].mean(0), atol=1e-3)
+    np.testing.assert_allclose([to[k] for k in range(i + 1)], expected[0, :, i, : i + 1].mean(0), atol=1e-3)
 
     # Moving off the text clears it.
     page.mouse.move(1, 1)
@@ -197,8 +211,15 @@ def test_all_heads_grid_has_every_layer_and_head_and_selects_one(page, server):
     assert page.eval_on_selector("#heatmap", READ_CANVAS)["rgba"] == page.eval_on_selector(last, READ_CANVAS)["rgba"]
     screenshot(page, "page-all-heads.png")
 
+    # A byte pinned past the end of the next, shorter text: the new analysis starts with nothing in focus.
+    page.click(f"#bytes .b[data-i='{T - 1}']")
+    assert page.get_attribute("#row-highlight", "data-row") == str(T - 1)
+    analyse(page, "to be")
+    assert not page.locator("#row-highlight").is_visible() and page.locator("#bytes .b.focus").count() == 0
+
 
 # ------------------------------------------------------------------ streaming generation
+
 
 def test_streamed_generation_appends_bytes_and_a_generated_byte_shows_its_row(page, server):
     prompt, n_new = "To be, or", 12
@@ -221,8 +242,16 @@ def test_streamed_generation_appends_bytes_and_a_generated_byte_shows_its_row(pa
     assert "finished: length" in page.inner_text("#gen-status")
 
     # The same request, not streamed, from the test: the page shows the very bytes and rows it returns.
-    r = httpx.post(f"{server.url}/v1/generate", timeout=30, json={
-        "prompt": prompt, "max_new_tokens": n_new, "temperature": 0, "attention": {"layers": None, "heads": None}})
+    r = httpx.post(
+        f"{server.url}/v1/generate",
+        timeout=30,
+        json={
+            "prompt": prompt,
+            "max_new_tokens": n_new,
+            "temperature": 0,
+            "attention": {"layers": None, "heads": None},
+        },
+    )
     tokens = r.json()["tokens"]
     shown_ids = page.eval_on_selector_all("#gen-bytes .b.gen", "els => els.map(e => +e.dataset.i)")
     assert shown_ids == list(range(P, P + n_new))
@@ -243,7 +272,83 @@ def test_streamed_generation_appends_bytes_and_a_generated_byte_shows_its_row(pa
     page.locator(".generate").screenshot(path=str(ARTIFACTS / "page-generate.png"))
 
 
+CYCLE = "é☃a".encode()  # c3 a9 e2 98 83 61: a 2-byte, a 3-byte and a 1-byte character
+
+
+@pytest.fixture(scope="module")
+def cycle_checkpoint(tmp_path_factory) -> Path:
+    """A model that greedily continues each byte of CYCLE with the next one, round and round.
+
+    Every block's output projections are zero, so the last hidden state is the byte's own embedding (one-hot
+    here), and the head maps that to the byte that follows it in CYCLE.
+    """
+    torch.manual_seed(0)
+    cfg = ModelConfig(context_length=64, n_layer=2, n_head=2, d_model=32, mlp_hidden=64)
+    model = Transformer(cfg).eval()
+    with torch.no_grad():
+        for block in model.layers:
+            block.self_attn.o_proj.weight.zero_()
+            block.mlp.down_proj.weight.zero_()
+        model.lm_head.weight.zero_()
+        for slot, (byte, following) in enumerate(zip(CYCLE, CYCLE[1:] + CYCLE[:1])):
+            model.embed_tokens.weight[byte] = torch.eye(cfg.d_model)[slot]
+            model.lm_head.weight[following, slot] = 1.0
+    path = tmp_path_factory.mktemp("cycle") / "cycle"
+    checkpoint.save(path, model, training={"note": "writes é☃a over and over"})
+    return path
+
+
+def test_streamed_characters_relabel_only_their_own_chips(browser, cycle_checkpoint):
+    prompt, n_new = "a", 12
+    P = len(prompt.encode())
+    with running_server(cycle_checkpoint) as server:
+        page = open_page(browser, server.url)
+        # Every change under the generation strip: chips whose text is replaced once they are in the strip
+        # (a relabelling), and nodes removed from the strip itself (a rebuild).
+        page.evaluate("""() => { window.relabelled = []; window.removed = 0;
+          const strip = document.getElementById('gen-bytes');
+          new MutationObserver((records) => { for (const r of records) {
+            if (r.target === strip) window.removed += r.removedNodes.length;
+            else if (r.target.classList.contains('b')) window.relabelled.push(+r.target.dataset.i);
+          } }).observe(strip, {childList: true, subtree: true}); }""")
+        page.fill("#text", prompt)
+        page.fill("#max-new", str(n_new))
+        page.fill("#temperature", "0")
+        page.click("#generate")
+        page.wait_for_selector("#gen-bytes[data-done='true']")
+        generated = (CYCLE * 2)[:n_new]
+        assert (
+            httpx.post(
+                f"{server.url}/v1/generate",
+                timeout=30,
+                json={"prompt": prompt, "max_new_tokens": n_new, "temperature": 0},
+            ).json()["text"]
+            == generated.decode()
+        )
+
+        # Each character is shown once, on its first byte, as the server labels it; its other bytes are slots.
+        ids = list(prompt.encode() + generated)
+        chips = page.eval_on_selector_all("#gen-bytes .b", "els => els.map(e => [e.textContent, e.className])")
+        assert (
+            [text for text, _ in chips]
+            == ByteTokenizer().char_labels(ids)
+            == ["a", "é", "", "☃", "", "", "a", "é", "", "☃", "", "", "a"]
+        )
+        assert [i for i, (_, cls) in enumerate(chips) if "cont" in cls] == [2, 4, 5, 8, 10, 11]
+
+        # Only the bytes a later byte completed into a character were relabelled, each once (é's first byte;
+        # ☃'s first and second); nothing was removed from the strip, so no earlier chip was rebuilt.
+        waiting = [P + k for k, b in enumerate(generated) if b in (0xC3, 0xE2, 0x98)]
+        assert page.evaluate("window.relabelled") == waiting
+        assert page.evaluate("window.removed") == 0
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.locator(".generate").screenshot(path=str(ARTIFACTS / "page-generate-characters.png"))
+        assert not page.errors, page.errors
+        page.context.close()
+
+
 # ------------------------------------------------------------------ 512 bytes
+
 
 @pytest.fixture(scope="module")
 def wide_checkpoint(tmp_path_factory) -> Path:
@@ -256,8 +361,9 @@ def wide_checkpoint(tmp_path_factory) -> Path:
 
 
 def test_usable_at_512_bytes(browser, wide_checkpoint):
-    text = ("ROMEO: But, soft! what light through yonder window breaks? It is the east, and Juliet is the sun. "
-            * 6)[:512]
+    text = ("ROMEO: But, soft! what light through yonder window breaks? It is the east, and Juliet is the sun. " * 6)[
+        :512
+    ]
     assert len(text.encode()) == 512
     with running_server(wide_checkpoint) as server:
         page = open_page(browser, server.url)
@@ -273,8 +379,10 @@ def test_usable_at_512_bytes(browser, wide_checkpoint):
         page.wait_for_selector("#row-highlight[data-row='500']")
         hover_seconds = time.perf_counter() - t1
         screenshot(page, "page-512.png")
-        print(f"\n512 bytes, 6 x 6 heads: analysed and drawn in {seconds:.2f} s "
-              f"({page.inner_text('#status')}); hover {hover_seconds * 1e3:.0f} ms")
+        print(
+            f"\n512 bytes, 6 x 6 heads: analysed and drawn in {seconds:.2f} s "
+            f"({page.inner_text('#status')}); hover {hover_seconds * 1e3:.0f} ms"
+        )
         assert seconds < 10, f"analysing 512 bytes took {seconds:.1f} s"
         assert hover_seconds < 2, f"hovering a byte took {hover_seconds:.1f} s"
         assert not page.errors, page.errors

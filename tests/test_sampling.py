@@ -1,4 +1,5 @@
 """Sampling: pure functions checked against Hugging Face's logits processors, and seeded generation."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,15 +22,18 @@ def random_logits(seed: int, n: int = 256) -> torch.Tensor:
 
 # ------------------------------------------------------------------ pure functions
 
+
 def test_temperature_zero_is_argmax():
     for seed in range(20):
         logits = random_logits(seed)
         gen = torch.Generator().manual_seed(seed)
-        assert sample(logits, SamplingParams(temperature=0), torch.tensor([], dtype=torch.long), gen) \
-            == int(logits.argmax())
+        assert sample(logits, SamplingParams(temperature=0), torch.tensor([], dtype=torch.long), gen) == int(
+            logits.argmax()
+        )
         # top-k / top-p cannot change the greedy choice
-        assert sample(logits, SamplingParams(temperature=0, top_k=3, top_p=0.1), torch.tensor([], dtype=torch.long),
-                      gen) == int(logits.argmax())
+        assert sample(
+            logits, SamplingParams(temperature=0, top_k=3, top_p=0.1), torch.tensor([], dtype=torch.long), gen
+        ) == int(logits.argmax())
 
 
 def test_low_temperature_sharpens_high_temperature_flattens():
@@ -130,12 +134,17 @@ def test_sampling_follows_the_distribution():
     probs = torch.tensor([0.1, 0.6, 0.3])
     gen = torch.Generator().manual_seed(0)
     n = 4000
-    counts = torch.bincount(torch.tensor([sample(probs.log(), SamplingParams(), torch.tensor([], dtype=torch.long),
-                                                 gen) for _ in range(n)]), minlength=3)
+    counts = torch.bincount(
+        torch.tensor(
+            [sample(probs.log(), SamplingParams(), torch.tensor([], dtype=torch.long), gen) for _ in range(n)]
+        ),
+        minlength=3,
+    )
     torch.testing.assert_close(counts / n, probs, atol=0.03, rtol=0)
 
 
 # ------------------------------------------------------------------ TinyLLM.generate
+
 
 @pytest.fixture(scope="module")
 def llm(tiny_checkpoint) -> TinyLLM:
@@ -169,8 +178,8 @@ def test_stop_string_ends_generation_and_is_excluded(llm):
     full = llm.generate("abc", max_new_tokens=40, temperature=0).tokens
     data = bytes(full)
     # a stop string from the greedy continuation: the first 2-byte ASCII window past the start
-    start = next(i for i in range(3, len(data) - 1) if data[i:i + 2].isascii())
-    stop = data[start:start + 2].decode()
+    start = next(i for i in range(3, len(data) - 1) if data[i : i + 2].isascii())
+    stop = data[start : start + 2].decode()
     cut = data.find(stop.encode())  # its first occurrence ends generation
     assert cut > 0
     g = llm.generate("abc", max_new_tokens=40, temperature=0, stop=["\x00never", stop])

@@ -1,35 +1,23 @@
 """Contract tests of the HTTP API, in process (the app's lifespan runs; the model is a real tiny checkpoint)."""
+
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
-from fastapi.testclient import TestClient
 
 from model import TinyLLM
 from model.generate import generate
 from model.sampling import SamplingParams
-from server.app import create_app
-from server.config import Settings
+from model.tokenizer import tokenizer
+from support import assert_envelope, sse_events
 
 
 @pytest.fixture(scope="module")
-def client(tiny_checkpoint):
-    settings = Settings(checkpoint=tiny_checkpoint, max_body_bytes=4096, max_prompt_bytes=1000, max_new_tokens=500)
-    with TestClient(create_app(settings)) as c:
-        wait_healthy(c)
+def client(app_client, tiny_checkpoint):
+    with app_client(tiny_checkpoint, max_body_bytes=4096, max_prompt_bytes=1000, max_new_tokens=500) as c:
         yield c
-
-
-def wait_healthy(client, timeout: float = 30.0) -> None:
-    """/health is 503 until the engine's warm-up forward pass has run."""
-    deadline = time.monotonic() + timeout
-    while (r := client.get("/health")).status_code != 200:
-        assert r.status_code == 503 and r.json()["error"]["type"] == "overloaded", r.text
-        assert time.monotonic() < deadline, "server never became healthy"
-        time.sleep(0.05)
 
 
 def gen(client, **body):
@@ -45,16 +33,7 @@ def stream(client, **body) -> list:
         lines = [line for line in r.iter_lines() if line]
     assert all(line.startswith("data: ") for line in lines)
     assert lines[-1] == "data: [DONE]"
-    return [json.loads(line[6:]) for line in lines[:-1]]
-
-
-def assert_error(r, status: int, param: str | None):
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param"}, body
-    assert body["error"]["param"] == param, body
-    assert body["error"]["message"]
-    assert "Traceback" not in r.text
+    return sse_events(lines)
 
 
 def test_health_and_model(client, tiny_checkpoint):
@@ -72,12 +51,13 @@ def test_tokenize_gives_bytes_labels_and_char_offsets(client):
     assert [t["id"] for t in toks["tokens"]] == list("hé🙂".encode())
     assert [t["text"] for t in toks["tokens"]][:3] == ["h", "\\xc3", "\\xa9"]
     assert [(t["start"], t["end"]) for t in toks["tokens"]] == [(0, 1), (1, 2), (1, 2)] + [(2, 3)] * 4
+    assert toks["labels"] == ["h", "é", "", "🙂", "", "", ""]
 
 
 def test_greedy_equals_model_package(client, tiny_checkpoint):
     out = gen(client, prompt="ROMEO:", max_new_tokens=40, temperature=0)
     llm = TinyLLM.load(tiny_checkpoint, device="cpu")
-    expected = [s.token for s in generate(llm.model, list(b"ROMEO:"), 40, SamplingParams(temperature=0))]
+    expected = [s.token for s in generate(llm.runner, list(b"ROMEO:"), 40, SamplingParams(temperature=0))]
     assert [t["id"] for t in out["tokens"]] == expected
     assert out["text"] == bytes(expected).decode("utf-8", errors="replace")
     assert out["finish_reason"] == "length"
@@ -140,6 +120,20 @@ def test_stream_never_splits_a_character(client):
         assert joined == bytes(ids).decode("utf-8", errors="replace")
 
 
+def test_stream_labels_relabel_just_the_newest_character(client):
+    # applied one event at a time to the prompt's labels, each event's labels give the whole text's char labels
+    prompt = "ü"
+    labels = client.post("/v1/tokenize", json={"text": prompt}).json()["labels"]
+    ids = list(prompt.encode())
+    for seed in range(5):
+        shown, seen = list(labels), list(ids)
+        for event in stream(client, prompt=prompt, max_new_tokens=40, temperature=1.5, seed=seed)[:-1]:
+            seen.append(event["token"]["id"])
+            shown.append("")
+            shown[len(shown) - len(event["labels"]) :] = event["labels"]
+        assert shown == tokenizer.char_labels(seen)
+
+
 def test_context_full_and_zero_tokens(client):
     out = gen(client, prompt="x" * 60, max_new_tokens=100, temperature=0)
     assert out["finish_reason"] == "context_full" and out["usage"]["completion_tokens"] == 4
@@ -150,37 +144,40 @@ def test_context_full_and_zero_tokens(client):
 
 
 def test_long_prompt_needs_truncate(client):
-    assert_error(client.post("/v1/generate", json={"prompt": "y" * 100}), 400, "prompt")
+    assert_envelope(client.post("/v1/generate", json={"prompt": "y" * 100}), 400, "prompt")
     out = gen(client, prompt="y" * 90 + "END", max_new_tokens=10, temperature=0, truncate=True)
     assert out["truncated_prompt_tokens"] == 93 - 54
     assert out["usage"]["prompt_tokens"] == 54 and out["usage"]["completion_tokens"] == 10
 
 
-@pytest.mark.parametrize("body,param", [
-    ({}, "prompt"),
-    ({"prompt": ""}, "prompt"),
-    ({"prompt": "a", "bogus": 1}, "bogus"),
-    ({"prompt": 5}, "prompt"),
-    ({"prompt": "a", "max_new_tokens": -1}, "max_new_tokens"),
-    ({"prompt": "a", "max_new_tokens": 10**9}, "max_new_tokens"),
-    ({"prompt": "a", "max_new_tokens": "5"}, "max_new_tokens"),
-    ({"prompt": "a", "temperature": -0.1}, "temperature"),
-    ({"prompt": "a", "top_p": 0}, "top_p"),
-    ({"prompt": "a", "top_p": 1.5}, "top_p"),
-    ({"prompt": "a", "top_k": -1}, "top_k"),
-    ({"prompt": "a", "repetition_penalty": 0}, "repetition_penalty"),
-    ({"prompt": "a", "logprobs": 21}, "logprobs"),
-    ({"prompt": "a", "seed": -1}, "seed"),
-    ({"prompt": "a", "stop": [""]}, "stop.0"),
-    ({"prompt": "a", "stop": "x"}, "stop"),
-    ({"prompt": "a", "stream": "yes"}, "stream"),
-    ({"prompt": "a", "attention": {"layers": [2]}}, "attention.layers"),
-    ({"prompt": "a", "attention": {"heads": [5]}}, "attention.heads"),
-    ({"prompt": "\ud800"}, "prompt"),
-])
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ({}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "a", "bogus": 1}, "bogus"),
+        ({"prompt": 5}, "prompt"),
+        ({"prompt": "a", "max_new_tokens": -1}, "max_new_tokens"),
+        ({"prompt": "a", "max_new_tokens": 10**9}, "max_new_tokens"),
+        ({"prompt": "a", "max_new_tokens": "5"}, "max_new_tokens"),
+        ({"prompt": "a", "temperature": -0.1}, "temperature"),
+        ({"prompt": "a", "top_p": 0}, "top_p"),
+        ({"prompt": "a", "top_p": 1.5}, "top_p"),
+        ({"prompt": "a", "top_k": -1}, "top_k"),
+        ({"prompt": "a", "repetition_penalty": 0}, "repetition_penalty"),
+        ({"prompt": "a", "logprobs": 21}, "logprobs"),
+        ({"prompt": "a", "seed": -1}, "seed"),
+        ({"prompt": "a", "stop": [""]}, "stop.0"),
+        ({"prompt": "a", "stop": "x"}, "stop"),
+        ({"prompt": "a", "stream": "yes"}, "stream"),
+        ({"prompt": "a", "attention": {"layers": [2]}}, "attention.layers"),
+        ({"prompt": "a", "attention": {"heads": [5]}}, "attention.heads"),
+        ({"prompt": "\ud800"}, "prompt"),
+    ],
+)
 def test_bad_generate_bodies_name_the_field(client, body, param):
     r = client.post("/v1/generate", content=json.dumps(body), headers={"content-type": "application/json"})
-    assert_error(r, 400, param)
+    assert_envelope(r, 400, param)
 
 
 def test_non_finite_floats_rejected(client):
@@ -191,13 +188,13 @@ def test_non_finite_floats_rejected(client):
 
 def test_malformed_requests(client):
     r = client.post("/v1/generate", content="{bad", headers={"content-type": "application/json"})
-    assert_error(r, 400, None)
-    assert_error(client.post("/v1/generate", json=[1, 2]), 400, None)
-    assert_error(client.post("/v1/generate", json={"prompt": "z" * 5000}), 413, None)  # body over 4096
-    assert_error(client.post("/v1/generate", json={"prompt": "z" * 1001}), 413, "prompt")
-    assert_error(client.get("/nowhere"), 404, None)
-    assert_error(client.get("/v1/generate"), 405, None)
-    assert_error(client.post("/v1/tokenize", json={"txt": "a"}), 400, "text")
+    assert_envelope(r, 400, None)
+    assert_envelope(client.post("/v1/generate", json=[1, 2]), 400, None)
+    assert_envelope(client.post("/v1/generate", json={"prompt": "z" * 5000}), 413, None)  # body over 4096
+    assert_envelope(client.post("/v1/generate", json={"prompt": "z" * 1001}), 413, "prompt")
+    assert_envelope(client.get("/nowhere"), 404, None)
+    assert_envelope(client.get("/v1/generate"), 405, None)
+    assert_envelope(client.post("/v1/tokenize", json={"txt": "a"}), 400, "text")
 
 
 def test_openapi_docs_have_examples(client):
@@ -210,15 +207,16 @@ def test_openapi_docs_have_examples(client):
 def test_a_failing_sequence_does_not_take_the_batch_down(client, monkeypatch):
     import concurrent.futures
 
-    import server.engine as engine_module
-    real_sample = engine_module.sample
+    import model.runner as runner_module
 
-    def sample(logits, params, previous, generator, n_prompt=0):
-        if params.temperature == 0.123:  # the request chosen to fail
+    real_sample_rows = runner_module.sample_rows
+
+    def sample_rows(logits, params, *rest):
+        if any(p.temperature == 0.123 for p in params):  # the request chosen to fail
             raise RuntimeError("injected sampling failure")
-        return real_sample(logits, params, previous, generator, n_prompt=n_prompt)
+        return real_sample_rows(logits, params, *rest)
 
-    monkeypatch.setattr(engine_module, "sample", sample)
+    monkeypatch.setattr(runner_module, "sample_rows", sample_rows)
     good = dict(prompt="fine", max_new_tokens=40, temperature=0.7, seed=2)
     expected = gen(client, **good)["text"]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:

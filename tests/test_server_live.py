@@ -1,12 +1,10 @@
 """Integration tests against a real `python -m server` process on a free port, over HTTP with httpx."""
+
 from __future__ import annotations
 
 import asyncio
 import json
-import re
 import shutil
-import subprocess
-import sys
 import time
 
 import httpx
@@ -15,7 +13,8 @@ import pytest
 from model import TinyLLM
 from model.generate import generate
 from model.sampling import SamplingParams
-from tests.serving import ROOT, running_server
+from server.process import running_server
+from support import metric, sse_events, start_fails
 
 
 @pytest.fixture(scope="module")
@@ -24,22 +23,11 @@ def server(tiny_checkpoint):
         yield srv
 
 
-def metric(url: str, name: str) -> float:
-    text = httpx.get(f"{url}/metrics").text
-    m = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M)
-    assert m, f"{name} not in /metrics"
-    return float(m.group(1))
-
-
-def sse(lines) -> list:
-    return [json.loads(line[6:]) for line in lines if line.startswith("data: ") and line != "data: [DONE]"]
-
-
 def test_generate_greedy_matches_model_package(server, tiny_checkpoint):
     r = httpx.post(f"{server.url}/v1/generate", json={"prompt": "Hello", "max_new_tokens": 50, "temperature": 0})
     assert r.status_code == 200
     llm = TinyLLM.load(tiny_checkpoint, device="cpu")
-    expected = [s.token for s in generate(llm.model, list(b"Hello"), 50, SamplingParams(temperature=0))]
+    expected = [s.token for s in generate(llm.runner, list(b"Hello"), 50, SamplingParams(temperature=0))]
     assert [t["id"] for t in r.json()["tokens"]] == expected
 
 
@@ -49,7 +37,7 @@ def test_stream_over_http(server):
     with httpx.stream("POST", f"{server.url}/v1/generate", json={**body, "stream": True}) as r:
         lines = [line for line in r.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
-    events = sse(lines)
+    events = sse_events(lines)
     assert "".join(e["text"] for e in events[:-1]) == plain["text"] == events[-1]["text"]
     assert events[-1]["usage"]["completion_tokens"] == 30
 
@@ -94,6 +82,7 @@ def test_concurrent_requests_all_progress_and_health_answers(server):
 
 def test_queue_full_is_503_with_retry_after(tiny_checkpoint):
     with running_server(tiny_checkpoint, "--max-batch", "1", "--max-queue", "1") as srv:
+
         async def main():
             async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
                 body = {"prompt": "q", "max_new_tokens": 63, "temperature": 0}
@@ -114,16 +103,6 @@ def test_metrics_exposition(server):
     assert "tinyllm_time_to_first_token_seconds_bucket" in text
     assert "tinyllm_inter_token_latency_seconds_count" in text
     assert "tinyllm_queue_length 0.0" in text
-
-
-def start_fails(checkpoint) -> str:
-    proc = subprocess.run([sys.executable, "-m", "server", "--checkpoint", str(checkpoint), "--port", "0"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 def test_startup_fails_fast_naming_the_problem(tiny_checkpoint, tmp_path):

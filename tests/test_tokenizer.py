@@ -1,4 +1,5 @@
 """ByteTokenizer: bytes are tokens; decoding, incremental decoding and display labels."""
+
 from __future__ import annotations
 
 import pytest
@@ -103,6 +104,14 @@ def test_char_labels_of_invalid_or_truncated_sequences_are_escapes():
     assert tok.char_labels([0xF0, 0x9F, 0x99]) == ["\\xf0", "\\x9f", "\\x99"]  # 🙂 cut short
 
 
+def test_last_char_labels_are_the_labels_of_the_newest_bytes_character():
+    assert tok.last_char_labels(tok.encode("ab")) == ["b"]
+    assert tok.last_char_labels(tok.encode("a🙂")) == ["🙂", "", "", ""]
+    assert tok.last_char_labels(tok.encode("日é")) == ["é", ""]
+    assert tok.last_char_labels([ord("a"), 0xE6, 0x97]) == ["\\x97"]  # 日 not complete yet: an escape
+    assert tok.last_char_labels([0x97]) == ["\\x97"]
+
+
 def test_byte_char_spans():
     text = "aé日🙂"
     spans = tok.byte_char_spans(text)
@@ -110,6 +119,5 @@ def test_byte_char_spans():
     assert len(spans) == len(tok.encode(text))
     for start, end in set(spans):  # every span's bytes are that character's bytes
         assert [i for i, s in enumerate(spans) if s == (start, end)]
-        assert text[start:end].encode() == bytes(
-            b for b, s in zip(tok.encode(text), spans) if s == (start, end))
+        assert text[start:end].encode() == bytes(b for b, s in zip(tok.encode(text), spans) if s == (start, end))
     assert tok.byte_char_spans("") == []

@@ -1,4 +1,5 @@
 """The training script, run as users run it: `python -m model.train` and `torchrun ... -m model.train`."""
+
 from __future__ import annotations
 
 import hashlib
@@ -20,8 +21,28 @@ from model import checkpoint
 REPO = Path(__file__).resolve().parents[1]
 # One thread per process: runs that are compared must do the same arithmetic, and parallel runs share the cores.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-TINY = ["--n-layer", "1", "--n-head", "2", "--d-model", "32", "--context-length", "16", "--batch-size", "4",
-        "--warmup-steps", "2", "--eval-windows", "8", "--sample-bytes", "8", "--lr", "3e-3", "--device", "cpu"]
+TINY = [
+    "--n-layer",
+    "1",
+    "--n-head",
+    "2",
+    "--d-model",
+    "32",
+    "--context-length",
+    "16",
+    "--batch-size",
+    "4",
+    "--warmup-steps",
+    "2",
+    "--eval-windows",
+    "8",
+    "--sample-bytes",
+    "8",
+    "--lr",
+    "3e-3",
+    "--device",
+    "cpu",
+]
 N = 4  # steps before the resume
 
 
@@ -48,7 +69,7 @@ def run_ok(cmd: list[str]) -> subprocess.CompletedProcess:
 def data_file(tmp_path_factory) -> Path:
     """About 4 kB of text with 1- to 4-byte characters, the same every time."""
     rng = random.Random(0)
-    words = "the quick brown fox jumps over a lazy dog; café naïve 日本語 🙂\n".split(" ")
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog;", "café", "naïve", "日本語", "🙂\n"]
     path = tmp_path_factory.mktemp("data") / "data.txt"
     path.write_text(" ".join(rng.choice(words) for _ in range(700)), encoding="utf-8")
     return path
@@ -61,27 +82,74 @@ def runs(tmp_path_factory, data_file) -> dict:
     Started together: each process spends seconds importing torch, and there are two cores to share.
     """
     root = tmp_path_factory.mktemp("runs")
-    common = [*TINY, "--data", data_file, "--dropout", "0.1", "--lr-decay-steps", 2 * N, "--eval-every", 100,
-              "--log-every", 1]
+    common = [
+        *TINY,
+        "--data",
+        data_file,
+        "--dropout",
+        "0.1",
+        "--lr-decay-steps",
+        2 * N,
+        "--eval-every",
+        100,
+        "--log-every",
+        1,
+    ]
     full = start(train_cmd(*common, "--out", root / "full", "--max-steps", 2 * N))
     half = start(train_cmd(*common, "--out", root / "resumed", "--max-steps", N))
-    ddp = start([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                 "-m", "model.train", *map(str, [*TINY, "--data", data_file, "--out", root / "ddp",
-                                                 "--max-steps", 3, "--eval-every", 3, "--sample-bytes", 0])])
+    ddp = start(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "model.train",
+            *map(
+                str,
+                [
+                    *TINY,
+                    "--data",
+                    data_file,
+                    "--out",
+                    root / "ddp",
+                    "--max-steps",
+                    3,
+                    "--eval-every",
+                    3,
+                    "--sample-bytes",
+                    0,
+                ],
+            ),
+        ]
+    )
     first = finish(half)
     assert first.returncode == 0, first.stderr[-3000:]
     resumed = start(train_cmd(*common, "--out", root / "resumed", "--max-steps", 2 * N, "--resume"))
     results = {name: finish(proc) for name, proc in [("full", full), ("resumed", resumed), ("ddp", ddp)]}
     for name in ("full", "resumed"):
         assert results[name].returncode == 0, results[name].stderr[-3000:]
-    return {"full": root / "full", "resumed": root / "resumed", "ddp": root / "ddp", "ddp_result": results["ddp"],
-            "data": data_file}
+    return {
+        "full": root / "full",
+        "resumed": root / "resumed",
+        "ddp": root / "ddp",
+        "ddp_result": results["ddp"],
+        "data": data_file,
+    }
 
 
 def test_run_writes_a_complete_checkpoint(runs):
     out = runs["full"]
-    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "training.json", "optimizer.pt",
-                                               "metrics.jsonl", "loss.png"}
+    assert {p.name for p in out.iterdir()} == {
+        "config.json",
+        "model.safetensors",
+        "training.json",
+        "optimizer.pt",
+        "metrics.jsonl",
+        "loss.png",
+    }
     assert not out.with_name("full.tmp").exists() and not out.with_name("full.old").exists()
     cfg = checkpoint.load_config(out)
     assert (cfg.n_layer, cfg.n_head, cfg.d_model, cfg.context_length, cfg.dropout) == (1, 2, 32, 16, 0.1)
@@ -177,9 +245,34 @@ def test_sigkill_during_saves_leaves_a_checkpoint_to_resume(tmp_path, data_file)
     """Kill a run that saves every step at random moments; each time the folder must load and resume."""
     out = tmp_path / "ck"
     steps = 30
-    args = ["--data", data_file, "--out", out, "--n-layer", "2", "--n-head", "2", "--d-model", "64",
-            "--context-length", "32", "--batch-size", "8", "--eval-windows", "4", "--sample-bytes", "4",
-            "--warmup-steps", "5", "--max-steps", steps, "--log-every", "1", "--device", "cpu"]
+    args = [
+        "--data",
+        data_file,
+        "--out",
+        out,
+        "--n-layer",
+        "2",
+        "--n-head",
+        "2",
+        "--d-model",
+        "64",
+        "--context-length",
+        "32",
+        "--batch-size",
+        "8",
+        "--eval-windows",
+        "4",
+        "--sample-bytes",
+        "4",
+        "--warmup-steps",
+        "5",
+        "--max-steps",
+        steps,
+        "--log-every",
+        "1",
+        "--device",
+        "cpu",
+    ]
     rng = random.Random(1)
     tmp = out.with_name("ck.tmp")
     last_step, kills = 0, 0
@@ -229,8 +322,21 @@ def test_every_save_carries_its_metrics_and_plot(tmp_path, data_file, monkeypatc
         seen.append((checkpoint.load_training(path)["step"], rows[-1].get("step"), (Path(path) / "loss.png").exists()))
 
     monkeypatch.setattr(checkpoint, "save", save_then_look)
-    train_script.main([*TINY, "--data", str(data_file), "--out", str(tmp_path / "ck"), "--max-steps", "4",
-                       "--eval-every", "2", "--sample-bytes", "0"])
+    train_script.main(
+        [
+            *TINY,
+            "--data",
+            str(data_file),
+            "--out",
+            str(tmp_path / "ck"),
+            "--max-steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--sample-bytes",
+            "0",
+        ]
+    )
     assert seen == [(2, 2, True), (4, 4, True)]
 
 
@@ -240,8 +346,9 @@ def run_in_process(argv: list) -> None:
     train_script.main([str(a) for a in argv])
 
 
-@pytest.mark.parametrize("flag", ["--batch-size", "--grad-accum", "--max-steps", "--eval-every", "--eval-windows",
-                                  "--log-every"])
+@pytest.mark.parametrize(
+    "flag", ["--batch-size", "--grad-accum", "--max-steps", "--eval-every", "--eval-windows", "--log-every"]
+)
 def test_counts_below_one_are_refused(tmp_path, data_file, capsys, flag):
     with pytest.raises(SystemExit) as e:
         run_in_process([*TINY, "--data", data_file, "--out", tmp_path / "ck", flag, 0])
@@ -264,10 +371,36 @@ def test_data_one_byte_longer_than_the_context_is_enough(tmp_path, data_file):
     """context_length + 1 bytes hold exactly one (input, target) window; training and evaluation use it."""
     (tmp_path / "train.txt").write_bytes(data_file.read_bytes()[:17])
     (tmp_path / "val.txt").write_bytes(data_file.read_bytes()[100:117])
-    run_in_process([*TINY, "--data", tmp_path / "train.txt", "--val-data", tmp_path / "val.txt",
-                    "--out", tmp_path / "ck", "--max-steps", 2, "--eval-every", 2, "--sample-bytes", 0])
+    run_in_process(
+        [
+            *TINY,
+            "--data",
+            tmp_path / "train.txt",
+            "--val-data",
+            tmp_path / "val.txt",
+            "--out",
+            tmp_path / "ck",
+            "--max-steps",
+            2,
+            "--eval-every",
+            2,
+            "--sample-bytes",
+            0,
+        ]
+    )
     assert checkpoint.load_training(tmp_path / "ck")["step"] == 2
     (tmp_path / "short.txt").write_bytes(data_file.read_bytes()[:16])
     with pytest.raises(SystemExit, match="context length 16 is larger than the training data"):
-        run_in_process([*TINY, "--data", tmp_path / "short.txt", "--val-data", tmp_path / "val.txt",
-                        "--out", tmp_path / "ck2", "--max-steps", 2])
+        run_in_process(
+            [
+                *TINY,
+                "--data",
+                tmp_path / "short.txt",
+                "--val-data",
+                tmp_path / "val.txt",
+                "--out",
+                tmp_path / "ck2",
+                "--max-steps",
+                2,
+            ]
+        )

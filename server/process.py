@@ -1,4 +1,5 @@
-"""Start a real `python -m server` process on a free local port, for integration tests."""
+"""Start `python -m server` as a child process on a free local port, for integration tests and benchmarks."""
+
 from __future__ import annotations
 
 import contextlib
@@ -7,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -20,27 +23,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen
+    log: Path  # its standard output and error
+
+
 @contextlib.contextmanager
-def running_server(checkpoint: Path, *args: str, env: dict | None = None, timeout: float = 60.0):
-    """Yield a live server on 127.0.0.1 (its .url, .proc, and .log file); stop it (SIGTERM, then SIGKILL) after."""
+def running_server(checkpoint: Path, *args: str, env: dict | None = None, timeout: float = 60.0) -> Iterator[Server]:
+    """A live server on 127.0.0.1, healthy; stopped (SIGTERM, then SIGKILL) afterwards."""
     port = free_port()
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"tinyllm-server-{port}.log"
-    cmd = [sys.executable, "-m", "server", "--checkpoint", str(checkpoint), "--host", "127.0.0.1",
-           "--port", str(port), "--log-level", "warning", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "server",
+        "--checkpoint",
+        str(checkpoint),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *args,
+    ]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()}")
-            try:
+            with contextlib.suppress(httpx.TransportError):
                 if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
                     break
-            except httpx.TransportError:
-                pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server not healthy after {timeout}s:\n{log.read_text()}")
             time.sleep(0.1)
@@ -52,8 +71,3 @@ def running_server(checkpoint: Path, *args: str, env: dict | None = None, timeou
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-class Server:
-    def __init__(self, url: str, proc: subprocess.Popen, log: Path):
-        self.url, self.proc, self.log = url, proc, log

@@ -1,0 +1,145 @@
+"""POST /v1/generate: the native generation API, whole or streamed as server-sent events."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+
+from model.config import ModelConfig
+from model.tokenizer import tokenizer
+from server import sse
+from server.config import Settings
+from server.deps import EngineDep, MetricsDep, SettingsDep, StreamsDep
+from server.engine import EngineRequest, FinishEvent, TokenEvent
+from server.errors import ERROR_RESPONSES, APIError, check_finish, error_body, finish_error
+from server.routes.attention import check_indices
+from server.schemas import GenerateRequest, GenerateResponse
+
+router = APIRouter(tags=["generation"])
+
+
+@router.post(
+    "/v1/generate", response_model=GenerateResponse, response_model_exclude_none=True, responses=ERROR_RESPONSES
+)
+async def generate(
+    body: GenerateRequest,
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    streams: StreamsDep,
+):
+    req, truncated = engine_request(body, engine.config, settings)
+    job = engine.submit(req)
+    if body.stream:
+        return streams.response(sse_events(metrics.timed(job)), job.cancel, request.url.path)
+    tokens = []
+    async for event in metrics.timed(job):
+        if isinstance(event, TokenEvent):
+            tokens.append(token_out(event))
+        else:
+            check_finish(event)
+            return {**finish_out(event), "tokens": tokens, "truncated_prompt_tokens": truncated, **attention_axes(req)}
+
+
+def engine_request(body: GenerateRequest, cfg: ModelConfig, settings: Settings) -> tuple[EngineRequest, int]:
+    """Check a generate body against the model and the server's limits; the engine's request, and how many
+    prompt bytes truncation dropped."""
+    ctx = cfg.context_length
+    ids = tokenizer.encode(body.prompt)
+    if len(ids) > settings.max_prompt_bytes:
+        raise APIError(
+            413,
+            f"prompt is {len(ids)} bytes; this server accepts at most {settings.max_prompt_bytes}",
+            "request_too_large",
+            "prompt",
+        )
+    if body.max_new_tokens > settings.max_new_tokens:
+        raise APIError(400, f"max_new_tokens must be <= {settings.max_new_tokens}", param="max_new_tokens")
+    truncated = 0
+    if len(ids) > ctx:
+        if not body.truncate:
+            raise APIError(
+                400,
+                f"prompt is {len(ids)} bytes but the context holds {ctx}; shorten it or set "
+                '"truncate": true to keep its last bytes',
+                param="prompt",
+            )
+        keep = max(1, ctx - body.max_new_tokens)
+        truncated, ids = len(ids) - keep, ids[-keep:]
+    attention = None
+    if body.attention is not None:
+        attention = (
+            check_indices(body.attention.layers, cfg.n_layer, "attention.layers"),
+            check_indices(body.attention.heads, cfg.n_head, "attention.heads"),
+        )
+    req = EngineRequest(
+        prompt=ids,
+        max_new_tokens=body.max_new_tokens,
+        params=body.sampling_params(),
+        seed=body.seed,
+        stop=[s.encode("utf-8") for s in body.stop],
+        top_logprobs=body.logprobs,
+        attention=attention,
+        timeout=settings.request_timeout,
+    )
+    return req, truncated
+
+
+def attention_axes(req: EngineRequest) -> dict:
+    if req.attention is None:
+        return {}
+    return {"attention_layers": req.attention[0], "attention_heads": req.attention[1]}
+
+
+def token_out(event: TokenEvent) -> dict:
+    """A GeneratedToken as a dict, built directly: this runs for every token on the event loop."""
+    out = {
+        "id": event.id,
+        "text": tokenizer.label(event.id),
+        "logprob": event.logprob,
+        "top_logprobs": [{"id": i, "text": tokenizer.label(i), "logprob": lp} for i, lp in event.top_logprobs],
+    }
+    if event.attention is not None:
+        out["attention"] = event.attention
+    return out
+
+
+def finish_out(event: FinishEvent) -> dict:
+    total = (event.prefill_ms + event.decode_ms) / 1e3
+    return {
+        "text": event.text,
+        "finish_reason": event.reason.value,
+        "usage": {
+            "prompt_tokens": event.prompt_tokens,
+            "completion_tokens": event.completion_tokens,
+            "total_tokens": event.prompt_tokens + event.completion_tokens,
+        },
+        "timing": {
+            "queue_ms": round(event.queue_ms, 3),
+            "prefill_ms": round(event.prefill_ms, 3),
+            "decode_ms": round(event.decode_ms, 3),
+            "tokens_per_second": round(event.completion_tokens / total, 2) if total > 0 else 0.0,
+        },
+    }
+
+
+async def sse_events(events: AsyncIterator[TokenEvent | FinishEvent]) -> AsyncIterator[str]:
+    """One event per token, a last one with finish_reason/usage/text (or the error), then [DONE].
+
+    A token's event carries the labels of the character it belongs to, ending with its own byte's, so a
+    client showing bytes as they arrive relabels just those (the page does).
+    """
+    generated = deque(maxlen=4)  # a UTF-8 character is at most 4 bytes
+    async for event in events:
+        if isinstance(event, TokenEvent):
+            generated.append(event.id)  # a prompt ends on a whole character, so these alone decide the labels
+            payload = {"token": token_out(event), "text": event.text, "labels": tokenizer.last_char_labels(generated)}
+        elif (error := finish_error(event)) is not None:
+            payload = error_body(error.message, error.type)
+        else:
+            payload = finish_out(event)
+        yield sse.event(payload)
+    yield sse.DONE

@@ -1,0 +1,46 @@
+"""Operations and the page: GET /health, /metrics, /v1/model, and the attention explorer at /."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse, Response
+
+from server.deps import MetricsDep, ServedDep
+from server.errors import ErrorResponse
+
+STATIC = Path(__file__).resolve().parents[1] / "static"
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/health", responses={503: {"model": ErrorResponse}})
+async def health(served: ServedDep):
+    return {"status": "ok"}
+
+
+@router.get("/metrics", include_in_schema=False)
+async def prometheus_metrics(metrics: MetricsDep):
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)
+
+
+@router.get("/v1/model")
+async def model_info(served: ServedDep):
+    llm, engine = served.llm, served.engine
+    return {
+        "checkpoint": str(served.checkpoint),
+        "config": llm.config.to_dict(),
+        "num_params": llm.model.num_params(),
+        "device": str(llm.device),
+        "dtype": str(engine.runner.dtype).removeprefix("torch."),
+        "context_length": llm.config.context_length,
+        "max_batch": engine.max_batch,
+        "training": llm.training_info,
+    }
+
+
+@router.get("/", include_in_schema=False)
+async def page():
+    return FileResponse(STATIC / "index.html")

@@ -1,0 +1,88 @@
+"""Plain helpers the tests share (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+
+import httpx
+import torch
+
+from model.config import ModelConfig
+from model.model import Transformer
+from server.process import ROOT
+
+TINY_CONFIG = ModelConfig(context_length=64, n_layer=2, n_head=2, d_model=32, mlp_hidden=64)
+
+
+def tiny_model(seed: int = 0, **overrides) -> Transformer:
+    """A random tiny model in eval mode; the same seed gives the same weights."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(**{**TINY_CONFIG.to_dict(), **overrides})
+    return Transformer(cfg).eval()
+
+
+def sharp_model(seed: int = 0) -> Transformer:
+    """A tiny random model whose attention is far from uniform (at init it is nearly uniform, which would
+    hide mistakes in masks, positions and the cache): queries and keys scaled up tenfold."""
+    model = tiny_model(seed)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.self_attn.q_proj.weight.mul_(10)
+            layer.self_attn.k_proj.weight.mul_(10)
+    return model
+
+
+def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def wait_healthy(client, timeout: float = 30.0) -> None:
+    """/health is 503 until the engine's warm-up forward pass has run."""
+    deadline = time.monotonic() + timeout
+    while (r := client.get("/health")).status_code != 200:
+        assert r.status_code == 503 and r.json()["error"]["type"] == "overloaded", r.text
+        assert time.monotonic() < deadline, "server never became healthy"
+        time.sleep(0.05)
+
+
+def assert_envelope(r, status: int, param: str | None = None, openai: bool = False, kind: str | None = None) -> dict:
+    """The response is an error in the one envelope (with OpenAI's `code` on OpenAI paths), naming `param`."""
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param"} | ({"code"} if openai else set()), error
+    assert error["message"] and error["param"] == param, error
+    assert kind is None or error["type"] == kind, error
+    assert "Traceback" not in r.text and 'File "' not in r.text
+    return error
+
+
+def sse_events(lines) -> list[dict]:
+    """The JSON payloads of server-sent-event lines, without the closing [DONE]."""
+    return [json.loads(line[6:]) for line in lines if line.startswith("data: ") and line != "data: [DONE]"]
+
+
+def start_fails(checkpoint) -> str:
+    """Start the server on `checkpoint`, expecting it to fail at once: its one-line error."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "server", "--checkpoint", str(checkpoint), "--port", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def metric(url: str, name: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    m = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M)
+    assert m, f"{name} not in /metrics"
+    return float(m.group(1))

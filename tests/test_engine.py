@@ -1,0 +1,251 @@
+"""The engine's scheduling, unit-tested with a fake runner: no model, every runner call recorded.
+
+The fake keeps what each cache row holds, so a decode step can check that every job's row holds exactly
+that job's tokens: row compaction, chunked prefill and the move from the prefill row are checked by it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+import torch
+
+from model.generate import FinishReason
+from model.runner import Sequence, TokenOutput
+from server.engine import Engine, EngineRequest, FinishEvent, QueueFull, TokenEvent
+from support import TINY_CONFIG
+
+
+class FakeRunner:
+    """The runner's interface: the next token is always the last one + 1; the 'cache' is a list per row."""
+
+    def __init__(self, max_batch: int = 4):
+        self.config = TINY_CONFIG  # context 64
+        self.max_batch = max_batch
+        self.prefill_row = max_batch
+        self.rows: dict[int, list[int]] = {}
+        self.calls: list[tuple] = []
+        self.on_prefill = lambda seq, start, end: None  # hooks, called on the worker thread
+        self.fail_decode = lambda seqs: False
+        self.fail_sampling = lambda seq: False
+        self.step_seconds = 0.0  # how long a decode step takes
+
+    def warmup(self) -> None:
+        self.calls.append(("warmup",))
+
+    def prefill(self, seq: Sequence, row: int, start: int, end: int) -> TokenOutput | None:
+        self.calls.append(("prefill", row, start, end))
+        assert self.rows.get(row, [])[:start] == seq.tokens[:start] or start == 0, "chunks arrive in order"
+        self.rows[row] = self.rows.get(row, [])[:start] + seq.tokens[start:end]
+        self.on_prefill(seq, start, end)
+        return self._next(seq) if end == len(seq.tokens) else None
+
+    def decode(self, seqs: list[Sequence]) -> list[TokenOutput | None]:
+        self.calls.append(("decode", len(seqs)))
+        time.sleep(self.step_seconds)
+        if self.fail_decode(seqs):
+            raise RuntimeError("injected step failure")
+        for i, seq in enumerate(seqs):
+            assert self.rows[i] == seq.tokens[:-1], f"row {i} holds another sequence's tokens"
+            self.rows[i].append(seq.tokens[-1])
+        return [self._next(seq) for seq in seqs]
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        self.calls.append(("move", src, dst, length))
+        self.rows[dst] = self.rows[src][:length]
+
+    def _next(self, seq: Sequence) -> TokenOutput | None:
+        if self.fail_sampling(seq):
+            return None
+        token = (seq.tokens[-1] + 1) % 256
+        return TokenOutput(token, torch.zeros(256), [(token, 0.0)][: seq.top_logprobs], None)
+
+
+def run(runner: FakeRunner, scenario, **engine_args):
+    """Start an engine on the fake runner, await scenario(engine), stop the engine."""
+    engine = Engine(runner, **engine_args)
+    engine.start()
+
+    async def main():
+        return await scenario(engine)
+
+    try:
+        return asyncio.run(main())
+    finally:
+        engine.stop()
+
+
+async def collect(job) -> tuple[list[TokenEvent], FinishEvent]:
+    events = [event async for event in job.events()]
+    return events[:-1], events[-1]
+
+
+def request(prompt: bytes, max_new_tokens: int, **kw) -> EngineRequest:
+    return EngineRequest(prompt=list(prompt), max_new_tokens=max_new_tokens, **kw)
+
+
+def test_tokens_come_in_order_and_the_job_finishes_at_its_length():
+    runner = FakeRunner()
+
+    async def scenario(engine):
+        return await collect(engine.submit(request(b"ab", 5, top_logprobs=1)))
+
+    tokens, finish = run(runner, scenario)
+    assert [t.id for t in tokens] == [ord("c"), ord("d"), ord("e"), ord("f"), ord("g")]
+    assert "".join(t.text for t in tokens) == finish.text == "cdefg"
+    assert tokens[0].top_logprobs == [(ord("c"), 0.0)]
+    assert finish.reason == FinishReason.LENGTH and finish.completion_tokens == 5 and finish.prompt_tokens == 2
+    assert runner.calls[0] == ("warmup",)
+    assert ("move", runner.prefill_row, 0, 2) in runner.calls, "prefilled aside, then moved into row 0"
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps():
+    runner = FakeRunner()
+    runner.step_seconds = 0.01
+
+    async def scenario(engine):
+        first = engine.submit(request(b"x", 30))
+        await asyncio.sleep(0.05)  # first is decoding when the long prompt arrives
+        second = engine.submit(request(bytes(range(65, 75)), 3))
+        return await asyncio.gather(collect(first), collect(second))
+
+    (_, f1), (tokens, f2) = run(runner, scenario, prefill_chunk=4)
+    assert f1.reason == f2.reason == FinishReason.LENGTH
+    prefills = [c for c in runner.calls if c[0] == "prefill" and c[3] > 1]
+    assert prefills == [
+        ("prefill", runner.prefill_row, 0, 4),
+        ("prefill", runner.prefill_row, 4, 8),
+        ("prefill", runner.prefill_row, 8, 10),
+    ]
+    between = runner.calls.index(prefills[0]), runner.calls.index(prefills[-1])
+    assert any(c[0] == "decode" for c in runner.calls[between[0] : between[1]]), "decoding went on meanwhile"
+    assert [t.id for t in tokens] == [75, 76, 77]
+
+
+def test_a_finished_row_is_refilled_by_the_last_one_and_everyone_stays_correct():
+    runner = FakeRunner(max_batch=4)
+    all_submitted = threading.Event()
+    runner.on_prefill = lambda seq, start, end: all_submitted.wait(5.0)  # all four in the queue first
+
+    async def scenario(engine):
+        jobs = [engine.submit(request(bytes([10 * (i + 1)]), n)) for i, n in enumerate((20, 3, 20, 20))]
+        all_submitted.set()
+        return await asyncio.gather(*(collect(job) for job in jobs))
+
+    results = run(runner, scenario)
+    for i, (tokens, finish) in enumerate(results):
+        start = 10 * (i + 1)
+        assert [t.id for t in tokens] == list(range(start + 1, start + 1 + len(tokens)))
+        assert finish.reason == FinishReason.LENGTH
+    moves = [c for c in runner.calls if c[0] == "move" and c[1] != runner.prefill_row]
+    assert moves and moves[0][2] == 1, "the short job's row 1 was refilled by the job in the last row"
+
+
+def test_cancelling_during_prefill_frees_the_slot_and_the_engine_serves_on():
+    runner = FakeRunner()
+    jobs = []
+
+    def cancel_after_first_chunk(seq, start, end):
+        if start == 0 and len(seq.tokens) == 12:
+            jobs[0].cancel()  # the client goes away while its prompt is being prefilled
+
+    runner.on_prefill = cancel_after_first_chunk
+
+    async def scenario(engine):
+        jobs.append(engine.submit(request(b"0123456789ab", 5)))
+        await asyncio.sleep(0.2)
+        after = await collect(engine.submit(request(b"z", 2)))
+        return after, engine.active_count, engine.queue_length
+
+    (tokens, finish), active, waiting = run(runner, scenario, prefill_chunk=4)
+    assert [c[2:] for c in runner.calls if c[0] == "prefill" and c[3] > 1] == [(0, 4)], "no chunk after the cancel"
+    assert not any(c[0] == "decode" and c[1] > 1 for c in runner.calls)
+    assert finish.reason == FinishReason.LENGTH and [t.id for t in tokens] == [ord("{"), ord("|")]
+    assert active == 0 and waiting == 0
+
+
+def test_a_failing_step_fails_its_jobs_and_the_engine_serves_on():
+    runner = FakeRunner()
+    runner.fail_decode = lambda seqs: len(seqs[0].tokens) == 4  # the step that would make the fourth token
+    results = []
+
+    async def scenario(engine):
+        results.append(await collect(engine.submit(request(b"a", 10))))
+        runner.fail_decode = lambda seqs: False
+        return await collect(engine.submit(request(b"a", 3)))
+
+    tokens, finish = run(runner, scenario)
+    failed_tokens, failed = results[0]
+    assert failed.reason == FinishReason.ERROR and len(failed_tokens) == 3
+    assert finish.reason == FinishReason.LENGTH and len(tokens) == 3
+
+
+def test_a_failed_sampling_ends_that_job_only():
+    runner = FakeRunner()
+    runner.fail_sampling = lambda seq: seq.tokens[0] == ord("!") and len(seq.tokens) > 3
+
+    async def scenario(engine):
+        bad, good = engine.submit(request(b"!", 10)), engine.submit(request(b"a", 10))
+        return await asyncio.gather(collect(bad), collect(good))
+
+    (_, bad), (tokens, good) = run(runner, scenario)
+    assert bad.reason == FinishReason.ERROR and bad.completion_tokens == 3
+    assert good.reason == FinishReason.LENGTH and [t.id for t in tokens] == list(range(98, 108))
+
+
+def test_stop_strings_end_a_job_and_are_not_in_its_text():
+    async def scenario(engine):
+        return await collect(engine.submit(request(b"a", 20, stop=[b"ef"])))
+
+    tokens, finish = run(FakeRunner(), scenario)
+    assert finish.reason == FinishReason.STOP and finish.text == "bcd"
+    assert "".join(t.text for t in tokens) == "bcd"
+
+
+def test_nothing_to_generate_finishes_without_touching_the_runner():
+    runner = FakeRunner()
+
+    async def scenario(engine):
+        zero = await collect(engine.submit(request(b"abc", 0)))
+        full = await collect(engine.submit(request(bytes(64), 5)))  # the prompt fills the 64-byte context
+        return zero, full
+
+    (t0, zero), (t1, full) = run(runner, scenario)
+    assert (t0, t1) == ([], []) and zero.reason == FinishReason.LENGTH and full.reason == FinishReason.CONTEXT_FULL
+    assert runner.calls == [("warmup",)]
+
+
+def test_a_job_past_its_deadline_times_out():
+    runner = FakeRunner()
+    release = threading.Event()
+    runner.on_prefill = lambda seq, start, end: release.wait(1.0)  # a slow prefill
+
+    async def scenario(engine):
+        return await collect(engine.submit(request(b"a" * 8, 50, timeout=0.2)))
+
+    try:
+        _, finish = run(runner, scenario, prefill_chunk=1)
+    finally:
+        release.set()
+    assert finish.reason == FinishReason.TIMEOUT
+
+
+def test_a_full_queue_refuses_with_queue_full():
+    runner = FakeRunner(max_batch=1)
+    hold = threading.Event()
+    runner.on_prefill = lambda seq, start, end: hold.wait(5.0)
+
+    async def scenario(engine):
+        jobs = [engine.submit(request(b"a", 1))]  # taken into prefill, where it waits
+        await asyncio.sleep(0.1)
+        jobs.append(engine.submit(request(b"b", 1)))  # the one place in the queue
+        with pytest.raises(QueueFull):
+            engine.submit(request(b"c", 1))
+        hold.set()
+        return await asyncio.gather(*(collect(job) for job in jobs))
+
+    results = run(runner, scenario, max_queue=1)
+    assert [finish.reason for _, finish in results] == [FinishReason.LENGTH] * 2
