@@ -22,18 +22,31 @@ Per layer and head, `summarize_heads` gives, each averaged uniformly over its qu
 
 Query 0 is left out everywhere: it can only attend to itself, so it says nothing about the head.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-METRICS = ("mean_distance", "previous_byte", "current_byte", "same_character", "same_word", "first_position",
-           "entropy_bits")
+METRICS = (
+    "mean_distance",
+    "previous_byte",
+    "current_byte",
+    "same_character",
+    "same_word",
+    "first_position",
+    "entropy_bits",
+)
 WHITESPACE = frozenset(b" \t\n\v\f\r")
 # A head is labelled by the first of these shares that reaches LABEL_THRESHOLD; heads with none stay unlabelled.
 # The order matters where patterns overlap: a previous-byte head also puts most of a continuation byte's mass
 # on its own character, so "previous byte" is tested before "same character", and both before "same word".
-LABELS = (("first_position", "start of text"), ("previous_byte", "previous byte"), ("current_byte", "current byte"),
-          ("same_character", "same character"), ("same_word", "same word"))
+LABELS = (
+    ("first_position", "start of text"),
+    ("previous_byte", "previous byte"),
+    ("current_byte", "current byte"),
+    ("same_character", "same character"),
+    ("same_word", "same word"),
+)
 LABEL_THRESHOLD = 0.6
 
 
@@ -58,7 +71,7 @@ def char_spans(ids) -> list[tuple[int, int]]:
         n = max(1, _utf8_length(data[i]))
         if n > 1:
             try:
-                data[i:i + n].decode("utf-8")  # rejects truncation, bad continuations, overlongs, surrogates
+                data[i : i + n].decode("utf-8")  # rejects truncation, bad continuations, overlongs, surrogates
             except UnicodeDecodeError:
                 n = 1
         spans.append((i, i + n))
@@ -68,8 +81,11 @@ def char_spans(ids) -> list[tuple[int, int]]:
 
 def char_of_byte(spans: list[tuple[int, int]]) -> np.ndarray:
     """For every byte, the index of the character (span) it belongs to."""
-    return np.concatenate([np.full(end - start, c) for c, (start, end) in enumerate(spans)]).astype(np.int64) \
-        if spans else np.zeros(0, dtype=np.int64)
+    return (
+        np.concatenate([np.full(end - start, c) for c, (start, end) in enumerate(spans)]).astype(np.int64)
+        if spans
+        else np.zeros(0, dtype=np.int64)
+    )
 
 
 def word_of_byte(ids) -> np.ndarray:
@@ -134,8 +150,9 @@ def label_heads(summary: dict[str, np.ndarray], threshold: float = LABEL_THRESHO
     for layer in range(n_layer):
         row = []
         for head in range(n_head):
-            row.append(next((label for metric, label in LABELS
-                             if summary[metric][layer, head] >= threshold), None))  # NaN never reaches it
+            row.append(
+                next((label for metric, label in LABELS if summary[metric][layer, head] >= threshold), None)
+            )  # NaN never reaches it
         labels.append(row)
     return labels
 

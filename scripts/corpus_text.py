@@ -3,6 +3,7 @@ CLDR emoji annotations; then cleaning, and the script each character is written 
 
 Used by scripts/build_corpus.py; every function is pure (bytes or text in, text out).
 """
+
 from __future__ import annotations
 
 import re
@@ -16,14 +17,63 @@ EMOJI_PER_DOCUMENT = 8
 # ---------------------------------------------------------------- roff
 
 ROFF_GLYPHS = {
-    "em": "—", "en": "–", "hy": "-", "mi": "−", "aq": "'", "dq": '"', "lq": "“", "rq": "”", "oq": "‘",
-    "cq": "’", "bu": "•", "co": "©", "rg": "®", "tm": "™", "pl": "+", "mu": "×", "di": "÷", ">=": "≥",
-    "<=": "≤", "!=": "≠", "->": "→", "<-": "←", "de": "°", "ga": "`", "ha": "^", "ti": "~", "fo": "«",
-    "fc": "»", "Fo": "«", "Fc": "»", "sq": "□", "ba": "|", "or": "|", "rs": "\\", "sl": "/", "at": "@",
-    "sh": "#", "dg": "†", "ua": "↑", "da": "↓", "lh": "☜", "rh": "☞", "aa": "´", "12": "½", "14": "¼",
-    "R": "®", "Tm": "™", "ss": "ß", "'e": "é", "`e": "è", "'a": "á", ":u": "ü", ":o": "ö", ":a": "ä",
+    "em": "—",
+    "en": "–",
+    "hy": "-",
+    "mi": "−",
+    "aq": "'",
+    "dq": '"',
+    "lq": "“",
+    "rq": "”",
+    "oq": "‘",
+    "cq": "’",
+    "bu": "•",
+    "co": "©",
+    "rg": "®",
+    "tm": "™",
+    "pl": "+",
+    "mu": "×",
+    "di": "÷",
+    ">=": "≥",
+    "<=": "≤",
+    "!=": "≠",
+    "->": "→",
+    "<-": "←",
+    "de": "°",
+    "ga": "`",
+    "ha": "^",
+    "ti": "~",
+    "fo": "«",
+    "fc": "»",
+    "Fo": "«",
+    "Fc": "»",
+    "sq": "□",
+    "ba": "|",
+    "or": "|",
+    "rs": "\\",
+    "sl": "/",
+    "at": "@",
+    "sh": "#",
+    "dg": "†",
+    "ua": "↑",
+    "da": "↓",
+    "lh": "☜",
+    "rh": "☞",
+    "aa": "´",
+    "12": "½",
+    "14": "¼",
+    "R": "®",
+    "Tm": "™",
+    "ss": "ß",
+    "'e": "é",
+    "`e": "è",
+    "'a": "á",
+    ":u": "ü",
+    ":o": "ö",
+    ":a": "ä",
 }
-ESCAPE = re.compile(r"""\\(?:
+ESCAPE = re.compile(
+    r"""\\(?:
       \((?P<g2>..)                      # \(xx glyph
     | \[(?P<gb>[^\]]*)\]                # \[name] glyph
     | \*(?:\((?P<s2>..)|\[(?P<sb>[^\]]*)\]|(?P<s1>.))    # \*x string
@@ -32,17 +82,98 @@ ESCAPE = re.compile(r"""\\(?:
     | [nkgmMVY](?:\(..|\[[^\]]*\]|.)    # registers, marks, colours
     | [hvwlLboDxXRAZN]'[^']*'           # motions, widths, lines, device commands
     | (?P<lit>.)                        # any other escaped character
-)""", re.VERBOSE)
+)""",
+    re.VERBOSE,
+)
 ROFF_STRINGS = {"lq": "“", "rq": "”", "R": "®", "Tm": "™"}  # the predefined \*x strings that hold text
-LITERAL = {"-": "-", "e": "\\", "\\": "\\", " ": " ", "~": " ", "0": " ", "&": "", "|": "", "^": "", "c": "",
-           "%": "", ":": "", "/": "", ",": "", "t": "\t", "'": "´", "`": "`", ".": ".", "!": "", "}": "", "{": "",
-           "p": "", "r": "", "a": "", "d": "", "u": "", "z": "", "E": ""}
+LITERAL = {
+    "-": "-",
+    "e": "\\",
+    "\\": "\\",
+    " ": " ",
+    "~": " ",
+    "0": " ",
+    "&": "",
+    "|": "",
+    "^": "",
+    "c": "",
+    "%": "",
+    ":": "",
+    "/": "",
+    ",": "",
+    "t": "\t",
+    "'": "´",
+    "`": "`",
+    ".": ".",
+    "!": "",
+    "}": "",
+    "{": "",
+    "p": "",
+    "r": "",
+    "a": "",
+    "d": "",
+    "u": "",
+    "z": "",
+    "E": "",
+}
 FONT_ALTERNATING = {"BR", "BI", "IB", "IR", "RB", "RI"}
-FONT_WORDS = {"B", "I", "SM", "SB", "Nm", "Ar", "Dv", "Er", "Ev", "Pa", "Va", "Cm", "Ic", "Li", "Sy", "Em", "Xr",
-              "Nd", "Ql", "Dq", "Sq", "Pq", "Lk"}
+FONT_WORDS = {
+    "B",
+    "I",
+    "SM",
+    "SB",
+    "Nm",
+    "Ar",
+    "Dv",
+    "Er",
+    "Ev",
+    "Pa",
+    "Va",
+    "Cm",
+    "Ic",
+    "Li",
+    "Sy",
+    "Em",
+    "Xr",
+    "Nd",
+    "Ql",
+    "Dq",
+    "Sq",
+    "Pq",
+    "Lk",
+}
 HEADINGS = {"SH", "SS", "Sh", "Ss"}
-BREAKS = {"PP", "P", "LP", "HP", "IP", "TP", "TQ", "sp", "Pp", "Bl", "El", "It", "RS", "RE", "Bd", "Ed", "SY",
-          "YS", "EX", "EE", "nf", "fi", "br", "in", "ti", "ne", "bp", "TS", "TE"}
+BREAKS = {
+    "PP",
+    "P",
+    "LP",
+    "HP",
+    "IP",
+    "TP",
+    "TQ",
+    "sp",
+    "Pp",
+    "Bl",
+    "El",
+    "It",
+    "RS",
+    "RE",
+    "Bd",
+    "Ed",
+    "SY",
+    "YS",
+    "EX",
+    "EE",
+    "nf",
+    "fi",
+    "br",
+    "in",
+    "ti",
+    "ne",
+    "bp",
+    "TS",
+    "TE",
+}
 MDOC_MACRO = re.compile(r"^(?:[A-Z][a-z][a-z]?|Fl|Op|Oo|Oc|No|Ns|Pf|Bq|Brq|Aq|Ta)$")
 
 
@@ -70,8 +201,7 @@ def roff_text(line: str) -> str:
 
 def macro_args(rest: str) -> list[str]:
     """Arguments of a macro line: blank-separated, "double quoted" ones may hold blanks."""
-    return [a[1:-1].replace('""', '"') if a.startswith('"') else a
-            for a in re.findall(r'"(?:[^"]|"")*"?|\S+', rest)]
+    return [a[1:-1].replace('""', '"') if a.startswith('"') else a for a in re.findall(r'"(?:[^"]|"")*"?|\S+', rest)]
 
 
 def _is_cjk(ch: str) -> bool:
@@ -159,8 +289,12 @@ def strip_roff(source: str) -> str:
                     flush()
                 else:
                     blank()
-                if name in ("IP", "It") and args and args[0] not in ("", "•", "-", "*", "o") \
-                        and not MDOC_MACRO.match(args[0]):
+                if (
+                    name in ("IP", "It")
+                    and args
+                    and args[0] not in ("", "•", "-", "*", "o")
+                    and not MDOC_MACRO.match(args[0])
+                ):
                     text(args[0])
                     flush()
                 continue
@@ -203,11 +337,11 @@ def read_mo(data: bytes) -> list[str]:
     _, count, ids_at, strs_at = struct.unpack(order + "4I", data[4:20])
     out = []
     for i in range(count):
-        id_len, id_off = struct.unpack(order + "2I", data[ids_at + 8 * i: ids_at + 8 * i + 8])
-        str_len, str_off = struct.unpack(order + "2I", data[strs_at + 8 * i: strs_at + 8 * i + 8])
+        id_len, id_off = struct.unpack(order + "2I", data[ids_at + 8 * i : ids_at + 8 * i + 8])
+        str_len, str_off = struct.unpack(order + "2I", data[strs_at + 8 * i : strs_at + 8 * i + 8])
         if id_len == 0:
             continue
-        out.extend(data[str_off:str_off + str_len].decode("utf-8").split("\x00"))
+        out.extend(data[str_off : str_off + str_len].decode("utf-8").split("\x00"))
     return out
 
 
@@ -229,12 +363,13 @@ def cldr_emoji(xml: bytes) -> list[tuple[str, str, list[str]]]:
     return [(cp, names[cp], keywords.get(cp, [])) for cp in names if any(is_emoji(ch) for ch in cp)]
 
 
-def emoji_documents(entries: list[tuple[str, str, list[str]]], per_document: int = EMOJI_PER_DOCUMENT
-                    ) -> list[str]:
+def emoji_documents(entries: list[tuple[str, str, list[str]]], per_document: int = EMOJI_PER_DOCUMENT) -> list[str]:
     """Short paragraphs in which every emoji stands inside a line of words: "name emoji: keyword, keyword."."""
-    lines = [f"{name} {cp}: {', '.join(k for k in kws if k != name)}." if len(kws) > 1 else f"{name} {cp}."
-             for cp, name, kws in entries]
-    return ["\n".join(lines[i:i + per_document]) for i in range(0, len(lines), per_document)]
+    lines = [
+        f"{name} {cp}: {', '.join(k for k in kws if k != name)}." if len(kws) > 1 else f"{name} {cp}."
+        for cp, name, kws in entries
+    ]
+    return ["\n".join(lines[i : i + per_document]) for i in range(0, len(lines), per_document)]
 
 
 # ---------------------------------------------------------------- cleaning and scripts
@@ -252,8 +387,16 @@ def clean(doc: str) -> str:
 
 def is_emoji(ch: str) -> bool:
     o = ord(ch)
-    return 0x1F000 <= o <= 0x1FAFF or 0x2600 <= o <= 0x27BF or 0x2B00 <= o <= 0x2BFF or o in (0x200D, 0xFE0F) \
-        or 0x1F1E6 <= o <= 0x1F1FF or 0xE0020 <= o <= 0xE007F or 0x2190 <= o <= 0x21FF or 0x2300 <= o <= 0x23FF
+    return (
+        0x1F000 <= o <= 0x1FAFF
+        or 0x2600 <= o <= 0x27BF
+        or 0x2B00 <= o <= 0x2BFF
+        or o in (0x200D, 0xFE0F)
+        or 0x1F1E6 <= o <= 0x1F1FF
+        or 0xE0020 <= o <= 0xE007F
+        or 0x2190 <= o <= 0x21FF
+        or 0x2300 <= o <= 0x23FF
+    )
 
 
 def script_of(ch: str) -> str:
@@ -264,8 +407,15 @@ def script_of(ch: str) -> str:
     if is_emoji(ch):
         return "Emoji"
     name = unicodedata.name(ch, "")
-    for word, script in (("LATIN", "Latin"), ("CYRILLIC", "Cyrillic"), ("GREEK", "Greek"), ("CJK", "Han"),
-                         ("HIRAGANA", "Hiragana"), ("KATAKANA", "Katakana"), ("HANGUL", "Hangul")):
+    for word, script in (
+        ("LATIN", "Latin"),
+        ("CYRILLIC", "Cyrillic"),
+        ("GREEK", "Greek"),
+        ("CJK", "Han"),
+        ("HIRAGANA", "Hiragana"),
+        ("KATAKANA", "Katakana"),
+        ("HANGUL", "Hangul"),
+    ):
         if name.startswith(word):
             return script
     return "Common" if not ch.isalpha() else "Other"

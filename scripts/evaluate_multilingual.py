@@ -15,10 +15,12 @@ Three measurements, printed as Markdown tables (and written as JSON):
    0.8 with seed i for prompt i. When the context fills, generation continues from the last half-context
    of bytes. A sample is valid when its 1,000 bytes decode as UTF-8, allowing only the last character to be
    cut short by the length limit.
-3. Heads: model/heads.py's summary on 256-byte passages (or the shorter context) of held-out text (--passages per language, whole
-   characters), for this checkpoint and the --compare one: how much attention continuation bytes give to
-   the earlier bytes of their own character, against a uniform-attention head on the same passages.
+3. Heads: model/heads.py's summary on 256-byte passages (or the shorter context) of held-out text
+   (--passages per language, whole characters), for this checkpoint and the --compare one: how much
+   attention continuation bytes give to the earlier bytes of their own character, against a
+   uniform-attention head on the same passages.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,6 +48,7 @@ PASSAGE_BYTES = 256
 
 # ---------------------------------------------------------------- bits per byte
 
+
 @torch.inference_mode()
 def bits_per_byte(llm: TinyLLM, data: bytes, stride: int, batch: int = 16) -> float:
     """Bits per byte over every byte of `data` but the first (see the module doc for the windows)."""
@@ -64,11 +67,11 @@ def bits_per_byte(llm: TinyLLM, data: bytes, stride: int, batch: int = 16) -> fl
         start += stride
     total, scored = 0.0, 0
     for i in range(0, len(windows), batch):
-        group = windows[i:i + batch]
+        group = windows[i : i + batch]
         for length in sorted({w[1] for w in group}):  # windows of one length go together (only the last is short)
             same = [w for w in group if w[1] == length]
-            x = torch.stack([ids[s:s + length] for s, _, _ in same]).to(llm.device)
-            y = torch.stack([ids[s + 1:s + 1 + length] for s, _, _ in same]).to(llm.device)
+            x = torch.stack([ids[s : s + length] for s, _, _ in same]).to(llm.device)
+            y = torch.stack([ids[s + 1 : s + 1 + length] for s, _, _ in same]).to(llm.device)
             logits, _ = llm.model(x)
             nll = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")  # (B, T)
             for row, (_, _, first_scored) in enumerate(same):
@@ -89,14 +92,15 @@ def tool_version(command: str) -> str:
 
 # ---------------------------------------------------------------- generation
 
+
 def document_starts(data: bytes) -> list[int]:
-    return [0] + [i + 2 for i in range(len(data) - 2) if data[i:i + 2] == b"\n\n" and data[i + 2:i + 3] != b"\n"]
+    return [0] + [i + 2 for i in range(len(data) - 2) if data[i : i + 2] == b"\n\n" and data[i + 2 : i + 3] != b"\n"]
 
 
 def whole_characters(data: bytes, limit: int) -> bytes:
     """The longest prefix of data, at most limit bytes, that ends on a character boundary."""
     end = 0
-    for start, stop in char_spans(data[:limit + 4]):
+    for _, stop in char_spans(data[: limit + 4]):
         if stop > limit:
             break
         end = stop
@@ -117,7 +121,7 @@ def generate_bytes(llm: TinyLLM, prompt: bytes, n: int, seed: int) -> bytes:
     ctx = llm.config.context_length
     text, out, part = prompt, b"", 0
     while len(out) < n:
-        window = text[-(ctx // 2):] if len(text) >= ctx else text
+        window = text[-(ctx // 2) :] if len(text) >= ctx else text
         g = llm.generate(window, max_new_tokens=n - len(out), temperature=TEMPERATURE, seed=seed * 1000 + part)
         new = bytes(g.tokens)
         out += new
@@ -138,6 +142,7 @@ def is_valid_utf8(data: bytes) -> bool:
 
 
 # ---------------------------------------------------------------- heads
+
 
 def passages_of(data: bytes, k: int, length: int) -> list[bytes]:
     return [p for p in prompts_of(data, k, length) if len(p) > length // 2]
@@ -160,6 +165,7 @@ def uniform_same_character(passages: list[bytes]) -> float:
 
 
 # ---------------------------------------------------------------- report
+
 
 def table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -186,9 +192,13 @@ def main(argv=None) -> None:
     for lang in langs:
         assert manifest["files"][f"val/{lang}.txt"]["bytes"] == len(val[lang]), f"val/{lang}.txt differs from manifest"
     stride = args.stride or llm.config.context_length
-    results = {"checkpoint": str(args.checkpoint), "corpus_manifest_files": manifest["files"],
-               "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
-               "stride": stride, "context_length": llm.config.context_length}
+    results = {
+        "checkpoint": str(args.checkpoint),
+        "corpus_manifest_files": manifest["files"],
+        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
+        "stride": stride,
+        "context_length": llm.config.context_length,
+    }
     started = time.time()
 
     if "bpb" not in args.skip:
@@ -200,21 +210,48 @@ def main(argv=None) -> None:
             zstd = compressed_bits_per_byte(val[lang], ["zstd", "-19", "-c"])
             out[lang] = {"bytes": len(val[lang]), "model": model, "xz": xz, "zstd": zstd}
             best = min(xz, zstd)
-            rows.append([lang, f"{len(val[lang]):,}", f"**{model:.3f}**", f"{xz:.3f}", f"{zstd:.3f}",
-                         f"{best - model:+.3f} ({100 * (best - model) / best:+.1f}%)",
-                         "yes" if model < best else "**no**"])
+            rows.append(
+                [
+                    lang,
+                    f"{len(val[lang]):,}",
+                    f"**{model:.3f}**",
+                    f"{xz:.3f}",
+                    f"{zstd:.3f}",
+                    f"{best - model:+.3f} ({100 * (best - model) / best:+.1f}%)",
+                    "yes" if model < best else "**no**",
+                ]
+            )
         results["bits_per_byte"] = out
-        print(table(["language", "held-out bytes", "model", "xz -9", "zstd -19", "margin vs better compressor",
-                     "beats both"], rows) + "\n")
+        print(
+            table(
+                [
+                    "language",
+                    "held-out bytes",
+                    "model",
+                    "xz -9",
+                    "zstd -19",
+                    "margin vs better compressor",
+                    "beats both",
+                ],
+                rows,
+            )
+            + "\n"
+        )
 
     if "utf8" not in args.skip:
         rows, out = [], {}
         for lang in langs:
-            samples = [generate_bytes(llm, prompt, SAMPLE_BYTES, seed)
-                       for seed, prompt in enumerate(prompts_of(val[lang], args.samples, PROMPT_BYTES))]
+            samples = [
+                generate_bytes(llm, prompt, SAMPLE_BYTES, seed)
+                for seed, prompt in enumerate(prompts_of(val[lang], args.samples, PROMPT_BYTES))
+            ]
             bad = [invalid_sequences(s) for s in samples]
-            out[lang] = {"samples": len(samples), "valid": bad.count(0), "invalid_sequences": sum(bad),
-                         "texts": [s.decode("utf-8", errors="replace") for s in samples]}
+            out[lang] = {
+                "samples": len(samples),
+                "valid": bad.count(0),
+                "invalid_sequences": sum(bad),
+                "texts": [s.decode("utf-8", errors="replace") for s in samples],
+            }
             rows.append([lang, f"{bad.count(0)} / {len(samples)}", sum(bad)])
         results["utf8"] = out
         total = sum(v["valid"] for v in out.values()), sum(v["samples"] for v in out.values())
@@ -231,16 +268,28 @@ def main(argv=None) -> None:
         for name, m in models.items():
             metrics = head_metrics(m, passages)
             sc = metrics["same_character"]
-            out[name] = {"metrics": {k: v.round(4).tolist() for k, v in metrics.items()},
-                         "labels": label_heads(metrics),
-                         "same_character_mean": float(sc.mean()), "same_character_max": float(sc.max()),
-                         "same_character_best_head": [int(i) for i in np.unravel_index(sc.argmax(), sc.shape)]}
-            print(f"{name}: same_character by layer (rows) and head (columns), mean {sc.mean():.3f}, "
-                  f"max {sc.max():.3f}")
-            print(table(["layer"] + [f"h{h}" for h in range(sc.shape[1])],
-                        [[layer] + [f"{v:.2f}" for v in row] for layer, row in enumerate(sc)]))
-            print(table(["layer"] + [f"h{h}" for h in range(sc.shape[1])],
-                        [[layer] + [lab or "–" for lab in row] for layer, row in enumerate(out[name]["labels"])]))
+            out[name] = {
+                "metrics": {k: v.round(4).tolist() for k, v in metrics.items()},
+                "labels": label_heads(metrics),
+                "same_character_mean": float(sc.mean()),
+                "same_character_max": float(sc.max()),
+                "same_character_best_head": [int(i) for i in np.unravel_index(sc.argmax(), sc.shape)],
+            }
+            print(
+                f"{name}: same_character by layer (rows) and head (columns), mean {sc.mean():.3f}, max {sc.max():.3f}"
+            )
+            print(
+                table(
+                    ["layer"] + [f"h{h}" for h in range(sc.shape[1])],
+                    [[layer] + [f"{v:.2f}" for v in row] for layer, row in enumerate(sc)],
+                )
+            )
+            print(
+                table(
+                    ["layer"] + [f"h{h}" for h in range(sc.shape[1])],
+                    [[layer] + [lab or "–" for lab in row] for layer, row in enumerate(out[name]["labels"])],
+                )
+            )
             print()
         print(f"uniform head on the same passages: same_character {out['uniform_head_same_character']:.3f}")
         results["heads"] = out

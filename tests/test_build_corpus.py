@@ -1,4 +1,5 @@
 """The corpus builder's cleaning, splitting and manifest, on tiny made-up input (no downloads)."""
+
 import hashlib
 import json
 import struct
@@ -6,8 +7,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import build_corpus  # noqa: E402
-import corpus_text  # noqa: E402
+import build_corpus
+import corpus_text
 
 MAN_PAGE = r""".\" a comment that must vanish
 .TH LS 1 "2024" "GNU" "Benutzerbefehle"
@@ -33,10 +34,12 @@ line one
 
 def test_strip_roff_keeps_the_words_and_drops_the_markup():
     text = corpus_text.strip_roff(MAN_PAGE)
-    assert text == ("BEZEICHNUNG\n\nls - Verzeichnisinhalte auflisten\n\nBESCHREIBUNG\n\n"
-                    "Auflistung von Informationen über die DATEIen — sortiert.\n\n"
-                    "-a, --all\nEinträge nicht ignorieren. ls(1), dir(1)\n\nline one\n   line two\n\n"
-                    "説明\n\nファイルを一覧表示する。")
+    assert text == (
+        "BEZEICHNUNG\n\nls - Verzeichnisinhalte auflisten\n\nBESCHREIBUNG\n\n"
+        "Auflistung von Informationen über die DATEIen — sortiert.\n\n"
+        "-a, --all\nEinträge nicht ignorieren. ls(1), dir(1)\n\nline one\n   line two\n\n"
+        "説明\n\nファイルを一覧表示する。"
+    )
 
 
 def test_roff_escapes():
@@ -67,8 +70,9 @@ def make_mo(pairs: list[tuple[str, str]]) -> bytes:
 
 
 def test_read_mo_returns_the_translations_without_the_header():
-    mo = make_mo([("", "Content-Type: text/plain; charset=UTF-8\n"), ("Cancel", "Ά_κυρο"),
-                  ("file\0files", "αρχείο\0αρχεία")])
+    mo = make_mo(
+        [("", "Content-Type: text/plain; charset=UTF-8\n"), ("Cancel", "Ά_κυρο"), ("file\0files", "αρχείο\0αρχεία")]
+    )
     assert corpus_text.read_mo(mo) == ["Ά_κυρο", "αρχείο", "αρχεία"]
     assert corpus_text.gettext_text("Ά_κυρο") == "Άκυρο"
 
@@ -92,7 +96,15 @@ def test_clean():
 
 def test_scripts_count_utf8_bytes():
     assert corpus_text.bytes_per_script("Ab 1é жΩ中あア😀") == {
-        "Common": 3, "Cyrillic": 2, "Emoji": 4, "Greek": 2, "Han": 3, "Hiragana": 3, "Katakana": 3, "Latin": 4}
+        "Common": 3,
+        "Cyrillic": 2,
+        "Emoji": 4,
+        "Greek": 2,
+        "Han": 3,
+        "Hiragana": 3,
+        "Katakana": 3,
+        "Latin": 4,
+    }
     assert build_corpus.keep("Привет, мир", "ru") and not build_corpus.keep("Hello, world", "ru")
     assert build_corpus.keep("Hello", "en") and not build_corpus.keep("x", "en")
 
@@ -113,13 +125,20 @@ def test_held_out_split_is_the_last_tenth_on_document_boundaries():
 
 
 def test_write_corpus_files_and_manifest(tmp_path):
-    by_lang = {"en": [f"English document number {i}." for i in range(30)] + ["English document number 3."],
-               "ru": [f"Русский документ {i}." for i in range(30)]}
+    by_lang = {
+        "en": [f"English document number {i}." for i in range(30)] + ["English document number 3."],
+        "ru": [f"Русский документ {i}." for i in range(30)],
+    }
     sources = [{"package": "made-up", "version": "1", "pinned_version": "1"}]
     manifest = build_corpus.write_corpus(by_lang, sources, tmp_path / "a", "test")
     out = tmp_path / "a"
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
-        "manifest.json", "train/en.txt", "train/ru.txt", "val/en.txt", "val/ru.txt"]
+        "manifest.json",
+        "train/en.txt",
+        "train/ru.txt",
+        "val/en.txt",
+        "val/ru.txt",
+    ]
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == manifest
     for name, entry in manifest["files"].items():
@@ -138,4 +157,3 @@ def test_write_corpus_files_and_manifest(tmp_path):
     for name in manifest["files"]:  # the same documents in any order give the same bytes
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert (tmp_path / "a" / "manifest.json").read_bytes() == (tmp_path / "b" / "manifest.json").read_bytes()
-

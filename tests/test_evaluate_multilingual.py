@@ -1,4 +1,5 @@
 """scripts/evaluate_multilingual.py on a tiny random checkpoint and a made-up two-language corpus."""
+
 import hashlib
 import json
 import math
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from model import TinyLLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import evaluate_multilingual as ev  # noqa: E402
+import evaluate_multilingual as ev
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def brute_force_bits(llm, data: bytes, context: int) -> float:
     total = 0.0
     with torch.inference_mode():
         for t in range(1, len(ids)):
-            x = torch.tensor([ids[max(0, t - context):t]])
+            x = torch.tensor([ids[max(0, t - context) : t]])
             logits, _ = llm.model(x)
             total += F.cross_entropy(logits[0, -1:].float(), torch.tensor([ids[t]])).item()
     return total / (len(ids) - 1) / math.log(2)
@@ -47,7 +48,15 @@ def test_bits_per_byte_scores_every_byte_once(llm):
 def test_whole_characters_and_prompts():
     data = "añ中😀".encode()  # 1 + 2 + 3 + 4 bytes
     assert [ev.whole_characters(data, n) for n in (0, 1, 2, 3, 5, 6, 9, 10)] == [
-        b"", b"a", b"a", "añ".encode(), "añ".encode(), "añ中".encode(), "añ中".encode(), data]
+        b"",
+        b"a",
+        b"a",
+        "añ".encode(),
+        "añ".encode(),
+        "añ中".encode(),
+        "añ中".encode(),
+        data,
+    ]
     text = b"first doc\n\nsecond doc\n\nthird doc\n\n"
     assert ev.document_starts(text) == [0, 11, 23]
     assert ev.prompts_of(text, 2, 5) == [b"first", b"third"]
@@ -68,10 +77,14 @@ def test_generate_bytes_slides_past_the_context(llm):
     assert out == ev.generate_bytes(llm, b"Hello", 2 * ctx + 10, seed=1)
 
 
-def test_main_writes_tables_and_json(tmp_path, tiny_checkpoint, capsys):
+def test_main_writes_tables_and_json(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    # shorter samples: the wiring is under test here; the sliding generation has its own test above
+    monkeypatch.setattr(ev, "SAMPLE_BYTES", 200)
     corpus = tmp_path / "corpus"
-    texts = {"en": b"An English sentence.\n\nAnother one here.\n\n" * 8,
-             "ru": "Русский текст.\n\nЕщё один.\n\n".encode() * 8}
+    texts = {
+        "en": b"An English sentence.\n\nAnother one here.\n\n" * 8,
+        "ru": "Русский текст.\n\nЕщё один.\n\n".encode() * 8,
+    }
     files = {}
     for lang, data in texts.items():
         (corpus / "val").mkdir(parents=True, exist_ok=True)
@@ -79,8 +92,22 @@ def test_main_writes_tables_and_json(tmp_path, tiny_checkpoint, capsys):
         files[f"val/{lang}.txt"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     (corpus / "manifest.json").write_text(json.dumps({"languages": {k: {} for k in texts}, "files": files}))
     out = tmp_path / "eval.json"
-    ev.main(["--checkpoint", str(tiny_checkpoint), "--corpus", str(corpus), "--compare", str(tiny_checkpoint),
-             "--samples", "2", "--passages", "2", "--json", str(out)])
+    ev.main(
+        [
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--corpus",
+            str(corpus),
+            "--compare",
+            str(tiny_checkpoint),
+            "--samples",
+            "2",
+            "--passages",
+            "2",
+            "--json",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     assert "| en |" in printed and "xz -9" in printed and "valid UTF-8" in printed
     results = json.loads(out.read_text())

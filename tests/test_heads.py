@@ -1,4 +1,5 @@
 """model/heads.py against explicit loops over a random attention tensor, and against hand-built heads."""
+
 import math
 
 import numpy as np
@@ -6,8 +7,15 @@ import pytest
 import torch
 
 from model import TinyLLM
-from model.heads import (LABEL_THRESHOLD, METRICS, char_spans, character_attention, label_heads, summarize_heads,
-                         word_of_byte)
+from model.heads import (
+    LABEL_THRESHOLD,
+    METRICS,
+    char_spans,
+    character_attention,
+    label_heads,
+    summarize_heads,
+    word_of_byte,
+)
 
 TEXT = "Café жук 中文 ok😀 x"  # ASCII, é (2 bytes), Cyrillic (2), CJK (3), emoji (4), spaces
 
@@ -47,16 +55,16 @@ def loop_summary(a: np.ndarray, ids: list[int], spans) -> dict[str, np.ndarray]:
                 w, inside = w + 1, True
             word[i] = w
     out = {m: np.zeros(a.shape[:2]) for m in METRICS}
-    for l in range(a.shape[0]):
+    for layer in range(a.shape[0]):
         for h in range(a.shape[1]):
-            p = a[l, h]
+            p = a[layer, h]
             acc = {m: [] for m in METRICS}
             for q in range(1, T):
                 acc["mean_distance"].append(sum(p[q, k] * (q - k) for k in range(q + 1)))
                 acc["previous_byte"].append(p[q, q - 1])
                 acc["current_byte"].append(p[q, q])
                 acc["first_position"].append(p[q, 0])
-                acc["entropy_bits"].append(-sum(x * math.log2(x) for x in p[q, :q + 1] if x > 0))
+                acc["entropy_bits"].append(-sum(x * math.log2(x) for x in p[q, : q + 1] if x > 0))
                 own = [k for k in range(q) if char[k] == char[q]]
                 if own:
                     acc["same_character"].append(sum(p[q, k] for k in own))
@@ -64,7 +72,7 @@ def loop_summary(a: np.ndarray, ids: list[int], spans) -> dict[str, np.ndarray]:
                 if same:
                     acc["same_word"].append(sum(p[q, k] for k in same))
             for m in METRICS:
-                out[m][l, h] = np.mean(acc[m]) if acc[m] else np.nan
+                out[m][layer, h] = np.mean(acc[m]) if acc[m] else np.nan
     return out
 
 
@@ -80,7 +88,7 @@ def test_invalid_and_partial_bytes_are_characters_of_their_own():
 
 
 def test_words_are_runs_of_non_whitespace_bytes():
-    ids = list("a bc\t\né!".encode("utf-8"))
+    ids = list("a bc\t\né!".encode())
     assert word_of_byte(ids).tolist() == [0, -1, 1, 1, -1, -1, 2, 2, 2]
 
 
@@ -131,7 +139,7 @@ def test_hand_built_heads_get_their_labels():
     assert prev["entropy_bits"][0, 0] == 0.0
 
     # continuation bytes look at their character's first byte; the rest of the bytes at themselves
-    emoji = list("😀😀😀😀🎉🎉".encode("utf-8"))
+    emoji = list("😀😀😀😀🎉🎉".encode())
     first_byte = {b: s for s, e in char_spans(emoji) for b in range(s, e)}
     s = summarize_heads(hand_built(len(emoji), lambda q: first_byte[q]), emoji)
     assert s["same_character"][0, 0] == 1.0 and s["previous_byte"][0, 0] < LABEL_THRESHOLD
@@ -153,16 +161,19 @@ def test_character_attention_matches_explicit_loops():
     ids = list(TEXT.encode("utf-8")) + [0xFF, 0xE4, 0xB8]
     a = random_attention(2, 2, len(ids), seed=7)
     got, spans = character_attention(a, ids)
-    assert spans == spans_from_text(TEXT) + [(len(ids) - 3, len(ids) - 2), (len(ids) - 2, len(ids) - 1),
-                                             (len(ids) - 1, len(ids))]
+    assert spans == spans_from_text(TEXT) + [
+        (len(ids) - 3, len(ids) - 2),
+        (len(ids) - 2, len(ids) - 1),
+        (len(ids) - 1, len(ids)),
+    ]
     C = len(spans)
     assert got.shape == (2, 2, C, C)
-    for l in range(2):
+    for layer in range(2):
         for h in range(2):
             for ci, (qs, qe) in enumerate(spans):
                 for cj, (ks, ke) in enumerate(spans):
-                    want = sum(a[l, h, q, k] for q in range(qs, qe) for k in range(ks, ke)) / (qe - qs)
-                    assert got[l, h, ci, cj] == pytest.approx(want, abs=1e-12)
+                    want = sum(a[layer, h, q, k] for q in range(qs, qe) for k in range(ks, ke)) / (qe - qs)
+                    assert got[layer, h, ci, cj] == pytest.approx(want, abs=1e-12)
     np.testing.assert_allclose(got.sum(-1), 1.0)
     assert np.allclose(np.triu(got, 1), 0)  # still causal between characters
 
