@@ -1,8 +1,8 @@
 # TinyLLM server image: `docker build -t tinyllm .` then `docker run -p 8000:8000 tinyllm`.
 #
 # Stages: base (Debian's Python 3.11 + the service user) -> builder (a venv: the locked dependencies,
-# then our code, each its own cached layer) -> checkpoint (the bundled checkpoint, made world-readable)
-# -> runtime (base + venv + checkpoint, non-root).
+# then our code, each its own cached layer) -> checkpoint (the bundled checkpoints, made world-readable)
+# -> runtime (base + venv + checkpoints, non-root).
 #
 # Every Python package comes from a lock file with hashes, deploy/requirements/$TORCH_VARIANT.txt
 # (made by scripts/lock-requirements.sh with uv), so two builds install the same files.
@@ -72,23 +72,25 @@ COPY server ./server
 RUN pip install --no-deps --no-build-isolation --no-cache-dir . && rm -rf build
 
 
-# Checkpoints are written 0600 by the trainer; make the bundled one readable by the service user
-# here, so the runtime stage holds a single copy of the weights.
+# The bundled checkpoints (checkpoints/shakespeare and checkpoints/multilingual, those of them that exist:
+# .dockerignore lets only these in), made readable by the service user here, so the runtime stage holds a
+# single copy of the weights.
 FROM base AS checkpoint
-COPY checkpoints/shakespeare /checkpoint
-RUN chmod -R u=rwX,go=rX /checkpoint
+COPY checkpoints /checkpoints
+RUN chmod -R u=rwX,go=rX /checkpoints
 
 
 FROM base AS runtime
 COPY --from=builder /opt/venv /opt/venv
-COPY --from=checkpoint /checkpoint /app/checkpoints/shakespeare
+COPY --from=checkpoint /checkpoints /app/checkpoints
 WORKDIR /app
 USER tinyllm
-# Same settings as outside Docker (server/config.py); mount another checkpoint folder and point
-# TINYLLM_CHECKPOINT at it to serve that one instead.
+# Same settings as outside Docker (server/config.py). TINYLLM_CHECKPOINT: shakespeare first (the native
+# API's default model), then every other checkpoint folder in /app/checkpoints, each named after its folder.
+# Mount other checkpoints (one, or a folder of them) and point TINYLLM_CHECKPOINT at them to serve those.
 ENV TINYLLM_HOST=0.0.0.0 \
     TINYLLM_PORT=8000 \
-    TINYLLM_CHECKPOINT=/app/checkpoints/shakespeare
+    TINYLLM_CHECKPOINT=/app/checkpoints/shakespeare,/app/checkpoints
 EXPOSE 8000
 # /health answers 503 until the model is loaded; urlopen raises on it, so the check fails.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import statistics
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+
+from model.weight_forms import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks"
@@ -17,14 +19,22 @@ DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "shakespeare"
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
-        cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    parts = [f"CPU: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"]
+    parts = [
+        f"CPU: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    ]
     if torch.cuda.is_available():
         parts.append(f"GPU: {torch.cuda.get_device_name()}")
     parts.append(f"Python {platform.python_version()}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}")
     return "; ".join(parts)
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident memory, in MB (MiB), from /proc."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -72,3 +82,58 @@ def plot(name: str, draw) -> str:
     fig.savefig(DOCS / f"{name}.png")
     plt.close(fig)
     return f"{name}.png"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def copy_bandwidth(device: torch.device = torch.device("cpu"), mbytes: int = 512) -> float:
+    """Bytes moved per second (read + write) by a large tensor copy: the memory system's practical rate."""
+    src = torch.empty(mbytes << 20, dtype=torch.uint8, device=device).fill_(1)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(5):
+        sync(device)
+        t = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * src.numel() / best
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of weights one decode step reads: every parameter and buffer but the embedding table (a lookup
+    reads one row of it) and the rotary tables."""
+    skip = ("embed_tokens.", "rope_")
+    tensors = {name: t for name, t in model.state_dict(keep_vars=True).items() if not name.startswith(skip)}
+    return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors.values()}.values())
+
+
+class HuggingFace:
+    """The baseline: transformers' LlamaForCausalLM on the checkpoint's weights (float32), generate() at batch 1."""
+
+    def __init__(self, path, device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32):
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        from model import checkpoint
+        from model.export_hf import hf_config, to_hf_state_dict
+
+        cfg = checkpoint.load_config(path)
+        hf = LlamaForCausalLM(LlamaConfig.from_dict(hf_config(cfg)))
+        state = to_hf_state_dict(checkpoint.load_state_dict(path, cfg), cfg)
+        hf.load_state_dict(state, strict=not cfg.tie_embeddings)
+        self.model = hf.to(device=device, dtype=dtype).eval()
+        self.model.generation_config.max_length = None
+        self.device = device
+
+    @torch.inference_mode()
+    def generate(self, prompt: bytes, n: int) -> tuple[float, list[int]]:
+        """tokens/s of n greedy new tokens after prompt, and the tokens."""
+        ids = torch.tensor([list(prompt)], device=self.device)
+        sync(self.device)
+        t = time.perf_counter()
+        out = self.model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+        sync(self.device)
+        return n / (time.perf_counter() - t), out[0, len(prompt) :].tolist()

@@ -11,8 +11,7 @@ import time
 
 import torch
 
-from bench.common import DEFAULT_CHECKPOINT, median, plot, table, write_doc
-from bench.decode import sync
+from bench.common import DEFAULT_CHECKPOINT, median, plot, sync, table, write_doc
 from model import checkpoint
 from model.runner import Runner, Sequence
 from model.sampling import SamplingParams

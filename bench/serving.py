@@ -1,9 +1,11 @@
 """Benchmarks 2 and 4: throughput and latency against concurrency over real HTTP, and the server's memory.
 
-Two real servers on the same checkpoint: the engine with continuous batching (max batch 64), and the same
-engine with batching off (max batch 1, one request at a time). For 1, 4, 16 and 64 concurrent clients,
-each streaming 128 new tokens, the two are loaded alternately; we record aggregate tokens/s, time to first
-token and inter-token latency (p50/p99), and the batched server's resident memory, idle and at peak.
+Two real servers on the same checkpoint, as they serve (weight form chosen for the machine, compiled decode
+step): the engine with continuous batching (max batch 64), and the same engine with batching off (max batch 1,
+one request at a time). For 1, 4, 16 and 64 concurrent clients, each streaming 128 new tokens, the two are
+loaded alternately, and between them the baseline runs: Hugging Face `generate` at batch 1, in-process, on
+the same weights. We record aggregate tokens/s (and its ratio to the baseline), time to first token and
+inter-token latency (p50/p99), and the batched server's resident memory, idle and at peak.
 
     python -m bench.serving [--checkpoint checkpoints/shakespeare] [--clients 1 4 16 64] [--tokens 128]
 """
@@ -18,16 +20,9 @@ import time
 
 import httpx
 
-from bench.common import DEFAULT_CHECKPOINT, percentile, plot, table, write_doc
+from bench.common import DEFAULT_CHECKPOINT, HuggingFace, median, percentile, plot, rss_mb, table, write_doc
+from bench.decode import PROMPT, wait_compiled
 from server.process import running_server
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class PeakRSS:
@@ -94,15 +89,18 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="the servers' --threads (0 = torch's default)")
     args = p.parse_args()
     top = max(args.clients)
-    common = ["--max-queue", "1024", "--request-timeout", "600", "--threads", str(args.threads)]
+    common = ["--max-queue", "1024", "--request-timeout", "600", "--threads", str(args.threads), "--compile"]
     results = {"batched": [], "one at a time": []}
+    hf, hf_rates = HuggingFace(args.checkpoint), []
     with (
         running_server(args.checkpoint, "--max-batch", str(top), *common) as batched,
         running_server(args.checkpoint, "--max-batch", "1", *common) as single,
     ):
         servers = {"batched": batched, "one at a time": single}
-        for srv in servers.values():  # warm-up
+        for srv in servers.values():  # warm-up, on the compiled step
+            wait_compiled(srv.url)
             asyncio.run(load(srv.url, 2, 16))
+        hf.generate(PROMPT, 16)
         idle_rss = rss_mb(batched.proc.pid)
         peak = {}
         for clients in args.clients:
@@ -113,6 +111,9 @@ def main() -> None:
                 results[name].append(r)
                 print(json.dumps({"server": name, **r}))
             peak[clients] = results["batched"][-1]["peak_rss_mb"]
+            hf_rates.append(hf.generate(PROMPT, args.tokens)[0])
+            print(json.dumps({"baseline": "hf batch 1", "tokens_per_s": hf_rates[-1]}))
+    hf_rate = median(hf_rates)
 
     rows = []
     for b, s in zip(results["batched"], results["one at a time"]):
@@ -122,6 +123,7 @@ def main() -> None:
                 b["tokens_per_s"],
                 s["tokens_per_s"],
                 b["tokens_per_s"] / s["tokens_per_s"],
+                b["tokens_per_s"] / hf_rate,
                 b["ttft_p50"] * 1e3,
                 b["ttft_p99"] * 1e3,
                 s["ttft_p99"] * 1e3,
@@ -156,7 +158,10 @@ def main() -> None:
     body = f"""
 Each client streams {args.tokens} new tokens (temperature 0.8, its own seed) from `{args.checkpoint}` over
 HTTP (httpx, server-sent events); the load generator runs on the same machine. "One at a time" is the same
-engine started with `--max-batch 1`. Both servers ran with `--threads {args.threads}` (0 = torch's default).
+engine started with `--max-batch 1`. Both servers ran with `--threads {args.threads}` (0 = torch's default)
+and `--compile`. Baseline: Hugging Face `generate` at batch 1, greedy, {args.tokens} new bytes, in-process on the
+same weights (float32), measured between the loads: median **{hf_rate:.1f} tokens/s**
+({", ".join(f"{r:.0f}" for r in hf_rates)}).
 
 {
         table(
@@ -165,6 +170,7 @@ engine started with `--max-batch 1`. Both servers ran with `--threads {args.thre
                 "batched tok/s",
                 "one-at-a-time tok/s",
                 "ratio",
+                "batched × HF batch 1",
                 "TTFT p50 ms",
                 "TTFT p99 ms",
                 "1-at-a-time TTFT p99 ms",

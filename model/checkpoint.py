@@ -53,7 +53,7 @@ def save(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model.config.save(tmp / CONFIG)
-    # clone: parameters may be views of one fused weight (fuse_projections), which safetensors refuses
+    # clone: the file must not share memory with the live model (safetensors refuses shared tensors)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if model.config.tie_embeddings:
         del state["lm_head.weight"]  # the same tensor as embed_tokens.weight

@@ -1,8 +1,9 @@
 """The KV cache: keys and values of every layer for a fixed number of rows (sequences), allocated once.
 
-Shapes never change: (n_layer, rows, n_head, max_len, head_dim), written in place at each row's
-positions. A row is one sequence; how many of its positions are valid is the caller's to track (the
-runner's per-row lengths), and attention never reads past them.
+Shapes never change: per layer, keys and values of (rows, n_head, max_len, head_dim), written in place at
+each row's positions. One tensor per layer, not one for all layers: a compiled step that writes into a
+slice of a bigger tensor copies the whole tensor. A row is one sequence; how many of its positions are
+valid is the caller's to track (the runner's sequences), and attention never reads past them.
 """
 
 from __future__ import annotations
@@ -19,26 +20,34 @@ class KVCache:
             raise ValueError(f"cache length {max_len} must be in 1..{cfg.context_length} (the context)")
         if rows < 1:
             raise ValueError(f"a cache needs at least one row, got {rows}")
-        shape = (cfg.n_layer, rows, cfg.n_head, max_len, cfg.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        shape = (rows, cfg.n_head, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
+
+    @classmethod
+    def of(cls, k: list[torch.Tensor], v: list[torch.Tensor]) -> KVCache:
+        """A cache over existing per-layer tensors (no allocation)."""
+        cache = cls.__new__(cls)
+        cache.k, cache.v = k, v
+        return cache
 
     @property
     def rows(self) -> int:
-        return self.k.shape[1]
+        return self.k[0].shape[0]
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[3]
+        return self.k[0].shape[2]
 
     def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer i's keys and values, (rows, n_head, max_len, head_dim) each: views, written in place."""
+        """Layer i's keys and values, (rows, n_head, max_len, head_dim) each, written in place."""
         return self.k[i], self.v[i]
 
     def move(self, src: int, dst: int, length: int) -> None:
         """Copy row src's first `length` positions into row dst, in every layer."""
-        self.k[:, dst, :, :length] = self.k[:, src, :, :length]
-        self.v[:, dst, :, :length] = self.v[:, src, :, :length]
+        for k, v in zip(self.k, self.v):
+            k[dst, :, :length] = k[src, :, :length]
+            v[dst, :, :length] = v[src, :, :length]
 
     def nbytes(self) -> int:
-        return 2 * self.k.numel() * self.k.element_size()
+        return sum(2 * k.numel() * k.element_size() for k in self.k)

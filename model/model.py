@@ -59,31 +59,61 @@ class CacheSlots:
     """Where a forward pass writes its keys and values in the KV cache, and how far it reads back.
 
     Batch row b is cache row first_row + b (a batch always sits in consecutive rows); token t of it goes
-    to position positions[b, t]. Attention reads each row's first n_keys positions, masking those after
-    the query's own.
+    to position positions[b, t]. Attention reads each row's positions up to the query's own.
     """
 
     first_row: int
     positions: torch.Tensor  # (B, T) absolute positions
-    n_keys: int
 
-    def __post_init__(self):
-        B = self.positions.shape[0]
-        self.rows = slice(self.first_row, self.first_row + B)
-        self.row_index = torch.arange(self.first_row, self.first_row + B, device=self.positions.device)[:, None]
+    @property
+    def n_keys(self) -> int:
+        """How many cache positions attention reads: up to the furthest query (a host read of positions)."""
+        return int(self.positions.max()) + 1
 
     def write_and_read(self, cache: tuple[torch.Tensor, torch.Tensor], k: torch.Tensor, v: torch.Tensor):
         """Store k, v (B, nh, T, hs) in one layer's cache; return its rows' keys and values (B, nh, n_keys, hs)."""
         k_cache, v_cache = cache  # (rows, nh, max_len, hs) each
-        # Indexing [row_index, :, positions] addresses a (B, T, nh, hs) block of the cache.
-        k_cache[self.row_index, :, self.positions] = k.transpose(1, 2)
-        v_cache[self.row_index, :, self.positions] = v.transpose(1, 2)
-        return k_cache[self.rows, :, : self.n_keys], v_cache[self.rows, :, : self.n_keys]
+        B, n_keys = self.positions.shape[0], self.n_keys
+        rows = torch.arange(self.first_row, self.first_row + B, device=k.device).unsqueeze(1)  # (B, 1)
+        # Indexing [rows, :, positions] addresses a (B, T, nh, hs) block of the cache.
+        k_cache[rows, :, self.positions] = k.transpose(1, 2)
+        v_cache[rows, :, self.positions] = v.transpose(1, 2)
+        return k_cache[self.first_row : self.first_row + B, :, :n_keys], v_cache[
+            self.first_row : self.first_row + B, :, :n_keys
+        ]
 
     def mask(self) -> torch.Tensor:
         """(B, 1, T, n_keys): True where a query may attend to a key (keys up to its own position)."""
         key_pos = torch.arange(self.n_keys, device=self.positions.device)
         return (key_pos <= self.positions.unsqueeze(-1)).unsqueeze(1)
+
+
+@torch.library.custom_op("tinyllm::cached_attention", mutates_args=("k_cache", "v_cache"))
+def cached_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    first_row: int,
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """softmax(QKᵀ/√d)·V with this step's keys and values written into the cache first: (B, nh, T, hs).
+
+    One opaque op for torch.compile: the compiled decode step keeps static shapes around it, while inside
+    it attention reads only the cache positions in use (how many is data, not shape), as vLLM's piecewise
+    compilation leaves attention out of the graph.
+    """
+    slots = CacheSlots(first_row, positions)
+    keys, values = slots.write_and_read((k_cache, v_cache), k, v)
+    T = q.shape[2]
+    uniform = T == 1 and bool(positions.min() == positions.max())  # every query sees every key read
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=None if uniform else slots.mask()).contiguous()
+
+
+@cached_attention.register_fake
+def _(q, k, v, k_cache, v_cache, first_row, positions):
+    return q.new_empty(q.shape)
 
 
 class Attention(nn.Module):
@@ -95,12 +125,12 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.v_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.o_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.qkv_weight: torch.Tensor | None = None  # set by Transformer.fuse_projections()
+        self.qkv: nn.Module | None = None  # Q, K and V in one matmul: inference copies only (model.weight_forms)
 
     def forward(self, x, cos, sin, mask, need_weights: bool, cache=None, slots: CacheSlots | None = None):
         B, T, C = x.shape
-        if self.qkv_weight is not None:
-            q, k, v = F.linear(x, self.qkv_weight).split(C, dim=-1)
+        if self.qkv is not None:
+            q, k, v = self.qkv(x).split(C, dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         # (B, T, C) -> (B, T, nh, hs) -> (B, nh, T, hs)
@@ -108,21 +138,19 @@ class Attention(nn.Module):
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if slots is not None:
-            k, v = slots.write_and_read(cache, k, v)  # (B, nh, n_keys, hs)
-
         probs = None
-        if need_weights:
+        if slots is not None and not need_weights:
+            y = cached_attention(q, k, v, *cache, slots.first_row, slots.positions)  # (B, nh, T, hs)
+        elif need_weights:
+            if slots is not None:
+                k, v = slots.write_and_read(cache, k, v)  # (B, nh, n_keys, hs)
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, nh, T, T_key)
             scores = scores.float().masked_fill(~mask, float("-inf"))
             probs = F.softmax(scores, dim=-1)
             y = probs.to(v.dtype) @ v  # (B, nh, T, hs)
-        else:
+        else:  # whole sequences from position 0
             dropout = self.dropout if self.training else 0.0
-            if mask is None:
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
-            else:
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, C): heads concatenated
         return self.o_proj(y), probs
 
@@ -133,11 +161,11 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.d_model, cfg.mlp_hidden, bias=False)
         self.up_proj = nn.Linear(cfg.d_model, cfg.mlp_hidden, bias=False)
         self.down_proj = nn.Linear(cfg.mlp_hidden, cfg.d_model, bias=False)
-        self.gate_up_weight: torch.Tensor | None = None  # set by Transformer.fuse_projections()
+        self.gate_up: nn.Module | None = None  # gate and up in one matmul: inference copies only
 
     def forward(self, x):
-        if self.gate_up_weight is not None:
-            gate, up = F.linear(x, self.gate_up_weight).chunk(2, dim=-1)
+        if self.gate_up is not None:
+            gate, up = self.gate_up(x).chunk(2, dim=-1)
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
         return self.down_proj(F.silu(gate) * up)
@@ -181,20 +209,6 @@ class Transformer(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
 
-    @torch.no_grad()
-    def fuse_projections(self) -> None:
-        """For inference: Q, K, V in one matmul, gate and up in another (fewer, larger kernels per token).
-
-        Call it after moving the model to its device and dtype. The parameters keep their names and values,
-        re-pointed as views into the fused weights, so no memory is doubled.
-        """
-        for layer in self.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            if attn.qkv_weight is not None:
-                return  # fused already
-            attn.qkv_weight = _fuse(attn.q_proj, attn.k_proj, attn.v_proj)
-            mlp.gate_up_weight = _fuse(mlp.gate_proj, mlp.up_proj)
-
     def forward(
         self,
         idx: torch.Tensor,
@@ -207,13 +221,13 @@ class Transformer(nn.Module):
 
         idx: (B, T) byte ids. Without a cache, the batch is whole sequences from position 0 and attention is
         causal over them; attention maps are (B, nh, T, T). With a cache, `slots` say where this step's keys
-        and values go and how far attention reads back (positions default to slots.positions); the maps
-        are then (B, nh, T, slots.n_keys).
+        and values go (positions are slots.positions); attention reads back up to each query's position, and
+        the maps are (B, nh, T, slots.n_keys).
         """
         B, T = idx.shape
         if slots is not None:
             positions = slots.positions
-            mask = slots.mask()  # (B, 1, T, n_keys)
+            mask = slots.mask() if need_weights else None  # (B, 1, T, n_keys); else the cache op masks
         elif need_weights:
             mask = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()  # (T, T)
         else:
@@ -231,14 +245,3 @@ class Transformer(nn.Module):
             attn.append(probs)
         logits = self.lm_head(self.norm(x))
         return logits, (attn if need_weights else None)
-
-
-def _fuse(*linears: nn.Linear) -> torch.Tensor:
-    """One weight (sum of out_features, in_features) whose row blocks become the linears' weights."""
-    fused = torch.cat([lin.weight for lin in linears])
-    start = 0
-    for lin in linears:
-        n = lin.weight.shape[0]
-        lin.weight = nn.Parameter(fused[start : start + n], requires_grad=False)
-        start += n
-    return fused

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import bisect
 import logging
+import threading
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from model import weight_forms
 from model.kv_cache import KVCache
 from model.model import CacheSlots, Transformer
 from model.sampling import SamplingParams, sample_rows
@@ -62,24 +65,44 @@ class TokenOutput:
 
 
 class Runner:
-    def __init__(self, model: Transformer, max_batch: int = 1, buckets: tuple[int, ...] = DECODE_BUCKETS):
+    """model: the exact float32 (or, on a GPU, bfloat16) model, for prefill, scoring and attention; the decode
+    step runs its copy in weight form `form` (model.weight_forms), except in steps that report attention.
+
+    compile: the decode step is compiled with torch.compile (Inductor), once for batch 1 and once for any
+    other batch size, in the background (start_compiling); it serves as soon as it is ready, the eager step
+    until then. buckets: batch sizes a step is padded to, for steps captured per shape (CUDA graphs); None,
+    the default, pads nothing (the compiled CPU step takes any batch size: padding would only add work).
+    """
+
+    def __init__(
+        self,
+        model: Transformer,
+        max_batch: int = 1,
+        form: str = "float32",
+        compile: bool = False,
+        buckets: tuple[int, ...] | None = None,
+    ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-        model.fuse_projections()
         self.model, self.config = model, model.config
+        self.form = form
+        self.decoder = weight_forms.decoder(model, form)
+        self.compile = compile
+        self.compiled_in: float | None = None  # seconds the compiled step took to be ready
+        self._step = self._decode_step  # what decode() runs: the eager step, then the compiled one
         self.device = model.lm_head.weight.device
         self.dtype = model.lm_head.weight.dtype
         self.max_batch = max_batch
         self.prefill_row = max_batch  # one row past the decoded ones, where prompts are prefilled
         self.cache = KVCache(self.config, max_batch + 1, self.dtype, self.device)
-        self.buckets = tuple(b for b in sorted(buckets) if b < max_batch) + (max_batch,)
+        self.buckets = tuple(sorted({b for b in buckets if b < max_batch} | {max_batch})) if buckets else None
         # The decode step's inputs, sized for the largest bucket: (B, 1) token ids and their positions.
         self.tokens = torch.zeros(max_batch, 1, dtype=torch.long, device=self.device)
         self.positions = torch.zeros(max_batch, 1, dtype=torch.long, device=self.device)
 
     def bucket(self, n: int) -> int:
         """The batch size a step of n sequences is padded to."""
-        return self.buckets[bisect.bisect_left(self.buckets, n)]
+        return n if self.buckets is None else self.buckets[bisect.bisect_left(self.buckets, n)]
 
     # ------------------------------------------------------------ generation
 
@@ -94,9 +117,7 @@ class Runner:
         ids = torch.tensor([seq.tokens[start:end]], device=self.device)
         positions = torch.arange(start, end, device=self.device).unsqueeze(0)  # (1, T)
         want_attention = last and seq.attention is not None
-        logits, attn = self.model(
-            ids, need_weights=want_attention, cache=self.cache, slots=CacheSlots(row, positions, n_keys=end)
-        )
+        logits, attn = self.model(ids, need_weights=want_attention, cache=self.cache, slots=CacheSlots(row, positions))
         if not last:
             return None
         rows = [a[:, :, -1] for a in attn] if want_attention else None  # per layer (1, nh, keys)
@@ -112,15 +133,49 @@ class Runner:
         # Padding rows n..B-1 are free cache rows: what the step writes there is never read.
         self.tokens[:B, 0] = torch.tensor([s.tokens[-1] for s in seqs] + [0] * (B - n))
         self.positions[:B, 0] = torch.tensor([len(s.tokens) - 1 for s in seqs] + [0] * (B - n))
-        n_keys = max(len(s.tokens) for s in seqs)
-        want_attention = any(s.attention is not None for s in seqs)
-        logits, attn = self._decode_step(self.tokens[:B], self.positions[:B], n_keys, want_attention)
-        rows = [a[:n, :, -1] for a in attn] if want_attention else None
-        return self._choose(seqs, logits[:n, -1], rows)
+        if any(s.attention is not None for s in seqs):  # exact rows: the float32 model's explicit softmax
+            slots = CacheSlots(0, self.positions[:B])
+            logits, attn = self.model(self.tokens[:B], need_weights=True, cache=self.cache, slots=slots)
+            return self._choose(seqs, logits[:n, -1], [a[:n, :, -1] for a in attn])
+        logits = self._step(self.tokens[:B], self.positions[:B], self.cache.k, self.cache.v)
+        return self._choose(seqs, logits[:n, -1], None)
 
-    def _decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, n_keys: int, need_weights: bool):
-        """The model on (B, 1) tokens at (B, 1) positions in cache rows 0..B-1: logits (B, 1, vocab), attention."""
-        return self.model(tokens, need_weights=need_weights, cache=self.cache, slots=CacheSlots(0, positions, n_keys))
+    def _decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, k: list, v: list) -> torch.Tensor:
+        """The decoder on (B, 1) tokens at (B, 1) positions in rows 0..B-1 of the per-layer caches k and v:
+        logits (B, 1, vocab). A function of its arguments alone, so that a compiled version of it can be warmed
+        up on a scratch cache while the real one serves."""
+        cache = KVCache.of(k, v)
+        return self.decoder(tokens, cache=cache, slots=CacheSlots(0, positions))[0]
+
+    def start_compiling(self) -> threading.Thread:
+        """Compile the decode step in a background thread (on a small scratch cache: the real one is in use)
+        and let decode() use it once it is ready. Compiled code is cached on disk by Inductor, so a second start
+        is quicker."""
+        thread = threading.Thread(target=self._compile, name="tinyllm-compile", daemon=True)
+        thread.start()
+        return thread
+
+    def _compile(self) -> None:
+        try:
+            self._compile_and_warm_up()
+        except Exception:  # e.g. no C++ compiler: the eager step goes on serving
+            log.exception("compiling the decode step failed; the eager step serves")
+
+    def _compile_and_warm_up(self) -> None:
+        start = time.perf_counter()
+        # Sizes that happen to be equal in the warm-up (a batch of 2, 2 heads) must not be assumed equal later.
+        torch.fx.experimental._config.use_duck_shape = False
+        compiled = torch.compile(self._decode_step, dynamic=True)
+        # Tensors made like the real ones (outside inference mode), or the compiled step's guards reject those.
+        scratch = KVCache(self.config, 3, self.dtype, self.device)  # 3 rows: a size dynamic shapes do not pin
+        tokens = torch.zeros(2, 1, dtype=torch.long, device=self.device)
+        positions = torch.full((2, 1), 7, dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            for batch in (2, 1):  # batch 1 gets a graph of its own; every other size shares one
+                compiled(tokens[:batch], positions[:batch], scratch.k, scratch.v)
+        self._step = compiled
+        self.compiled_in = time.perf_counter() - start
+        log.info("compiled decode step ready after %.1f s", self.compiled_in)
 
     def _choose(self, seqs: list[Sequence], logits: torch.Tensor, attn_rows) -> list[TokenOutput | None]:
         """Sample each sequence's next token from its logits row (B, vocab), all rows at once.
@@ -202,5 +257,9 @@ class Runner:
 
     @torch.inference_mode()
     def warmup(self) -> None:
-        """One small forward pass, so the first request does not pay for lazy initialisation."""
-        self.model(torch.zeros(1, 8, dtype=torch.long, device=self.device))
+        """Every kind of pass once (the first use of the cache op costs seconds), before any sequence is in
+        the cache: what it writes into the rows is overwritten before it is ever read."""
+        self.attention(list(range(8)))
+        seq = Sequence(list(range(8)), 8, SamplingParams(temperature=0))
+        self.prefill(seq, self.prefill_row, 0, 8)
+        self.decode([seq] * min(2, self.max_batch))

@@ -5,7 +5,9 @@
 #   2. makes the Dockerfile's FROM image without a registry (debootstrap + docker import), once
 #   3. builds the image, with this machine's local CPU torch wheel and extra CA certificates, if any
 #   4. runs it with a published port on 127.0.0.1, waits for /health and for Docker's HEALTHCHECK,
-#      checks a /v1/generate and a /v1/attention answer, then stops it (SIGTERM must stop it cleanly);
+#      checks that it serves every bundled model (those of checkpoints/shakespeare and checkpoints/multilingual
+#      that exist) and that each answers /v1/generate and /v1/attention (maps and summary), then stops it
+#      (SIGTERM must stop it cleanly);
 #      then once more with a checkpoint folder mounted, TINYLLM_CHECKPOINT / TINYLLM_PORT set and a
 #      read-only root filesystem (as deploy/kubernetes/ runs it), checking a PNG heatmap there too
 #   5. prints the image size; runs the scripts named as arguments, if any, with this daemon and image
@@ -106,6 +108,9 @@ LOCKED=1
 
 [[ -f checkpoints/shakespeare/config.json && -f checkpoints/shakespeare/model.safetensors ]] \
     || die "no bundled checkpoint in checkpoints/shakespeare/ (the image ships it)"
+# The bundled models: the checkpoints .dockerignore lets into the image, those that exist here.
+BUNDLED=$(sed -n 's|^!checkpoints/\([^/]*\)$|\1|p' .dockerignore | while read -r name; do
+    if [[ -f checkpoints/$name/config.json ]]; then echo "$name"; fi; done | paste -sd, -)
 [[ -n $BASE_IMAGE && -n $TORCH_VERSION ]] || die "cannot read FROM from the Dockerfile or torch==VERSION from deploy/requirements/cpu.txt"
 command -v python3 >/dev/null || die "python3 is needed to check the answers"
 
@@ -244,13 +249,19 @@ if [[ -n $old_id && $old_id != "$new_id" ]]; then
 fi
 
 # --- 4. run and check ------------------------------------------------------------------------------
-# check.py URL TEXT_FILE: checks the answers; writes the greedy text to TEXT_FILE, or, if that exists,
-# checks only that /v1/generate says the same text, and that a PNG heatmap renders (matplotlib needs a
-# writable /tmp under a read-only root).
+# check.py URL TEXT_FILE MODELS: checks the answers. MODELS (comma-separated) must be exactly the models
+# served; each must answer, and greedy twice alike. It writes each model's greedy text to TEXT_FILE, or, if
+# that exists, checks only that the one model served says what the first container's first model said, and
+# that a PNG heatmap renders (matplotlib needs a writable /tmp under a read-only root).
 cat >"$STATE/check.py" <<'PY'
 import json, os, sys, urllib.request
 
-url, text_file = sys.argv[1], sys.argv[2]
+url, text_file, expected_models = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+
+def get(path):
+    with urllib.request.urlopen(url + path, timeout=60) as r:
+        assert r.status == 200, f"{path}: HTTP {r.status}"
+        return json.load(r)
 
 def post(path, body, raw=False):
     req = urllib.request.Request(url + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
@@ -258,40 +269,59 @@ def post(path, body, raw=False):
         assert r.status == 200, f"{path}: HTTP {r.status}"
         return r.read() if raw else json.load(r)
 
-req = {"prompt": "ROMEO:", "max_new_tokens": 20, "temperature": 0}
-g = post("/v1/generate", req)
-assert isinstance(g.get("text"), str) and g["text"], f"generate: no text in {g}"
-tokens, finish = g.get("tokens"), g.get("finish_reason")
-assert isinstance(tokens, list) and 1 <= len(tokens) <= 20, f"generate: tokens {tokens}"
-assert isinstance(finish, str), f"generate: finish_reason {finish!r}"
-assert finish != "length" or len(tokens) == 20, f"generate: {len(tokens)} tokens, finish_reason 'length'"
-assert isinstance(g.get("usage"), dict), f"generate: usage {g.get('usage')}"
+models = [m["id"] for m in get("/v1/models")["data"]]
+assert models == expected_models, f"/v1/models: {models}, expected {expected_models}"
+print(f"    models: {', '.join(models)}", file=sys.stderr)
+
+def generate(model):
+    req = {"model": model, "prompt": "ROMEO:", "max_new_tokens": 20, "temperature": 0}
+    g = post("/v1/generate", req)
+    assert g.get("model") == model, f"generate: answered by {g.get('model')!r}, not {model!r}"
+    assert isinstance(g.get("text"), str) and g["text"], f"generate: no text in {g}"
+    tokens, finish = g.get("tokens"), g.get("finish_reason")
+    assert isinstance(tokens, list) and 1 <= len(tokens) <= 20, f"generate: tokens {tokens}"
+    assert isinstance(finish, str), f"generate: finish_reason {finish!r}"
+    assert finish != "length" or len(tokens) == 20, f"generate: {len(tokens)} tokens, finish_reason 'length'"
+    assert isinstance(g.get("usage"), dict), f"generate: usage {g.get('usage')}"
+    return g
+
 if os.path.exists(text_file):
-    expected = open(text_file).read()
+    (model,) = models
+    expected = json.load(open(text_file))["shakespeare"]
+    g = generate(model)
     assert g["text"] == expected, f"generate: {g['text']!r}, but the first container said {expected!r}"
-    print(f"    generate: {g['text']!r}, as the first container said", file=sys.stderr)
+    print(f"    generate: {g['text']!r}, as the first container's shakespeare said", file=sys.stderr)
     png = post("/v1/attention", {"text": "To be", "layers": [0], "heads": [0], "format": "png"}, raw=True)
     assert png.startswith(b"\x89PNG"), f"attention: not a PNG: {png[:40]!r}"
     print(f"    attention: a {len(png)}-byte PNG heatmap", file=sys.stderr)
     sys.exit(0)
-again = post("/v1/generate", req)
-assert again["text"] == g["text"], "generate: temperature 0 gave two different texts"
-open(text_file, "w").write(g["text"])
-print(f"    generate: {g['text']!r} ({len(tokens)} tokens, {finish}), the same twice", file=sys.stderr)
 
-a = post("/v1/attention", {"text": "To be", "format": "json"})
-n, att = len(a["tokens"]), a["attention"]
-assert n >= 5, f"attention: {n} tokens for 5 bytes"
-assert len(att) == len(a["layers"]) >= 1, "attention: one map per layer"
-for layer in att:
-    assert len(layer) == len(a["heads"]) >= 1, "attention: one map per head"
-    for head in layer:
-        assert len(head) == n and all(len(row) == n for row in head), "attention: maps are tokens x tokens"
-        for q, row in enumerate(head):
-            assert abs(sum(row) - 1) < 1e-2, f"attention: row {q} sums to {sum(row)}"
-            assert all(abs(p) < 1e-6 for p in row[q + 1:]), f"attention: row {q} looks at later tokens"
-print(f"    attention: {len(att)} layers x {len(a['heads'])} heads x {n}x{n}, causal, rows sum to 1",
-      file=sys.stderr)
+texts = {}
+for model in models:
+    g = generate(model)
+    again = generate(model)
+    assert again["text"] == g["text"], f"generate ({model}): temperature 0 gave two different texts"
+    texts[model] = g["text"]
+    print(f"    {model}: generate: {g['text']!r} ({len(g['tokens'])} tokens, {g['finish_reason']}), the same twice",
+          file=sys.stderr)
+
+    a = post("/v1/attention", {"model": model, "text": "To be", "format": "json"})
+    n, att = len(a["tokens"]), a["attention"]
+    assert a["model"] == model, f"attention: answered by {a['model']!r}, not {model!r}"
+    assert n >= 5, f"attention: {n} tokens for 5 bytes"
+    assert len(att) == len(a["layers"]) >= 1, "attention: one map per layer"
+    for layer in att:
+        assert len(layer) == len(a["heads"]) >= 1, "attention: one map per head"
+        for head in layer:
+            assert len(head) == n and all(len(row) == n for row in head), "attention: maps are tokens x tokens"
+            for q, row in enumerate(head):
+                assert abs(sum(row) - 1) < 1e-2, f"attention: row {q} sums to {sum(row)}"
+                assert all(abs(p) < 1e-6 for p in row[q + 1:]), f"attention: row {q} looks at later tokens"
+    s = post("/v1/attention", {"model": model, "text": "Grüße, 世界", "format": "summary"})
+    assert len(s["labels"]) == len(att) and len(s["metrics"]["previous_byte"][0]) == len(a["heads"]), "summary"
+    print(f"    {model}: attention: {len(att)} layers x {len(a['heads'])} heads x {n}x{n}, causal, rows sum to 1; "
+          f"summary labels {s['labels']}", file=sys.stderr)
+json.dump(texts, open(text_file, "w"))
 PY
 
 show_logs() { "${DOCKER[@]}" logs --tail 40 "$CONTAINER" >&2 2>&1 || true; }
@@ -335,9 +365,9 @@ stop() {
     CONTAINER=
 }
 
-log "bundled checkpoint, default settings"
+log "bundled checkpoints ($BUNDLED), default settings"
 serve 8000
-timeout "$(limit 120)" python3 "$STATE/check.py" "$URL" "$STATE/text" || { show_logs; die "wrong answers"; }
+timeout "$(limit 120)" python3 "$STATE/check.py" "$URL" "$STATE/text" "$BUNDLED" || { show_logs; die "wrong answers"; }
 stop
 
 log "mounted checkpoint (a copy of the bundled one), TINYLLM_CHECKPOINT and TINYLLM_PORT set, read-only root"
@@ -345,7 +375,7 @@ cp -r checkpoints/shakespeare "$STATE/checkpoint"
 chmod -R a+rX "$STATE/checkpoint" # the trainer writes weights 0600; the container's user is uid 10001
 serve 9000 -v "$STATE/checkpoint:/checkpoint:ro" -e TINYLLM_CHECKPOINT=/checkpoint -e TINYLLM_PORT=9000 \
     --read-only --tmpfs /tmp
-timeout "$(limit 120)" python3 "$STATE/check.py" "$URL" "$STATE/text" || { show_logs; die "wrong answers"; }
+timeout "$(limit 120)" python3 "$STATE/check.py" "$URL" "$STATE/text" checkpoint || { show_logs; die "wrong answers"; }
 stop
 
 # --- 5. report -------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`tinyllm-serve` / `python -m server`: load the checkpoint (failing fast), then serve it with uvicorn."""
+"""`tinyllm-serve` / `python -m server`: load the checkpoints (failing fast), then serve them with uvicorn."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
-from model.api import TinyLLM
 from model.checkpoint import CheckpointError
 from server.app import create_app
 from server.config import Settings
+from server.models import load_checkpoints
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,10 +22,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"tinyllm-serve: error: {e}")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        llm = TinyLLM.load(settings.checkpoint, settings.device, settings.dtype)
+        llms = load_checkpoints(settings)
     except CheckpointError as e:
         sys.exit(f"tinyllm-serve: error: {e}")
-    app = create_app(settings, llm)
+    app = create_app(settings, llms)
     grace = settings.shutdown_grace
     server = GracefulServer(
         uvicorn.Config(

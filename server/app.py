@@ -1,9 +1,10 @@
-"""The ASGI app: create_app assembles settings, the model and its engine, middleware and the routers."""
+"""The ASGI app: create_app assembles settings, the models and their engines, middleware and the routers."""
 
 from __future__ import annotations
 
-import logging
+import os
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import torch
 from fastapi import FastAPI
@@ -11,40 +12,31 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from model.api import TinyLLM
-from model.runner import Runner
 from server.auth import install_auth
 from server.config import Settings
-from server.deps import ServedModel
-from server.engine import Engine
 from server.errors import install_handlers
 from server.limits import BodySizeLimit, StreamLimit
 from server.metrics import CountRequests, Metrics
+from server.models import ServedModels, load_checkpoints
 from server.routes import attention, generate, openai, openai_tokenizer, system, tokenize
 from server.routes.system import STATIC
 
-log = logging.getLogger("tinyllm.server")
 
-
-def create_app(settings: Settings, llm: TinyLLM | None = None) -> FastAPI:
-    """The app. `llm` is loaded from settings.checkpoint when not given; its engine starts with the app."""
+def create_app(settings: Settings, llms: dict[Path, TinyLLM] | None = None) -> FastAPI:
+    """The app. `llms` (checkpoint folder -> loaded model) are loaded from settings.checkpoint when not given;
+    each model's engine starts with the app."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        model = llm or TinyLLM.load(settings.checkpoint, settings.device, settings.dtype)
-        engine = Engine(Runner(model.model, settings.max_batch), settings.max_queue, settings.prefill_chunk)
-        engine.start()
-        app.state.served = ServedModel(settings.checkpoint, model, engine)
-        log.info(
-            "serving %s on %s (%s), %d parameters",
-            settings.checkpoint,
-            model.device,
-            engine.runner.dtype,
-            model.model.num_params(),
-        )
+        # Inductor keeps compiled code here, so that a restart loads it instead of compiling again.
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(settings.cache_dir / "inductor"))
+        models = ServedModels(llms or load_checkpoints(settings), settings)
+        models.start()
+        app.state.models = models
         yield
-        engine.stop()
+        models.stop()
 
     app = FastAPI(
         title="TinyLLM",
@@ -54,7 +46,7 @@ def create_app(settings: Settings, llm: TinyLLM | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.streams = StreamLimit(settings.max_streams)
-    app.state.metrics = metrics = Metrics(lambda: getattr(getattr(app.state, "served", None), "engine", None))
+    app.state.metrics = metrics = Metrics(lambda: {m.name: m.engine for m in getattr(app.state, "models", ())})
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(CountRequests, metrics=metrics)
     install_handlers(app)

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, SecretStr
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def path_list(value):
+    """A list of paths from the command line or TINYLLM_CHECKPOINT: a JSON list, comma-separated, or one path."""
+    if isinstance(value, os.PathLike):
+        return [value]
+    if isinstance(value, str):
+        value = value.strip()
+        return json.loads(value) if value.startswith("[") else [p.strip() for p in value.split(",") if p.strip()]
+    return value
+
+
+# NoDecode: the environment's value reaches path_list as it is, instead of being parsed as JSON first.
+PathList = Annotated[list[Path], NoDecode, BeforeValidator(path_list)]
 
 
 class Settings(BaseSettings):
@@ -19,12 +35,26 @@ class Settings(BaseSettings):
         cli_implicit_flags=True,
     )
 
-    checkpoint: Path = Field(Path("checkpoints/shakespeare"), description="checkpoint folder to serve")
+    checkpoint: PathList = Field(
+        default_factory=lambda: [Path("checkpoints/shakespeare")],
+        min_length=1,
+        description="checkpoint folder to serve, or a folder of checkpoint folders (each is served); repeatable, "
+        "or comma-separated. Each model is named after its folder; the first is the default",
+    )
     host: str = Field("127.0.0.1", description="address to bind (0.0.0.0 for all interfaces)")
     port: int = Field(8000, ge=0, le=65535)
     device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto = bfloat16 on CUDA, float32 on CPU"
+    dtype: Literal["auto", "float32", "bfloat16", "int8", "float16"] = Field(
+        "auto",
+        description="on CPU, the decode step's weight form (float32, bfloat16, int8; auto = the fastest on this "
+        "machine of those the checkpoint's weight_forms.json allows); on CUDA the model's dtype (auto = bfloat16)",
+    )
+    compile: bool = Field(
+        True, description="compile the decode step (torch.compile) in the background; the eager step serves until then"
+    )
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "tinyllm",
+        description="where measured weight-form choices and compiled code are kept between starts",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     threads: int = Field(0, ge=0, description="CPU threads for torch's kernels (0 = torch's default, one per core)")

@@ -2,52 +2,31 @@
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 
-from model.api import TinyLLM
 from server.config import Settings
-from server.engine import Engine
 from server.errors import APIError
 from server.limits import StreamLimit
 from server.metrics import Metrics
+from server.models import ServedModel, ServedModels
 
 
-@dataclass
-class ServedModel:
-    """A loaded checkpoint and the engine that serves it."""
-
-    checkpoint: Path
-    llm: TinyLLM
-    engine: Engine
-
-    @property
-    def name(self) -> str:
-        """The checkpoint folder's name, e.g. "shakespeare": the `model` id of the OpenAI routes."""
-        return os.path.basename(os.path.abspath(self.checkpoint)) or "tinyllm"
-
-    @property
-    def created(self) -> int:
-        try:
-            return int(os.path.getmtime(self.checkpoint))
-        except OSError:
-            return 0
+def served_models(request: Request) -> ServedModels:
+    """The served models, or a 503 until every one of them is loaded and warmed up."""
+    models = getattr(request.app.state, "models", None)
+    if models is None or not models.ready:
+        raise APIError(503, "the models are still loading", "overloaded", headers={"Retry-After": "1"})
+    return models
 
 
-def served_model(request: Request) -> ServedModel:
-    """The served model, or a 503 while it is still loading."""
-    served = getattr(request.app.state, "served", None)
-    if served is None or not served.engine.ready.is_set():
-        raise APIError(503, "the model is still loading", "overloaded", headers={"Retry-After": "1"})
-    return served
-
-
-def engine(request: Request) -> Engine:
-    return served_model(request).engine
+def model_in_query(
+    models: Annotated[ServedModels, Depends(served_models)],
+    model: Annotated[str | None, Query(description="a model from GET /v1/models (default: the first)")] = None,
+) -> ServedModel:
+    """The model named by the `model` query parameter (the default one without it); 404 for an unknown name."""
+    return models.get(model)
 
 
 def settings(request: Request) -> Settings:
@@ -62,8 +41,8 @@ def streams(request: Request) -> StreamLimit:
     return request.app.state.streams
 
 
-ServedDep = Annotated[ServedModel, Depends(served_model)]
-EngineDep = Annotated[Engine, Depends(engine)]
+ModelsDep = Annotated[ServedModels, Depends(served_models)]
+QueryModelDep = Annotated[ServedModel, Depends(model_in_query)]
 SettingsDep = Annotated[Settings, Depends(settings)]
 MetricsDep = Annotated[Metrics, Depends(metrics)]
 StreamsDep = Annotated[StreamLimit, Depends(streams)]

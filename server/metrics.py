@@ -1,9 +1,12 @@
-"""Prometheus metrics (GET /metrics): requests, queue, active sequences, tokens, latency histograms."""
+"""Prometheus metrics (GET /metrics): requests, queue, active sequences, tokens, latency histograms.
+
+The engine gauges and the token counter have one sample per served model (label `model`); the request counter
+and the latency histograms count every model together."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -14,27 +17,22 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 
 class EngineCollector:
-    """Reads the engine's state at scrape time."""
+    """Reads the engines' state at scrape time: one sample per served model, labelled with its name."""
 
-    def __init__(self, get_engine):
-        self.get_engine = get_engine
+    def __init__(self, get_engines: Callable[[], dict[str, Engine]]):
+        self.get_engines = get_engines
 
     def collect(self):
-        engine: Engine | None = self.get_engine()
-        if engine is None:
-            return
-        yield GaugeMetricFamily(
-            "tinyllm_queue_length", "requests waiting for a KV-cache slot", value=engine.queue_length
-        )
-        yield GaugeMetricFamily(
-            "tinyllm_active_sequences", "sequences being prefilled or decoded", value=engine.active_count
-        )
-        yield GaugeMetricFamily(
-            "tinyllm_kv_slots_free", "free KV-cache slots", value=engine.max_batch - len(engine.active)
-        )
-        yield CounterMetricFamily(
-            "tinyllm_tokens_generated", "tokens generated since start", value=engine.tokens_generated
-        )
+        queue = GaugeMetricFamily("tinyllm_queue_length", "requests waiting for a KV-cache slot", labels=["model"])
+        active = GaugeMetricFamily("tinyllm_active_sequences", "sequences being prefilled or decoded", labels=["model"])
+        free = GaugeMetricFamily("tinyllm_kv_slots_free", "free KV-cache slots", labels=["model"])
+        tokens = CounterMetricFamily("tinyllm_tokens_generated", "tokens generated since start", labels=["model"])
+        for model, engine in self.get_engines().items():
+            queue.add_metric([model], engine.queue_length)
+            active.add_metric([model], engine.active_count)
+            free.add_metric([model], engine.max_batch - len(engine.active))
+            tokens.add_metric([model], engine.tokens_generated)
+        yield from (queue, active, free, tokens)
 
 
 class Metrics:

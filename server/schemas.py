@@ -43,12 +43,16 @@ class SamplingFields(Strict):
         return SamplingParams(**{name: getattr(self, name) for name in SamplingFields.model_fields})
 
 
+class ChoosesModel(Strict):
+    model: str | None = Field(None, description="a model id from GET /v1/models (null = the first one served)")
+
+
 class AttentionSelection(Strict):
     layers: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="layer indices (null = all)")
     heads: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="head indices (null = all)")
 
 
-class GenerateRequest(SamplingFields):
+class GenerateRequest(ChoosesModel, SamplingFields):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
@@ -112,6 +116,7 @@ class Timing(BaseModel):
 
 
 class GenerateResponse(BaseModel):
+    model: str = Field(description="the model that generated it")
     text: str
     tokens: list[GeneratedToken]
     finish_reason: FinishReason
@@ -122,7 +127,7 @@ class GenerateResponse(BaseModel):
     attention_heads: list[int] | None = None
 
 
-class TokenizeRequest(Strict):
+class TokenizeRequest(ChoosesModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"text": "Hé 🙂"}]})
     text: str = Field(description="text to split into byte tokens")
 
@@ -148,13 +153,15 @@ class TokenizeResponse(BaseModel):
     )
 
 
-class AttentionRequest(Strict):
+class AttentionRequest(ChoosesModel):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
                 {"text": "To be, or not to be", "layers": [0], "heads": None, "aggregate": "none", "format": "json"},
                 {"text": "ROMEO:", "format": "npy", "dtype": "float16"},
                 {"text": "ROMEO: what light", "layers": [2], "heads": [1], "format": "png"},
+                {"text": "Grüße, 世界 🙂", "format": "summary"},
+                {"text": "Grüße, 世界 🙂", "layers": [0], "heads": [0], "granularity": "character"},
             ]
         }
     )
@@ -163,8 +170,15 @@ class AttentionRequest(Strict):
     layers: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="layer indices (null = all)")
     heads: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="head indices (null = all)")
     aggregate: Literal["none", "mean"] = Field("none", description="mean: average over the chosen heads")
-    format: Literal["json", "npy", "png"] = "json"
+    format: Literal["json", "npy", "png", "summary"] = Field(
+        "json", description="summary: what each head does (shares of attention, entropy, a label), not the maps"
+    )
     dtype: Literal["float32", "float16"] = Field("float32", description="element type of the npy body")
+    granularity: Literal["byte", "character"] = Field(
+        "byte",
+        description="character: the maps between characters (a character's row is the mean of its bytes' rows, "
+        "its column the sum of its bytes' columns)",
+    )
 
     @field_validator("text")
     @classmethod
@@ -172,9 +186,35 @@ class AttentionRequest(Strict):
         return valid_text(v, "text")
 
 
+class TextChar(BaseModel):
+    ids: list[int] = Field(description="its UTF-8 bytes")
+    text: str = Field(description="display label: the character, or an escape like \\n for a control character")
+    start: int = Field(description="its offset in the text, in characters")
+    end: int
+
+
 class AttentionResponse(BaseModel):
-    tokens: list[TextByte]
+    model: str
+    granularity: Literal["byte", "character"]
+    tokens: list[TextByte] | list[TextChar] = Field(description="the axes' positions: bytes, or characters")
     layers: list[int]
     heads: list[int] = Field(description="the chosen heads (averaged into one when aggregate is mean)")
     aggregate: Literal["none", "mean"]
     attention: list[list[list[list[float]]]] = Field(description="[layer][head][query][key] probabilities")
+
+
+class HeadSummary(BaseModel):
+    model: str
+    tokens: list[TextByte]
+    layers: list[int]
+    heads: list[int] = Field(description="the chosen heads (averaged into one when aggregate is mean)")
+    aggregate: Literal["none", "mean"]
+    metrics: dict[str, list[list[float | None]]] = Field(
+        description="[layer][head] per metric: mean_distance (bytes), previous_byte, current_byte, same_character, "
+        "same_word, first_position (shares of attention), entropy_bits; null where no query qualifies"
+    )
+    labels: list[list[str | None]] = Field(
+        description="[layer][head]: a short label where one share reaches label_threshold, else null"
+    )
+    label_threshold: float
+    label_metrics: dict[str, str] = Field(description="each label, and the metric whose share earns it")

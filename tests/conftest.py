@@ -1,8 +1,9 @@
-"""Shared fixtures: a tiny random checkpoint on disk, an in-process app clientand the `gpu` skip."""
+"""Shared fixtures: a tiny random checkpoint on disk, an in-process app client, and the `gpu` skip."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,10 @@ from model import checkpoint
 from server.app import create_app
 from server.config import Settings
 from support import tiny_model, wait_healthy
+
+# Servers the tests start serve the eager decode step: compiling it costs a minute of two cores per server.
+# The tests of the compiled step ask for it (--compile).
+os.environ.setdefault("TINYLLM_COMPILE", "false")
 
 
 @pytest.fixture(scope="session")

@@ -65,10 +65,10 @@ def sse_events(lines) -> list[dict]:
     return [json.loads(line[6:]) for line in lines if line.startswith("data: ") and line != "data: [DONE]"]
 
 
-def start_fails(checkpoint) -> str:
-    """Start the server on `checkpoint`, expecting it to fail at once: its one-line error."""
+def start_fails(checkpoint, *args: str) -> str:
+    """Start the server on `checkpoint` (and args), expecting it to fail at once: its one-line error."""
     proc = subprocess.run(
-        [sys.executable, "-m", "server", "--checkpoint", str(checkpoint), "--port", "0"],
+        [sys.executable, "-m", "server", "--checkpoint", str(checkpoint), "--port", "0", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -143,7 +143,7 @@ def test_a_server_with_the_pods_settings_serves_what_the_probes_and_autoscaler_r
     with running_server(tiny_checkpoint, env=env()) as server:
         assert httpx.get(server.url + "/health", timeout=10).status_code == 200
         exported = {
-            line.split()[0]
+            line.split()[0].split("{")[0]
             for line in httpx.get(server.url + "/metrics", timeout=10).text.splitlines()
             if line and not line.startswith("#")
         }

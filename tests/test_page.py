@@ -9,6 +9,7 @@ carry one label element per byte. Screenshots go to test-artifacts/.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -402,3 +403,103 @@ def test_page_asks_for_the_api_key_when_the_server_needs_one(browser, tiny_check
         assert len(asked) == 1 and "API key" in asked[0]
         assert page.eval_on_selector("#heatmap", READ_CANVAS)["lower"] == T * (T + 1) // 2
         context.close()
+
+
+# ------------------------------------------------------------------ several models, the heads' summary, characters
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory, tiny_checkpoint) -> Path:
+    """A folder of two checkpoints: the bundled Shakespeare model (whose heads have clear kinds) and the tiny one."""
+    root = tmp_path_factory.mktemp("two")
+    (root / "shakespeare").symlink_to(ROOT / "checkpoints" / "shakespeare")
+    (root / "tiny").symlink_to(tiny_checkpoint)
+    return root
+
+
+def posted_models(page, path: str) -> list[str]:
+    """The `model` of every POST the page sent to path, in order."""
+    return [json.loads(body).get("model") for url, body in page.posts if url.endswith(path)]
+
+
+def test_model_selector_and_the_summary_table(browser, two_models):
+    with running_server(two_models) as server:
+        page = open_page(browser, server.url)
+        page.posts = []
+        page.on("request", lambda r: r.method == "POST" and page.posts.append((r.url, r.post_data)))
+        assert page.eval_on_selector_all("#model option", "els => els.map(e => e.value)") == ["shakespeare", "tiny"]
+        analyse(page, TEXT)
+        page.wait_for_selector("#summary td[data-head]")
+        expected = httpx.post(
+            f"{server.url}/v1/attention", json={"model": "shakespeare", "text": TEXT, "format": "summary"}, timeout=60
+        ).json()
+        cells = page.eval_on_selector_all(
+            "#summary td[data-head]", "els => els.map(e => [+e.dataset.layer, +e.dataset.head, e.dataset.label])"
+        )
+        assert [(layer, head) for layer, head, _ in cells] == [(layer, head) for layer in range(6) for head in range(6)]
+        assert [lab or None for _, _, lab in cells] == [lab for row in expected["labels"] for lab in row]
+        labelled = [cell for cell in cells if cell[2]]
+        assert labelled, "the Shakespeare model has heads of a clear kind on this text"
+        layer, head, label = labelled[-1]
+        cell = page.locator(f"#summary td[data-layer='{layer}'][data-head='{head}']")
+        assert label in cell.inner_text() and " back · " in cell.inner_text()
+        cell.click()
+        page.wait_for_selector(f"#heatmap[data-layer='{layer}'][data-head='{head}']")
+        assert page.input_value("#layer") == str(layer) and page.input_value("#head") == str(head)
+        assert "selected" in cell.get_attribute("class")
+        page.locator(".summary").screenshot(path=str(ARTIFACTS / "page-summary.png"))
+        assert set(posted_models(page, "/v1/attention")) == {"shakespeare"}
+
+        # The other model: its layers and heads in the selectors and the table, its maps on the page.
+        tiny = httpx.get(f"{server.url}/v1/model", params={"model": "tiny"}).json()["config"]
+        page.select_option("#model", "tiny")
+        page.wait_for_function(f"document.getElementById('head').options.length === {tiny['n_head'] + 1}")
+        page.wait_for_function(
+            f"document.querySelectorAll('#summary td[data-head]').length === {tiny['n_layer'] * tiny['n_head']}"
+        )
+        page.wait_for_function("document.getElementById('summary-title').textContent.startsWith('tiny')")
+        assert posted_models(page, "/v1/attention")[-2:] == ["tiny", "tiny"]  # the maps and the summary
+        # The selected layer and head stay where the smaller model has them; the map is the tiny model's.
+        layer, head = min(layer, tiny["n_layer"] - 1), min(head, tiny["n_head"] - 1)
+        assert page.input_value("#layer") == str(layer) and page.input_value("#head") == str(head)
+        T = len(TEXT.encode())
+        page.wait_for_selector(f"#heatmap[data-t='{T}'][data-layer='{layer}'][data-head='{head}']")
+        rgba = np.array(page.eval_on_selector("#heatmap", READ_CANVAS)["rgba"], dtype=np.float64).reshape(T, T, 4)
+        lower = np.tril_indices(T)
+        maps = api_attention(server, TEXT, model="tiny")
+        assert spearman((rgba[..., :3] @ [0.2126, 0.7152, 0.0722])[lower], maps[layer, head][lower]) > 0.95
+        page.fill("#max-new", "4")
+        page.click("#generate")
+        page.wait_for_selector("#gen-bytes[data-done='true']")
+        assert posted_models(page, "/v1/generate") == ["tiny"]
+        screenshot(page, "page-models.png")
+        assert not page.errors, page.errors
+        page.context.close()
+
+
+def test_character_toggle_shows_the_maps_between_characters(page, server):
+    T = analyse(page, TEXT)
+    chars = list(TEXT)
+    C = len(chars)
+    page.click(".toggle label:has(input[value=character])")  # the radio itself is hidden behind its label
+    page.wait_for_selector(f"#heatmap[data-t='{C}'][data-unit='character']")
+    canvas = page.eval_on_selector("#heatmap", READ_CANVAS)
+    assert (canvas["w"], canvas["lower"], canvas["upper"]) == (C, C * (C + 1) // 2, 0)
+    shown = [AXIS_SHOWN.get(c, c) for c in chars]
+    assert page.eval_on_selector_all("#key-labels span", "els => els.map(e => e.textContent)") == shown
+    assert page.eval_on_selector_all("#bytes .b", "els => els.map(e => e.textContent)") == chars
+    assert "characters" in page.inner_text("#map-title")
+
+    # Hovering a character shades what it attends to: the server's character view of layer 0, head 0.
+    expected = httpx.post(
+        f"{server.url}/v1/attention", json={"text": TEXT, "granularity": "character"}, timeout=30
+    ).json()["attention"]
+    i = chars.index("☃")
+    page.hover(f"#bytes .b[data-i='{i}']")
+    to = floats(page, "#bytes .b", "to")
+    np.testing.assert_allclose([to[k] for k in range(i + 1)], expected[0][0][i][: i + 1], atol=2e-3)  # float16
+    screenshot(page, "page-characters.png")
+
+    page.click(".toggle label:has(input[value=byte])")
+    page.wait_for_selector(f"#heatmap[data-t='{T}'][data-unit='byte']")
+    assert page.locator("#bytes .b").count() == T

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from model.kv_cache import KVCache
-from model.runner import Runner, Sequence
+from model.runner import DECODE_BUCKETS, Runner, Sequence
 from model.sampling import SamplingParams
 from model.tokenizer import tokenizer
 from support import TINY_CONFIG, random_ids, sharp_model
@@ -73,7 +73,7 @@ def test_rows_at_different_positions_in_a_padded_batch_match_their_own_full_forw
     """Three rows at their own positions decode together; the step is padded to the 4-row bucket, and the
     padding row must not disturb a prompt waiting in the prefill row, which then moves in and joins."""
     model = sharp_model()
-    runner = Runner(model, max_batch=4)
+    runner = Runner(model, max_batch=4, buckets=DECODE_BUCKETS)
     assert runner.bucket(3) == 4 and runner.prefill_row == 4
     lengths = [5, 19, 11, 8]
     rows = [random_ids(1, n + 8, seed=n)[0] for n in lengths]  # each row's prompt, then 8 more bytes
@@ -133,14 +133,19 @@ def test_score_is_the_full_forward_log_softmax():
 def test_cache_is_written_in_place_and_never_reallocated():
     model = sharp_model()
     runner = Runner(model, max_batch=2)
-    before = (runner.cache.k.data_ptr(), runner.cache.v.data_ptr(), runner.cache.k.shape)
+
+    def buffers():
+        return [(t.data_ptr(), t.shape) for t in runner.cache.k + runner.cache.v]
+
+    before = buffers()
     cached_logprobs(runner, random_ids(2, 40), 16)
-    assert (runner.cache.k.data_ptr(), runner.cache.v.data_ptr(), runner.cache.k.shape) == before
+    assert buffers() == before
     cfg = model.config
-    assert runner.cache.k.shape == (cfg.n_layer, 3, cfg.n_head, 64, cfg.head_dim)  # 2 rows + the prefill row
-    assert runner.cache.k[:, :2, :, :40].abs().sum() > 0, "the cache was written"
-    assert runner.cache.k[:, :2, :, 40:].abs().sum() == 0, "nothing past the last position was written"
-    assert runner.cache.k[:, 2].abs().sum() == 0, "the prefill row was not used"
+    k = torch.stack(runner.cache.k)
+    assert k.shape == (cfg.n_layer, 3, cfg.n_head, 64, cfg.head_dim)  # 2 rows + the prefill row
+    assert k[:, :2, :, :40].abs().sum() > 0, "the cache was written"
+    assert k[:, :2, :, 40:].abs().sum() == 0, "nothing past the last position was written"
+    assert k[:, 2].abs().sum() == 0, "the prefill row was not used"
 
 
 def test_a_cache_longer_than_the_context_is_refused():
@@ -176,9 +181,9 @@ def test_gpu_cache_and_attention_paths_agree(dtype, tol):
         torch.testing.assert_close(layer.sum(-1), torch.ones_like(layer.sum(-1)), rtol=1e-3, atol=1e-3)
         assert (layer.triu(1) == 0).all()
     runner = Runner(model, max_batch=2)
-    ptr = runner.cache.k.data_ptr()
+    ptr = runner.cache.k[0].data_ptr()
     expected = F.log_softmax(fused.float(), dim=-1).cpu()
     for prompt_len in (1, 17, 64):
         cached = cached_logprobs(runner, ids, prompt_len)
         torch.testing.assert_close(cached, expected[:, prompt_len - 1 :], rtol=tol, atol=tol)
-    assert runner.cache.k.data_ptr() == ptr
+    assert runner.cache.k[0].data_ptr() == ptr

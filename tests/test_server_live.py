@@ -102,7 +102,7 @@ def test_metrics_exposition(server):
     assert 'tinyllm_requests_total{route="/v1/generate",status="200"}' in text
     assert "tinyllm_time_to_first_token_seconds_bucket" in text
     assert "tinyllm_inter_token_latency_seconds_count" in text
-    assert "tinyllm_queue_length 0.0" in text
+    assert 'tinyllm_queue_length{model="tiny"} 0.0' in text  # one sample per model, named after its folder
 
 
 def test_startup_fails_fast_naming_the_problem(tiny_checkpoint, tmp_path):

@@ -1,7 +1,9 @@
-"""POST /v1/attention: the exact attention probabilities of every chosen layer and head over a text.
+"""POST /v1/attention: the exact attention probabilities of every chosen layer and head over a text, or a
+summary of what each head does (model/heads.py).
 
 Output formats are a table: each has its own checks, an encoder (run off the event loop) and a media type,
-so a new format is one entry in FORMATS.
+so a new format is one entry in FORMATS. With granularity "character" the maps are aggregated from bytes to
+characters (model.heads.character_attention) before they are encoded.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
 from model.config import ModelConfig
+from model.heads import LABEL_THRESHOLD, LABELS, char_spans, character_attention, label_heads, summarize_heads
 from model.tokenizer import tokenizer
 from server.config import Settings
-from server.deps import EngineDep, SettingsDep
+from server.deps import ModelsDep, SettingsDep
 from server.errors import ERROR_RESPONSES, APIError
 from server.routes.tokenize import text_bytes
-from server.schemas import AttentionRequest, AttentionResponse
+from server.schemas import AttentionRequest, AttentionResponse, HeadSummary, TextChar
 
 router = APIRouter(tags=["attention"])
 
@@ -32,14 +35,26 @@ class Maps:
     """The chosen attention maps of one text, and what was asked for."""
 
     body: AttentionRequest
+    model: str
     ids: list[int]
     layers: list[int]
     heads: list[int]
-    values: torch.Tensor | None = None  # (layers, heads, T, T), or (layers, 1, T, T) averaged over heads
+    chars: list[tuple[int, int]]  # the characters' byte spans
+    values: torch.Tensor | None = None  # (layers, heads, N, N), or (layers, 1, N, N) averaged over heads
+
+    @property
+    def by_character(self) -> bool:
+        return self.body.granularity == "character"
 
     @property
     def cells(self) -> int:
-        return len(self.layers) * (1 if self.body.aggregate == "mean" else len(self.heads)) * len(self.ids) ** 2
+        n = len(self.chars) if self.by_character else len(self.ids)
+        return len(self.layers) * (1 if self.body.aggregate == "mean" else len(self.heads)) * n**2
+
+    def labels(self) -> list[str]:
+        """A label per position of the maps' axes: per byte (a character on its first byte), or per character."""
+        labels = tokenizer.char_labels(self.ids)
+        return [labels[start] for start, _ in self.chars] if self.by_character else labels
 
 
 def check_json(maps: Maps, settings: Settings) -> None:
@@ -61,9 +76,28 @@ def check_png(maps: Maps, settings: Settings) -> None:
         )
 
 
+def check_summary(maps: Maps, settings: Settings) -> None:
+    if maps.by_character:
+        raise APIError(
+            400,
+            'summary is per byte (its shares, such as "previous byte" and "same character", are defined over bytes); '
+            'leave granularity "byte"',
+            param="granularity",
+        )
+
+
 def encode_json(maps: Maps) -> bytes:
+    if maps.by_character:
+        tokens = [
+            TextChar(ids=maps.ids[start:end], text=label, start=i, end=i + 1)
+            for i, ((start, end), label) in enumerate(zip(maps.chars, maps.labels()))
+        ]
+    else:
+        tokens = text_bytes(maps.body.text)
     answer = AttentionResponse(
-        tokens=text_bytes(maps.body.text),
+        model=maps.model,
+        granularity=maps.body.granularity,
+        tokens=tokens,
         layers=maps.layers,
         heads=maps.heads,
         aggregate=maps.body.aggregate,
@@ -86,7 +120,23 @@ def encode_png(maps: Maps) -> bytes:
     title = f"layer {maps.layers[0]}, " + (
         f"head {maps.heads[0]}" if maps.body.aggregate == "none" else "mean of heads"
     )
-    return render_png(maps.values[0, 0].numpy(), tokenizer.char_labels(maps.ids), title)
+    return render_png(maps.values[0, 0].numpy(), maps.labels(), title)
+
+
+def encode_summary(maps: Maps) -> bytes:
+    summary = summarize_heads(maps.values, maps.ids)
+    answer = HeadSummary(
+        model=maps.model,
+        tokens=text_bytes(maps.body.text),
+        layers=maps.layers,
+        heads=maps.heads,
+        aggregate=maps.body.aggregate,
+        metrics={name: values.tolist() for name, values in summary.items()},  # NaN is sent as null
+        labels=label_heads(summary),
+        label_threshold=LABEL_THRESHOLD,
+        label_metrics={label: metric for metric, label in LABELS},
+    )
+    return answer.model_dump_json().encode()
 
 
 @dataclass(frozen=True)
@@ -100,39 +150,55 @@ FORMATS = {
     "json": Format("application/json", encode_json, check_json),
     "npy": Format("application/octet-stream", encode_npy),
     "png": Format("image/png", encode_png, check_png),
+    "summary": Format("application/json", encode_summary, check_summary),
 }
 
 
 @router.post(
     "/v1/attention",
-    response_model=AttentionResponse,
+    response_model=AttentionResponse | HeadSummary,
     responses={
         **ERROR_RESPONSES,
         200: {
             "content": {f.media_type: {} for f in FORMATS.values()},
-            "description": "JSON, a .npy array (layers, heads, T, T), or a PNG heatmap",
+            "description": "JSON, a .npy array (layers, heads, N, N), a PNG heatmap, or the heads' summary (JSON)",
         },
     },
 )
-async def attention(body: AttentionRequest, engine: EngineDep, settings: SettingsDep):
-    cfg = engine.config
+async def attention(body: AttentionRequest, models: ModelsDep, settings: SettingsDep):
+    served = models.get(body.model)
+    cfg = served.engine.config
     ids = tokenizer.encode(body.text)
     if len(ids) > cfg.context_length:
         raise APIError(400, f"text is {len(ids)} bytes; the context holds {cfg.context_length}", param="text")
     maps = Maps(
-        body, ids, check_indices(body.layers, cfg.n_layer, "layers"), check_indices(body.heads, cfg.n_head, "heads")
+        body,
+        served.name,
+        ids,
+        check_indices(body.layers, cfg.n_layer, "layers"),
+        check_indices(body.heads, cfg.n_head, "heads"),
+        char_spans(ids),
     )
     fmt = FORMATS[body.format]
     fmt.check(maps, settings)
-    maps.values = select(await engine.attention(ids), maps, cfg)
-    # Millions of floats take seconds to encode: off the event loop, so streams keep flowing meanwhile.
-    content = await run_in_threadpool(fmt.encode, maps)
+    maps.values = select(await served.engine.attention(ids), maps, cfg)
+    # Millions of floats take seconds to aggregate and encode: off the event loop, so streams keep flowing.
+    content = await run_in_threadpool(encode, fmt, maps)
+    axes = [maps.ids[start:end] for start, end in maps.chars] if maps.by_character else maps.ids
     headers = {
-        "X-Tokens": json.dumps(ids),
+        "X-Model": served.name,
+        "X-Tokens": json.dumps(axes),
         "X-Layers": ",".join(map(str, maps.layers)),
         "X-Heads": ",".join(map(str, maps.heads)),
     }
     return Response(content, media_type=fmt.media_type, headers=headers)
+
+
+def encode(fmt: Format, maps: Maps) -> bytes:
+    """The answer's body in fmt, the maps first aggregated to characters when asked (in a worker thread)."""
+    if maps.by_character:
+        maps.values = torch.from_numpy(character_attention(maps.values, maps.ids)[0]).float()
+    return fmt.encode(maps)
 
 
 def select(values: torch.Tensor, maps: Maps, cfg: ModelConfig) -> torch.Tensor:

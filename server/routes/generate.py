@@ -11,7 +11,7 @@ from model.config import ModelConfig
 from model.tokenizer import tokenizer
 from server import sse
 from server.config import Settings
-from server.deps import EngineDep, MetricsDep, SettingsDep, StreamsDep
+from server.deps import MetricsDep, ModelsDep, SettingsDep, StreamsDep
 from server.engine import EngineRequest, FinishEvent, TokenEvent
 from server.errors import ERROR_RESPONSES, APIError, check_finish, error_body, finish_error
 from server.routes.attention import check_indices
@@ -26,13 +26,14 @@ router = APIRouter(tags=["generation"])
 async def generate(
     body: GenerateRequest,
     request: Request,
-    engine: EngineDep,
+    models: ModelsDep,
     settings: SettingsDep,
     metrics: MetricsDep,
     streams: StreamsDep,
 ):
-    req, truncated = engine_request(body, engine.config, settings)
-    job = engine.submit(req)
+    served = models.get(body.model)
+    req, truncated = engine_request(body, served.engine.config, settings)
+    job = served.engine.submit(req)
     if body.stream:
         return streams.response(sse_events(metrics.timed(job)), job.cancel, request.url.path)
     tokens = []
@@ -41,7 +42,13 @@ async def generate(
             tokens.append(token_out(event))
         else:
             check_finish(event)
-            return {**finish_out(event), "tokens": tokens, "truncated_prompt_tokens": truncated, **attention_axes(req)}
+            return {
+                "model": served.name,
+                **finish_out(event),
+                "tokens": tokens,
+                "truncated_prompt_tokens": truncated,
+                **attention_axes(req),
+            }
 
 
 def engine_request(body: GenerateRequest, cfg: ModelConfig, settings: Settings) -> tuple[EngineRequest, int]:

@@ -1,10 +1,11 @@
 """OpenAI-compatible routes, as vLLM serves them: POST /v1/completions, GET /v1/models[/{id}].
 
-The served model's id is the checkpoint folder's name. Errors on these paths carry OpenAI's extra "code"
-field (server.errors). `echo: true, max_tokens: 0, logprobs: N` scores the prompt (one forward pass, on the
-engine's thread): each prompt byte's log-probability given the bytes before it; the first byte has none.
-A prompt plus max_tokens longer than the context is a 400 (`context_length_exceeded`), as in vLLM: a
-completion is never silently cut short by the context, so a harness can trust that it got what it asked for.
+A served model's id is its checkpoint folder's name; GET /v1/models lists every one. Errors on these paths
+carry OpenAI's extra "code" field (server.errors). `echo: true, max_tokens: 0, logprobs: N` scores the
+prompt (one forward pass, on the engine's thread): each prompt byte's log-probability given the bytes before
+it; the first byte has none. A prompt plus max_tokens longer than the context is a 400
+(`context_length_exceeded`), as in vLLM: a completion is never silently cut short by the context, so a
+harness can trust that it got what it asked for.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import uuid
 from fastapi import APIRouter, Request
 
 from server.config import Settings
-from server.deps import ServedDep, ServedModel, SettingsDep, StreamsDep
+from server.deps import ModelsDep, SettingsDep, StreamsDep
 from server.engine import Engine, EngineRequest, Job, QueueFull
 from server.errors import OPENAI_ERROR_RESPONSES, APIError
+from server.models import ServedModel
 from server.openai_choices import ChoiceStream, pieces, sse_chunks, usage
 from server.openai_schemas import Completion, CompletionRequest, ModelCard, ModelList
 
@@ -26,14 +28,13 @@ router = APIRouter(tags=["OpenAI-compatible"])
 
 
 @router.get("/v1/models", response_model=ModelList, responses=OPENAI_ERROR_RESPONSES)
-async def list_models(served: ServedDep):
-    return ModelList(data=[model_card(served)])
+async def list_models(models: ModelsDep):
+    return ModelList(data=[model_card(served) for served in models])
 
 
 @router.get("/v1/models/{model}", response_model=ModelCard, responses=OPENAI_ERROR_RESPONSES)
-async def retrieve_model(model: str, served: ServedDep):
-    check_model(model, served)
-    return model_card(served)
+async def retrieve_model(model: str, models: ModelsDep):
+    return model_card(models.get(model))
 
 
 @router.post(
@@ -48,10 +49,10 @@ async def retrieve_model(model: str, served: ServedDep):
     },
 )
 async def completions(
-    body: CompletionRequest, request: Request, served: ServedDep, settings: SettingsDep, streams: StreamsDep
+    body: CompletionRequest, request: Request, models: ModelsDep, settings: SettingsDep, streams: StreamsDep
 ):
+    served = models.get(body.model)
     engine = served.engine
-    check_model(body.model, served)
     prompts = body.prompts()
     max_tokens = check_request(body, prompts, engine, settings)
     scores = None
@@ -95,16 +96,6 @@ def model_card(served: ServedModel) -> ModelCard:
     return ModelCard(
         id=served.name, created=served.created, root=served.name, max_model_len=served.engine.config.context_length
     )
-
-
-def check_model(name: str, served: ServedModel) -> None:
-    if name != served.name:
-        raise APIError(
-            404,
-            f"The model `{name}` does not exist. This server serves `{served.name}`.",
-            param="model",
-            code="model_not_found",
-        )
 
 
 def check_request(

@@ -15,7 +15,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from model.tokenizer import PREFIX_TOKEN, VOCAB_SIZE, tokenizer
-from server.deps import ServedDep
+from server.deps import ModelsDep, QueryModelDep
 from server.errors import OPENAI_ERROR_RESPONSES
 from server.openai_choices import token_text
 from server.openai_schemas import (
@@ -25,15 +25,13 @@ from server.openai_schemas import (
     TokenizePromptResponse,
     TokenizerInfo,
 )
-from server.routes.openai import check_model
 
 router = APIRouter(tags=["OpenAI-compatible"])
 
 
 @router.post("/tokenize", response_model=TokenizePromptResponse, responses=OPENAI_ERROR_RESPONSES)
-async def tokenize(body: TokenizePromptRequest, served: ServedDep):
-    if body.model is not None:
-        check_model(body.model, served)
+async def tokenize(body: TokenizePromptRequest, models: ModelsDep):
+    served = models.get(body.model)
     ids = tokenizer.encode(body.prompt)
     return TokenizePromptResponse(
         count=len(ids),
@@ -44,14 +42,13 @@ async def tokenize(body: TokenizePromptRequest, served: ServedDep):
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse, responses=OPENAI_ERROR_RESPONSES)
-async def detokenize(body: DetokenizeRequest, served: ServedDep):
-    if body.model is not None:
-        check_model(body.model, served)
+async def detokenize(body: DetokenizeRequest, models: ModelsDep):
+    models.get(body.model)
     return DetokenizeResponse(prompt=tokenizer.decode(body.tokens))
 
 
 @router.get("/tokenizer_info", response_model=TokenizerInfo, responses=OPENAI_ERROR_RESPONSES)
-async def tokenizer_info(served: ServedDep):
+async def tokenizer_info(served: QueryModelDep):
     return TokenizerInfo(
         tokenizer_class=type(tokenizer).__name__,
         vocab_size=VOCAB_SIZE,

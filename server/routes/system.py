@@ -7,7 +7,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, Response
 
-from server.deps import MetricsDep, ServedDep
+from server.deps import MetricsDep, ModelsDep, QueryModelDep
 from server.errors import ErrorResponse
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
@@ -16,7 +16,7 @@ router = APIRouter(tags=["system"])
 
 
 @router.get("/health", responses={503: {"model": ErrorResponse}})
-async def health(served: ServedDep):
+async def health(models: ModelsDep):
     return {"status": "ok"}
 
 
@@ -27,14 +27,21 @@ async def prometheus_metrics(metrics: MetricsDep):
 
 
 @router.get("/v1/model")
-async def model_info(served: ServedDep):
+async def model_info(served: QueryModelDep):
     llm, engine = served.llm, served.engine
     return {
+        "model": served.name,
         "checkpoint": str(served.checkpoint),
         "config": llm.config.to_dict(),
         "num_params": llm.model.num_params(),
         "device": str(llm.device),
         "dtype": str(engine.runner.dtype).removeprefix("torch."),
+        "decode_step": {
+            "weight_form": engine.runner.form,
+            "why": served.form_reason,
+            "compiled": engine.runner.compiled_in is not None,
+            "compiled_in_s": engine.runner.compiled_in,
+        },
         "context_length": llm.config.context_length,
         "max_batch": engine.max_batch,
         "training": llm.training_info,

@@ -44,13 +44,14 @@ export async function getJson(url) {
   return res.json();
 }
 
-// The bytes of a text and the server's label of each (a character on its first byte, "" on the bytes that
-// continue it): the page never works out characters from bytes itself.
+// The bytes of a text, the server's label of each (a character on its first byte, "" on the bytes that
+// continue it) and the offset of the character each belongs to: the page never works out characters from
+// bytes itself.
 export async function tokenize(text, signal) {
   const res = await postJson("/v1/tokenize", { text }, signal);
   if (!res.ok) throw new Error(await errorMessage(res));
   const body = await res.json();
-  return { bytes: body.tokens.map((t) => t.id), labels: body.labels };
+  return { bytes: body.tokens.map((t) => t.id), labels: body.labels, starts: body.tokens.map((t) => t.start) };
 }
 
 // Read a text/event-stream body and call onEvent with each event's parsed JSON data, until [DONE].

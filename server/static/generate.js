@@ -54,7 +54,7 @@ export class GeneratePanel {
       Object.assign(gen, { bytes, labels, start: bytes.length });
       gen.chips = renderStrip(strip, bytes, labels, ["prompt"]);
       const res = await postJson("/v1/generate", {
-        prompt, max_new_tokens: +$("max-new").value, temperature: +$("temperature").value, seed, stream: true,
+        model: this.selection.model, prompt, max_new_tokens: +$("max-new").value, temperature: +$("temperature").value, seed, stream: true,
         attention: { layers: null, heads: null },
       }, gen.controller.signal);
       if (!res.ok) return setStatus(status, await errorMessage(res), true);

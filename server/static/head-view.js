@@ -34,7 +34,7 @@ export class HeadView {
 
   show(an) {
     this.an = an;
-    this.chips = renderStrip($("bytes"), an.bytes, an.labels, []);
+    this.chips = renderStrip($("bytes"), an.bytes, an.labels, [], an.unit);
     this.clear();
   }
 

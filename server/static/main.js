@@ -1,12 +1,14 @@
 // TinyLLM attention explorer: plain JavaScript modules, no build step, no dependencies.
 //
-//   Analyse  -> the maps of every layer and head for the text (analysis.js): the map and the all-heads grid
-//               (map-view.js) and the head view (head-view.js).
+//   Model    -> the models this server serves (GET /v1/models); the chosen one answers every request.
+//   Analyse  -> the maps of every layer and head for the text, per byte or per character (analysis.js): the map
+//               and the all-heads grid (map-view.js) and the head view (head-view.js); and what each head does
+//               (summary-view.js).
 //   Generate -> a streamed continuation, one byte per server-sent event with the row that chose it
 //               (generate.js).
 //
-// This module owns what every view shares, the selected layer, head and colour scale, and wires the views
-// together. Labels of bytes always come from the server (api.js tokenize, and each stream event).
+// This module owns what every view shares, the selected model, layer, head, colour scale and granularity, and
+// wires the views together. Labels of bytes always come from the server (api.js tokenize, and each stream event).
 import { fetchAnalysis } from "./analysis.js";
 import { getJson } from "./api.js";
 import { $, setStatus } from "./dom.js";
@@ -14,35 +16,55 @@ import { GeneratePanel } from "./generate.js";
 import { HeadView } from "./head-view.js";
 import { drawColorbar } from "./heatmap.js";
 import { MapView } from "./map-view.js";
+import { fetchSummary, SummaryView } from "./summary-view.js";
 
 const utf8 = new TextEncoder();
-const selection = { layer: 0, head: 0, scale: "sqrt" };  // head: an index, or "mean"
+// head: an index, or "mean"; granularity: "byte" or "character" (the maps' rows and columns)
+const selection = { model: null, layer: 0, head: 0, scale: "sqrt", granularity: "byte" };
 let context = null;  // the model's context length in bytes, once GET /v1/model answered
 let analyses = 0;    // analyses started, so a late answer to an older one is dropped
+let summaryOf = null;  // the model and text the summary table describes (it is per byte: no granularity)
 
 const mapView = new MapView(selection, {
   hover: (q) => headView.hover(q), leave: () => headView.leave(), pick: (q) => headView.pin(q), select,
 });
 const headView = new HeadView(selection, mapView);
+const summaryView = new SummaryView(selection, select);
 const panel = new GeneratePanel(selection, $("text"), (text) => {
   $("text").value = text;
   updateByteCount();
   analyse();
 });
 
-async function loadModel() {
-  const m = await getJson("/v1/model");
+async function loadModels() {
+  const { data } = await getJson("/v1/models");
+  const pick = $("model");
+  pick.textContent = "";
+  for (const m of data) pick.add(new Option(m.id, m.id));
+  await loadModel(data[0].id);
+}
+
+async function loadModel(name) {
+  const m = await getJson(`/v1/model?model=${encodeURIComponent(name)}`);
+  selection.model = m.model;
+  $("model").value = m.model;
   context = m.context_length;
-  $("model-info").textContent = `${m.checkpoint} · ${m.config.n_layer} layers × ${m.config.n_head} heads · ` +
+  $("model-info").textContent = `${m.config.n_layer} layers × ${m.config.n_head} heads · ` +
     `d_k ${m.config.d_model / m.config.n_head} · context ${m.context_length} bytes · ${m.device}`;
+  // keep the selected layer and head where this model has them
+  selection.layer = Math.min(selection.layer, m.config.n_layer - 1);
+  if (selection.head !== "mean") selection.head = Math.min(selection.head, m.config.n_head - 1);
   const layer = $("layer"), head = $("head");
   layer.textContent = head.textContent = "";
   for (let l = 0; l < m.config.n_layer; l++) layer.add(new Option(String(l), String(l)));
   for (let h = 0; h < m.config.n_head; h++) head.add(new Option(String(h), String(h)));
   head.add(new Option("mean of heads", "mean"));
+  layer.value = String(selection.layer);
+  head.value = String(selection.head);
   updateByteCount();
 }
 
+// The maps (in the selected granularity) and the heads' summary, unless the table already shows this text's.
 async function analyse() {
   const status = $("status");
   const text = $("text").value;
@@ -55,13 +77,21 @@ async function analyse() {
   setStatus(status, "analysing…");
   const t0 = performance.now();
   try {
-    const an = await fetchAnalysis(text);
+    const key = `${selection.model}\n${text}`;
+    const [an, heads] = await Promise.all([
+      fetchAnalysis(text, selection),
+      key === summaryOf ? null : fetchSummary(text, selection.model),
+    ]);
     if (id !== analyses) return;
     const t1 = performance.now();
     mapView.show(an);
     headView.show(an);
+    if (heads) {
+      summaryView.show(heads);
+      summaryOf = key;
+    }
     const t2 = performance.now();
-    setStatus(status, `${an.T} bytes · ${an.L} × ${an.H} maps · answer ${Math.round(t1 - t0)} ms · ` +
+    setStatus(status, `${an.T} ${an.unit}s · ${an.L} × ${an.H} maps · answer ${Math.round(t1 - t0)} ms · ` +
       `drawing ${Math.round(t2 - t1)} ms`);
   } catch (e) {
     if (id === analyses) setStatus(status, String(e.message || e), true);
@@ -76,6 +106,7 @@ function select(layer, head) {
     mapView.draw();
     mapView.markSelected();
   }
+  summaryView.markSelected();
   headView.refresh();
   panel.refresh();
 }
@@ -89,13 +120,22 @@ function updateByteCount() {
 
 function main() {
   drawColorbar(selection.scale);
-  $("analyse").addEventListener("click", analyse);
+  $("analyse").addEventListener("click", () => analyse());
   $("text").addEventListener("input", updateByteCount);
   $("text").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) analyse();
   });
+  $("model").addEventListener("change", (e) => {
+    loadModel(e.target.value).then(() => analyse()).catch((err) => setStatus($("status"), String(err.message || err), true));
+  });
   $("layer").addEventListener("change", (e) => select(+e.target.value, selection.head));
   $("head").addEventListener("change", (e) => select(selection.layer, e.target.value === "mean" ? "mean" : +e.target.value));
+  for (const radio of document.querySelectorAll("input[name=granularity]")) {
+    radio.addEventListener("change", (e) => {
+      selection.granularity = e.target.value;
+      analyse();
+    });
+  }
   $("scale").addEventListener("change", (e) => {
     selection.scale = e.target.value;
     drawColorbar(selection.scale);
@@ -106,7 +146,7 @@ function main() {
   });
   window.addEventListener("resize", () => { if (mapView.an) mapView.layout(); });
   updateByteCount();
-  loadModel().then(analyse).catch((e) => setStatus($("status"), String(e.message || e), true));
+  loadModels().then(() => analyse()).catch((e) => setStatus($("status"), String(e.message || e), true));
 }
 
 main();

@@ -76,7 +76,9 @@ export class MapView {
     canvas.dataset.t = T;
     canvas.dataset.layer = layer;
     canvas.dataset.head = head;
-    $("map-title").textContent = `layer ${layer}, ${head === "mean" ? "mean of heads" : `head ${head}`} · ${T} × ${T}`;
+    canvas.dataset.unit = this.an.unit;
+    $("map-title").textContent = `layer ${layer}, ${head === "mean" ? "mean of heads" : `head ${head}`} · ` +
+      `${T} × ${T} ${this.an.unit}s`;
   }
 
   drawGrid() {

@@ -1,18 +1,19 @@
-// A strip of byte chips: one .b element per byte (data-i its index); a newline byte also breaks the line.
+// A strip of chips: one .b element per byte, or per character in the character view (data-i its index); a
+// newline also breaks the line. `bytes` holds each position's byte (a character's first byte).
 import { isEscape, shown } from "./labels.js";
 
-export function renderStrip(el, bytes, labels, cls) {
+export function renderStrip(el, bytes, labels, cls, unit = "byte") {
   el.textContent = "";
   const frag = document.createDocumentFragment();
-  const chips = bytes.map((_, i) => appendChip(frag, i, bytes, labels, cls));
+  const chips = bytes.map((_, i) => appendChip(frag, i, bytes, labels, cls, unit));
   el.appendChild(frag);
   return chips;
 }
 
-export function appendChip(parent, i, bytes, labels, cls) {
+export function appendChip(parent, i, bytes, labels, cls, unit = "byte") {
   const chip = document.createElement("span");
   chip.dataset.i = i;
-  setChipLabel(chip, i, bytes, labels);
+  setChipLabel(chip, i, bytes, labels, unit);
   chip.classList.add(...cls);
   parent.appendChild(chip);
   if (bytes[i] === 10) parent.appendChild(document.createElement("br"));
@@ -35,12 +36,13 @@ export function relabel(chips, bytes, labels, start, newLabels) {
   });
 }
 
-function setChipLabel(chip, i, bytes, labels) {
+function setChipLabel(chip, i, bytes, labels, unit = "byte") {
   const label = labels[i];
   chip.classList.remove("cont", "esc");
   chip.classList.add("b");
   if (label === "") chip.classList.add("cont");
   else if (isEscape(label)) chip.classList.add("esc");
   chip.textContent = shown(label);
-  chip.title = `byte ${i} · 0x${bytes[i].toString(16).padStart(2, "0")}` + (label === "" ? " (continues a character)" : "");
+  chip.title = unit === "character" ? `character ${i}`
+    : `byte ${i} · 0x${bytes[i].toString(16).padStart(2, "0")}` + (label === "" ? " (continues a character)" : "");
 }

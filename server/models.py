@@ -1,0 +1,147 @@
+"""The served models: one per checkpoint, each with its own runner and engine (its own KV cache and worker thread).
+
+A model's name is its checkpoint folder's name ("shakespeare"): the `model` field of both APIs. The first model
+given is the default of the native API.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from model import checkpoint, weight_forms
+from model.api import TinyLLM, resolve_device
+from model.checkpoint import CheckpointError
+from model.runner import Runner
+from server.config import Settings
+from server.engine import Engine
+from server.errors import APIError
+
+log = logging.getLogger("tinyllm.server")
+
+
+def model_name(path: Path) -> str:
+    return os.path.basename(os.path.abspath(path)) or "tinyllm"
+
+
+def find_checkpoints(paths: list[Path]) -> list[Path]:
+    """The checkpoint folders to serve, in order: each path that is a checkpoint, and for a folder of checkpoints
+    the checkpoints in it, sorted by name. A folder met twice is served once, where it came first (so
+    `shakespeare,.` puts shakespeare first, then the rest of the folder). CheckpointError when two different
+    folders would have the same name."""
+    found = []
+    for path in paths:
+        if checkpoint.exists(path) or not path.is_dir():
+            found.append(path)  # a missing or broken checkpoint: loading it names the file and the problem
+            continue
+        inside = sorted(
+            p
+            for p in path.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and p.suffix not in (".tmp", ".old") and checkpoint.exists(p)
+        )
+        if not inside:
+            raise CheckpointError(
+                f"{path}: neither a checkpoint (no {checkpoint.CONFIG}) nor a folder of checkpoint folders"
+            )
+        found += inside
+    seen: dict[str, Path] = {}
+    for path in found:
+        name = model_name(path)
+        if name in seen and seen[name].resolve() != path.resolve():
+            raise CheckpointError(
+                f"two checkpoints would both be served as the model {name!r}: {seen[name]} and {path} "
+                "(a model is named after its folder: rename one)"
+            )
+        seen.setdefault(name, path)
+    return list(seen.values())
+
+
+def load_checkpoints(settings: Settings) -> dict[Path, TinyLLM]:
+    """Every checkpoint the settings name, loaded; CheckpointError names the first that cannot be.
+
+    On a CPU the model itself stays float32 (prefill, scoring and attention maps are exact); --dtype picks the
+    decode step's weight form (ServedModels). On CUDA --dtype is the model's dtype."""
+    device = resolve_device(settings.device)
+    if device.type == "cpu" and settings.dtype == "float16":
+        raise CheckpointError("--dtype float16 is for CUDA; on a CPU choose auto, float32, bfloat16 or int8")
+    if device.type != "cpu" and settings.dtype == "int8":
+        raise CheckpointError("--dtype int8 is a CPU weight form; on CUDA choose auto, float32, bfloat16 or float16")
+    dtype = settings.dtype if device.type != "cpu" else "float32"
+    return {path: TinyLLM.load(path, device, dtype) for path in find_checkpoints(settings.checkpoint)}
+
+
+@dataclass
+class ServedModel:
+    """A loaded checkpoint and the engine that serves it."""
+
+    name: str
+    checkpoint: Path
+    llm: TinyLLM
+    engine: Engine
+    form_reason: str  # why the decode step runs in engine.runner.form
+
+    @property
+    def created(self) -> int:
+        try:
+            return int(os.path.getmtime(self.checkpoint))
+        except OSError:
+            return 0
+
+
+class ServedModels:
+    """The served models by name, in the order given; the first is the default."""
+
+    def __init__(self, llms: dict[Path, TinyLLM], settings: Settings):
+        self.by_name = {}
+        for path, llm in llms.items():
+            form, why = weight_forms.select(llm.model, path, settings.dtype, settings.cache_dir)
+            runner = Runner(llm.model, settings.max_batch, form=form, compile=settings.compile)
+            engine = Engine(runner, settings.max_queue, settings.prefill_chunk)
+            self.by_name[model_name(path)] = ServedModel(model_name(path), path, llm, engine, why)
+        self.default = next(iter(self.by_name.values()))
+
+    def __iter__(self) -> Iterator[ServedModel]:
+        return iter(self.by_name.values())
+
+    @property
+    def ready(self) -> bool:
+        """Every engine has run its warm-up forward pass."""
+        return all(m.engine.ready.is_set() for m in self)
+
+    def get(self, name: str | None) -> ServedModel:
+        """The model called `name` (None: the default), or a 404 naming it and the served ones."""
+        if name is None:
+            return self.default
+        if name not in self.by_name:
+            served = ", ".join(f"`{n}`" for n in self.by_name)
+            raise APIError(
+                404,
+                f"The model `{name}` does not exist. This server serves {served}.",
+                param="model",
+                code="model_not_found",
+            )
+        return self.by_name[name]
+
+    def start(self) -> None:
+        for m in self:
+            m.engine.start()
+            runner = m.engine.runner
+            log.info(
+                "serving %s from %s on %s (%s), %d parameters; decode step in %s: %s",
+                m.name,
+                m.checkpoint,
+                m.llm.device,
+                runner.dtype,
+                m.llm.model.num_params(),
+                runner.form,
+                m.form_reason,
+            )
+            if runner.compile:
+                runner.start_compiling()
+
+    def stop(self) -> None:
+        for m in self:
+            m.engine.stop()

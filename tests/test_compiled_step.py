@@ -1,0 +1,57 @@
+"""The compiled decode step (torch.compile): the same tokens as the eager step, two graphs (batch 1, and every
+other batch size) and no recompilation however the batch changes; a live server switches to it."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from model import TinyLLM
+from model.runner import Runner, Sequence
+from model.sampling import SamplingParams
+from server.process import running_server
+from support import random_ids, sharp_model
+
+GREEDY = SamplingParams(temperature=0)
+
+
+@pytest.fixture(scope="module")
+def inductor_cache(tmp_path_factory):
+    """One compiled-code cache for this module's compilations (the live server's start reuses it)."""
+    return tmp_path_factory.mktemp("inductor")
+
+
+def test_compiled_and_eager_steps_agree_and_nothing_recompiles(inductor_cache, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache))
+    model = sharp_model()
+    compiled = Runner(model, max_batch=8, form="float32", compile=True)
+    compiled.start_compiling().join()
+    assert compiled.compiled_in is not None, "the compiled step is in use"
+    graphs = counters["stats"]["unique_graphs"]
+    eager = Runner(model, max_batch=8, form="float32")
+    for n in (1, 3, 2, 8, 5, 1, 7):  # batch sizes change from step to step, as requests come and go
+        seqs = [Sequence(random_ids(1, 5 + 3 * i, seed=i)[0].tolist(), 5 + 3 * i, GREEDY) for i in range(n)]
+        for runner in (compiled, eager):
+            for row, seq in enumerate(seqs):
+                runner.prefill(seq, row, 0, len(seq.tokens))
+        for a, b in zip(compiled.decode(seqs), eager.decode(seqs)):
+            assert a.token == b.token
+            torch.testing.assert_close(a.logprobs, b.logprobs, rtol=1e-4, atol=1e-4)
+    assert counters["stats"]["unique_graphs"] == graphs, "a batch size recompiled the step"
+
+
+def test_a_live_server_serves_the_compiled_step(tiny_checkpoint, inductor_cache):
+    env = {"TORCHINDUCTOR_CACHE_DIR": str(inductor_cache)}
+    with running_server(tiny_checkpoint, "--compile", env=env, timeout=300) as srv:
+        deadline = time.monotonic() + 300
+        while not (step := httpx.get(f"{srv.url}/v1/model").json()["decode_step"])["compiled"]:
+            assert time.monotonic() < deadline, "the compiled step never came"
+            time.sleep(0.5)
+        assert step["weight_form"] == "float32" and step["compiled_in_s"] > 0
+        r = httpx.post(f"{srv.url}/v1/generate", json={"prompt": "Hello", "max_new_tokens": 40, "temperature": 0})
+        expected = TinyLLM.load(tiny_checkpoint, device="cpu").generate("Hello", max_new_tokens=40, temperature=0)
+        assert r.json()["text"] == expected.text
