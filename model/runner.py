@@ -89,6 +89,7 @@ class Runner:
         self.decoder = weight_forms.decoder(model, form)
         self.compile = compile
         self.compiled_in: float | None = None  # seconds the compiled step took to be ready
+        self.compile_error: str | None = None  # why it could not be compiled, if it could not
         self._step = self._decode_step  # what decode() runs: the eager step, then the compiled one
         self.device = model.lm_head.weight.device
         self.dtype = model.lm_head.weight.dtype
@@ -156,9 +157,19 @@ class Runner:
         return thread
 
     def _compile(self) -> None:
+        if self.device.type == "cpu":  # Inductor's CPU code is C++: without a compiler, say so in one line
+            try:
+                from torch._inductor.cpp_builder import get_cpp_compiler
+
+                get_cpp_compiler()
+            except Exception as e:
+                self.compile_error = f"no C++ compiler for torch.compile ({e})"
+                log.warning("%s; the eager decode step serves", self.compile_error)
+                return
         try:
             self._compile_and_warm_up()
-        except Exception:  # e.g. no C++ compiler: the eager step goes on serving
+        except Exception as e:
+            self.compile_error = f"compiling the decode step failed: {e!r}"
             log.exception("compiling the decode step failed; the eager step serves")
 
     def _compile_and_warm_up(self) -> None:

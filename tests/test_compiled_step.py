@@ -3,6 +3,9 @@ other batch size) and no recompilation however the batch changes; a live server 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import httpx
@@ -13,7 +16,7 @@ from torch._dynamo.utils import counters
 from model import TinyLLM
 from model.runner import Runner, Sequence
 from model.sampling import SamplingParams
-from server.process import running_server
+from server.process import ROOT, running_server
 from support import random_ids, sharp_model
 
 GREEDY = SamplingParams(temperature=0)
@@ -55,3 +58,29 @@ def test_a_live_server_serves_the_compiled_step(tiny_checkpoint, inductor_cache)
         r = httpx.post(f"{srv.url}/v1/generate", json={"prompt": "Hello", "max_new_tokens": 40, "temperature": 0})
         expected = TinyLLM.load(tiny_checkpoint, device="cpu").generate("Hello", max_new_tokens=40, temperature=0)
         assert r.json()["text"] == expected.text
+
+
+def test_without_a_cpp_compiler_the_eager_step_serves_and_says_why(tmp_path):
+    """A process whose PATH has no C++ compiler (as in the slim Docker image): no compiled step, one line why."""
+    script = """
+import sys
+sys.path.insert(0, "tests")
+from model.runner import Runner, Sequence
+from model.sampling import SamplingParams
+from support import random_ids, sharp_model
+model = sharp_model()
+runner = Runner(model, max_batch=2, form="float32", compile=True)
+runner.start_compiling().join()
+assert runner.compiled_in is None and "no C++ compiler" in runner.compile_error, runner.compile_error
+
+def two_tokens(r):
+    seq = Sequence(random_ids(1, 9, seed=3)[0].tolist(), 9, SamplingParams(temperature=0))
+    seq.tokens.append(r.prefill(seq, 0, 0, 9).token)
+    return seq.tokens[-1], r.decode([seq])[0].token
+
+assert two_tokens(runner) == two_tokens(Runner(model, max_batch=2, form="float32"))
+print("eager served")
+"""
+    env = {**os.environ, "PATH": str(tmp_path), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "eager served" in out.stdout, out.stderr[-2000:]

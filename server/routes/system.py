@@ -41,6 +41,7 @@ async def model_info(served: QueryModelDep):
             "why": served.form_reason,
             "compiled": engine.runner.compiled_in is not None,
             "compiled_in_s": engine.runner.compiled_in,
+            "compile_error": engine.runner.compile_error,
         },
         "context_length": llm.config.context_length,
         "max_batch": engine.max_batch,
