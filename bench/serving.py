@@ -86,7 +86,7 @@ def main() -> None:
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--tokens", type=int, default=128)
-    p.add_argument("--threads", type=int, default=0, help="the servers' --threads (0 = torch's default)")
+    p.add_argument("--threads", type=int, default=0, help="the servers' --threads (0 = their default)")
     args = p.parse_args()
     top = max(args.clients)
     common = ["--max-queue", "1024", "--request-timeout", "600", "--threads", str(args.threads), "--compile"]
@@ -158,8 +158,10 @@ def main() -> None:
     body = f"""
 Each client streams {args.tokens} new tokens (temperature 0.8, its own seed) from `{args.checkpoint}` over
 HTTP (httpx, server-sent events); the load generator runs on the same machine. "One at a time" is the same
-engine started with `--max-batch 1`. Both servers ran with `--threads {args.threads}` (0 = torch's default)
-and `--compile`. Baseline: Hugging Face `generate` at batch 1, greedy, {args.tokens} new bytes, in-process on the
+engine started with `--max-batch 1`. Both servers ran with `--threads {args.threads}` (0 = the server's default: one
+per core but one) and `--compile`. Baseline: Hugging Face `generate` at batch 1, greedy, {
+        args.tokens
+    } new bytes, in-process on the
 same weights (float32), measured between the loads: median **{hf_rate:.1f} tokens/s**
 ({", ".join(f"{r:.0f}" for r in hf_rates)}).
 

@@ -10,9 +10,9 @@ through a runner; neither touches the model's tensors or the cache.
 - `attention(ids)`: attention maps of every layer and head (the explicit softmax path).
 - `move(src, dst, length)`: copy a row of the cache (the engine keeps its sequences in rows 0..n-1).
 
-The decode step has static shapes: token ids and positions live in preallocated buffers, the batch is
+The decode step has static shapes: token ids and positions live in preallocated buffers, the batch can be
 padded to the next of a few bucket sizes, and the cache never changes shape, so a compiled or
-graph-captured step can replace `_decode_step` here and nowhere else.
+graph-captured step can replace the eager one (`decode_step`) here and nowhere else.
 """
 
 from __future__ import annotations
@@ -64,9 +64,21 @@ class TokenOutput:
         return float(self.logprobs[self.token])
 
 
+def decode_step(decoder: Transformer):
+    """The decode step of `decoder`: (B, 1) tokens at (B, 1) positions in rows 0..B-1 of the per-layer caches k
+    and v -> logits (B, 1, vocab). A function of its arguments alone, so that a compiled version of it can be
+    warmed up on a scratch cache while the real one serves."""
+
+    def step(tokens: torch.Tensor, positions: torch.Tensor, k: list, v: list) -> torch.Tensor:
+        return decoder(tokens, cache=KVCache.of(k, v), slots=CacheSlots(0, positions))[0]
+
+    return step
+
+
 class Runner:
     """model: the exact float32 (or, on a GPU, bfloat16) model, for prefill, scoring and attention; the decode
-    step runs its copy in weight form `form` (model.weight_forms), except in steps that report attention.
+    step runs a copy in weight form `form` (model.weight_forms) for one sequence and in `batch_form` (default:
+    the same) for several, except in steps that report attention.
 
     compile: the decode step is compiled with torch.compile (Inductor), once for batch 1 and once for any
     other batch size, in the background (start_compiling); it serves as soon as it is ready, the eager step
@@ -79,18 +91,21 @@ class Runner:
         model: Transformer,
         max_batch: int = 1,
         form: str = "float32",
+        batch_form: str | None = None,
         compile: bool = False,
         buckets: tuple[int, ...] | None = None,
     ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.model, self.config = model, model.config
-        self.form = form
-        self.decoder = weight_forms.decoder(model, form)
+        self.forms = (form, batch_form or form)  # for a step of one sequence, and of several
+        decoders = {f: weight_forms.decoder(model, f) for f in self.forms}
+        self.decoders = tuple(decoders[f] for f in self.forms)
         self.compile = compile
         self.compiled_in: float | None = None  # seconds the compiled step took to be ready
         self.compile_error: str | None = None  # why it could not be compiled, if it could not
-        self._step = self._decode_step  # what decode() runs: the eager step, then the compiled one
+        # What decode() runs for one sequence and for several: the eager steps, then the compiled ones.
+        self._steps = [decode_step(d) for d in self.decoders]
         self.device = model.lm_head.weight.device
         self.dtype = model.lm_head.weight.dtype
         self.max_batch = max_batch
@@ -138,15 +153,12 @@ class Runner:
             slots = CacheSlots(0, self.positions[:B])
             logits, attn = self.model(self.tokens[:B], need_weights=True, cache=self.cache, slots=slots)
             return self._choose(seqs, logits[:n, -1], [a[:n, :, -1] for a in attn])
-        logits = self._step(self.tokens[:B], self.positions[:B], self.cache.k, self.cache.v)
+        logits = self.step(B)(self.tokens[:B], self.positions[:B], self.cache.k, self.cache.v)
         return self._choose(seqs, logits[:n, -1], None)
 
-    def _decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, k: list, v: list) -> torch.Tensor:
-        """The decoder on (B, 1) tokens at (B, 1) positions in rows 0..B-1 of the per-layer caches k and v:
-        logits (B, 1, vocab). A function of its arguments alone, so that a compiled version of it can be warmed
-        up on a scratch cache while the real one serves."""
-        cache = KVCache.of(k, v)
-        return self.decoder(tokens, cache=cache, slots=CacheSlots(0, positions))[0]
+    def step(self, batch: int):
+        """The decode step that serves `batch` sequences."""
+        return self._steps[batch > 1]
 
     def start_compiling(self) -> threading.Thread:
         """Compile the decode step in a background thread (on a small scratch cache: the real one is in use)
@@ -176,15 +188,19 @@ class Runner:
         start = time.perf_counter()
         # Sizes that happen to be equal in the warm-up (a batch of 2, 2 heads) must not be assumed equal later.
         torch.fx.experimental._config.use_duck_shape = False
-        compiled = torch.compile(self._decode_step, dynamic=True)
+        # Every runner's steps share one code object, and Dynamo keeps at most recompile_limit graphs per code
+        # object: two per runner (batch 1, and every other batch size), so leave room for many models.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         # Tensors made like the real ones (outside inference mode), or the compiled step's guards reject those.
         scratch = KVCache(self.config, 3, self.dtype, self.device)  # 3 rows: a size dynamic shapes do not pin
         tokens = torch.zeros(2, 1, dtype=torch.long, device=self.device)
         positions = torch.full((2, 1), 7, dtype=torch.long, device=self.device)
+        compiled = list(self._steps)
         with torch.inference_mode():
-            for batch in (2, 1):  # batch 1 gets a graph of its own; every other size shares one
-                compiled(tokens[:batch], positions[:batch], scratch.k, scratch.v)
-        self._step = compiled
+            for regime, batch in ((1, 2), (0, 1)) if self.max_batch > 1 else ((0, 1),):
+                compiled[regime] = torch.compile(decode_step(self.decoders[regime]), dynamic=True)
+                compiled[regime](tokens[:batch], positions[:batch], scratch.k, scratch.v)
+        self._steps = compiled
         self.compiled_in = time.perf_counter() - start
         log.info("compiled decode step ready after %.1f s", self.compiled_in)
 

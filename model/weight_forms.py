@@ -112,15 +112,21 @@ def attn_w(layer, name: str) -> torch.Tensor:
 # ---------------------------------------------------------------- speed: the fastest allowed form on this machine
 
 
+BATCHED = 16  # the batch a busy server's steps are measured at; batch 1 is measured too
+
+
 @torch.inference_mode()
-def matmul_seconds(model: Transformer, forms: list[str], rounds: int = 7, steps: int = 5) -> dict[str, float]:
-    """Per form, the time of one batch-1 decode step's weight matmuls (every linear map once, in order).
+def matmul_seconds(
+    model: Transformer, forms: list[str], batch: int = 1, rounds: int = 7, steps: int = 5
+) -> dict[str, float]:
+    """Per form, the time of one decode step's weight matmuls at `batch` sequences (every linear map once, in
+    order).
 
     The rest of a step (norms, rotary embeddings, attention, sampling) is the same in every form, so this is
     what tells them apart. Forms alternate within each round; the median of the rounds is kept.
     """
-    x_model = torch.randn(1, 1, model.config.d_model)
-    x_hidden = torch.randn(1, 1, model.config.mlp_hidden)
+    x_model = torch.randn(batch, 1, model.config.d_model)
+    x_hidden = torch.randn(batch, 1, model.config.mlp_hidden)
     linears = {}
     for form in forms:
         dec = decoder(model, form)
@@ -141,43 +147,57 @@ def matmul_seconds(model: Transformer, forms: list[str], rounds: int = 7, steps:
     return {form: statistics.median(t) for form, t in times.items()}
 
 
-def choose(model: Transformer, allowed_forms: list[str], cache_key: str, cache_dir: Path | None) -> tuple[str, str]:
-    """The fastest of allowed_forms on this machine, and why. The measurement is kept in cache_dir (per
-    checkpoint, machine, torch version and thread count), so a restart chooses the same form at once."""
+def choose(
+    model: Transformer, allowed_forms: list[str], cache_key: str, cache_dir: Path | None
+) -> tuple[str, str, str]:
+    """The fastest of allowed_forms on this machine for a step of one sequence and for a step of many (BATCHED),
+    and why. Which is fastest can differ: a kernel that reads fewer bytes wins at batch 1, one that computes
+    faster at larger batches. The measurement is kept in cache_dir (per checkpoint, machine, torch version and
+    thread count), so a restart chooses the same forms at once."""
     key = hashlib.sha256(
         f"{cache_key}|{platform.processor()}|{cpu_name()}|{torch.__version__}|{torch.get_num_threads()}|"
-        f"{sorted(allowed_forms)}".encode()
+        f"{sorted(allowed_forms)}|{BATCHED}".encode()
     ).hexdigest()[:16]
     record = cache_dir / "weight_forms" / f"{key}.json" if cache_dir else None
     if record is not None and record.exists():
         times = json.loads(record.read_text())
         how = f"measured before (kept in {record})"
     else:
-        times = matmul_seconds(model, allowed_forms)
+        times = {str(b): matmul_seconds(model, allowed_forms, batch=b) for b in (1, BATCHED)}
         how = "measured at start-up"
         if record is not None:
             with contextlib.suppress(OSError):  # a read-only cache only costs the next start a measurement
                 record.parent.mkdir(parents=True, exist_ok=True)
                 record.write_text(json.dumps(times, indent=2) + "\n")
-    best = min(times, key=times.get)
-    shown = ", ".join(f"{form} {times[form] * 1e3:.2f} ms" for form in sorted(times, key=times.get))
-    return best, f"fastest of the allowed forms, batch-1 step matmuls {how}: {shown}"
+    single, batched = times["1"], times[str(BATCHED)]
+
+    def shown(t: dict[str, float]) -> str:
+        return ", ".join(f"{form} {t[form] * 1e3:.2f} ms" for form in sorted(t, key=t.get))
+
+    return (
+        min(single, key=single.get),
+        min(batched, key=batched.get),
+        f"fastest of the allowed forms, step matmuls {how}: batch 1: {shown(single)}; batch {BATCHED}: "
+        f"{shown(batched)}",
+    )
 
 
-def select(model: Transformer, path, requested: str, cache_dir: Path | None) -> tuple[str, str]:
-    """The weight form to serve checkpoint `path` in, and why: `requested` if it names one, else ("auto") the
-    fastest on this machine of those its quality record allows. On a GPU the model's own dtype serves."""
+def select(model: Transformer, path, requested: str, cache_dir: Path | None) -> tuple[str, str, str]:
+    """The weight forms to serve checkpoint `path` in, for steps of one sequence and of several, and why:
+    `requested` for both if it names one, else ("auto") the fastest on this machine of those its quality
+    record allows. On a GPU the model's own dtype serves."""
     if model.lm_head.weight.device.type != "cpu":
-        return "float32", f"weights as loaded ({str(model.lm_head.weight.dtype).removeprefix('torch.')}) on the GPU"
+        why = f"weights as loaded ({str(model.lm_head.weight.dtype).removeprefix('torch.')}) on the GPU"
+        return "float32", "float32", why
     if requested != "auto":
-        return requested, "as asked (--dtype)"
+        return requested, requested, "as asked (--dtype)"
     forms, why = allowed(path)
     if len(forms) == 1:
-        return forms[0], why
+        return forms[0], forms[0], why
     weights = checkpoint.resolve(path) / checkpoint.WEIGHTS
     stat = weights.stat()
-    form, how = choose(model, forms, f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}", cache_dir)
-    return form, f"{how}; {why}"
+    single, batched, how = choose(model, forms, f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}", cache_dir)
+    return single, batched, f"{how}; {why}"
 
 
 def cpu_name() -> str:

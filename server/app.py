@@ -28,8 +28,7 @@ def create_app(settings: Settings, llms: dict[Path, TinyLLM] | None = None) -> F
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
+        torch.set_num_threads(settings.threads or max(1, len(os.sched_getaffinity(0)) - 1))
         # Inductor keeps compiled code here, so that a restart loads it instead of compiling again.
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(settings.cache_dir / "inductor"))
         models = ServedModels(llms or load_checkpoints(settings), settings)

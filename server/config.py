@@ -57,7 +57,12 @@ class Settings(BaseSettings):
         description="where measured weight-form choices and compiled code are kept between starts",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
-    threads: int = Field(0, ge=0, description="CPU threads for torch's kernels (0 = torch's default, one per core)")
+    threads: int = Field(
+        0,
+        ge=0,
+        description="CPU threads for torch's kernels (0 = one per core but one, at least one: the event loop that "
+        "speaks HTTP keeps a core of its own, as vLLM's CPU backend leaves one)",
+    )
 
     # limits
     max_prompt_bytes: int = Field(65536, ge=1, description="longest prompt accepted (before truncation)")

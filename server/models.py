@@ -81,7 +81,7 @@ class ServedModel:
     checkpoint: Path
     llm: TinyLLM
     engine: Engine
-    form_reason: str  # why the decode step runs in engine.runner.form
+    form_reason: str  # why the decode steps run in engine.runner.forms
 
     @property
     def created(self) -> int:
@@ -97,8 +97,8 @@ class ServedModels:
     def __init__(self, llms: dict[Path, TinyLLM], settings: Settings):
         self.by_name = {}
         for path, llm in llms.items():
-            form, why = weight_forms.select(llm.model, path, settings.dtype, settings.cache_dir)
-            runner = Runner(llm.model, settings.max_batch, form=form, compile=settings.compile)
+            form, batch_form, why = weight_forms.select(llm.model, path, settings.dtype, settings.cache_dir)
+            runner = Runner(llm.model, settings.max_batch, form=form, batch_form=batch_form, compile=settings.compile)
             engine = Engine(runner, settings.max_queue, settings.prefill_chunk)
             self.by_name[model_name(path)] = ServedModel(model_name(path), path, llm, engine, why)
         self.default = next(iter(self.by_name.values()))
@@ -130,13 +130,13 @@ class ServedModels:
             m.engine.start()
             runner = m.engine.runner
             log.info(
-                "serving %s from %s on %s (%s), %d parameters; decode step in %s: %s",
+                "serving %s from %s on %s (%s), %d parameters; decode step in %s (batch 1) and %s (batches): %s",
                 m.name,
                 m.checkpoint,
                 m.llm.device,
                 runner.dtype,
                 m.llm.model.num_params(),
-                runner.form,
+                *runner.forms,
                 m.form_reason,
             )
             if runner.compile:

@@ -78,16 +78,19 @@ def test_the_record_decides_which_forms_may_serve(tmp_path):
     assert forms == ["float32", "bfloat16"] and "int8 +0.0200" in why
 
 
-def test_auto_serves_the_fastest_allowed_form_and_remembers_it(tmp_path):
+def test_auto_serves_the_fastest_allowed_forms_and_remembers_them(tmp_path):
     ck = tmp_path / "ck"
     model = tiny_model()
     checkpoint.save(ck, model, training={})
     (ck / weight_forms.QUALITY_FILE).write_text(json.dumps({"val_loss": {"float32": 1.0, "int8": 1.001}}))
-    form, why = weight_forms.select(model, ck, "auto", tmp_path / "cache")
-    assert form in ("float32", "int8") and "measured at start-up" in why
-    again, why_again = weight_forms.select(model, ck, "auto", tmp_path / "cache")
-    assert again == form and "measured before" in why_again
-    assert weight_forms.select(model, ck, "int8", None) == ("int8", "as asked (--dtype)")
+    single, batched, why = weight_forms.select(model, ck, "auto", tmp_path / "cache")
+    assert {single, batched} <= {"float32", "int8"} and "measured at start-up" in why
+    record = json.loads(next((tmp_path / "cache" / "weight_forms").glob("*.json")).read_text())
+    for batch, form in (("1", single), (str(weight_forms.BATCHED), batched)):  # the fastest of what was measured
+        assert set(record[batch]) == {"float32", "int8"} and form == min(record[batch], key=record[batch].get)
+    assert weight_forms.select(model, ck, "auto", tmp_path / "cache")[:2] == (single, batched)
+    assert "measured before" in weight_forms.select(model, ck, "auto", tmp_path / "cache")[2]
+    assert weight_forms.select(model, ck, "int8", None) == ("int8", "int8", "as asked (--dtype)")
 
 
 def test_the_command_records_each_forms_validation_loss(tmp_path):
@@ -100,3 +103,20 @@ def test_the_command_records_each_forms_validation_loss(tmp_path):
     assert set(record["val_loss"]) == set(weight_forms.FORMS)
     assert record["data"]["held_out_bytes"] == math.ceil(len(data.read_bytes()) * 0.1)
     assert all(abs(v - record["val_loss"]["float32"]) < 0.05 for v in record["val_loss"].values())
+
+
+def test_one_sequence_and_several_decode_in_their_own_forms():
+    model = tiny_model(seed=3)
+    mixed = Runner(model, max_batch=2, form="int8", batch_form="bfloat16")
+    alone = {form: Runner(model, max_batch=2, form=form) for form in ("int8", "bfloat16")}
+    prompts = [random_ids(1, 12, seed=s)[0].tolist() for s in (5, 6)]
+
+    def logprobs(runner: Runner, n: int) -> torch.Tensor:
+        seqs = [Sequence(list(p), 12, SamplingParams(temperature=0)) for p in prompts[:n]]
+        for row, seq in enumerate(seqs):
+            seq.tokens.append(runner.prefill(seq, row, 0, 12).token)
+        return torch.stack([out.logprobs for out in runner.decode(seqs)])
+
+    assert torch.equal(logprobs(mixed, 1), logprobs(alone["int8"], 1))
+    assert torch.equal(logprobs(mixed, 2), logprobs(alone["bfloat16"], 2))
+    assert not torch.equal(logprobs(alone["int8"], 2), logprobs(alone["bfloat16"], 2)), "the forms differ"

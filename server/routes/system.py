@@ -37,7 +37,8 @@ async def model_info(served: QueryModelDep):
         "device": str(llm.device),
         "dtype": str(engine.runner.dtype).removeprefix("torch."),
         "decode_step": {
-            "weight_form": engine.runner.form,
+            "weight_form": engine.runner.forms[0],
+            "batch_weight_form": engine.runner.forms[1],
             "why": served.form_reason,
             "compiled": engine.runner.compiled_in is not None,
             "compiled_in_s": engine.runner.compiled_in,
