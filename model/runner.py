@@ -164,11 +164,14 @@ class Runner:
         """Compile the decode step in a background thread (on a small scratch cache: the real one is in use)
         and let decode() use it once it is ready. Compiled code is cached on disk by Inductor, so a second start
         is quicker."""
-        thread = threading.Thread(target=self._compile, name="tinyllm-compile", daemon=True)
+        # The compiled step is guarded on torch's thread count, which is per thread: compile with the caller's.
+        threads = torch.get_num_threads()
+        thread = threading.Thread(target=self._compile, args=(threads,), name="tinyllm-compile", daemon=True)
         thread.start()
         return thread
 
-    def _compile(self) -> None:
+    def _compile(self, threads: int) -> None:
+        torch.set_num_threads(threads)
         if self.device.type == "cpu":  # Inductor's CPU code is C++: without a compiler, say so in one line
             try:
                 from torch._inductor.cpp_builder import get_cpp_compiler
@@ -186,6 +189,7 @@ class Runner:
 
     def _compile_and_warm_up(self) -> None:
         start = time.perf_counter()
+        # torch's compiler settings are per thread; these two apply to the compilation, which happens here.
         # Sizes that happen to be equal in the warm-up (a batch of 2, 2 heads) must not be assumed equal later.
         torch.fx.experimental._config.use_duck_shape = False
         # Every runner's steps share one code object, and Dynamo keeps at most recompile_limit graphs per code

@@ -47,7 +47,8 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "int8", "float16"] = Field(
         "auto",
         description="on CPU, the decode step's weight form (float32, bfloat16, int8; auto = the fastest on this "
-        "machine of those the checkpoint's weight_forms.json allows); on CUDA the model's dtype (auto = bfloat16)",
+        "machine, for one sequence and for batches, of those the checkpoint's weight_forms.json allows); on CUDA "
+        "the model's dtype (auto = bfloat16)",
     )
     compile: bool = Field(
         True, description="compile the decode step (torch.compile) in the background; the eager step serves until then"
