@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch._dynamo  # see below: imported here on purpose
 import torch.nn.functional as F
 
 from model import weight_forms
@@ -31,6 +32,9 @@ from model.kv_cache import KVCache
 from model.model import CacheSlots, Transformer
 from model.sampling import SamplingParams, sample_rows
 
+# torch._dynamo is imported here, once, by whoever imports the runner: otherwise the first call of the cache's
+# custom op imports it lazily on the engine's thread while the compile thread imports Inductor, and two threads
+# importing it at once can deadlock (seen: the engine's warm-up died with an ImportError).
 log = logging.getLogger("tinyllm.runner")
 
 DECODE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -172,16 +176,17 @@ class Runner:
 
     def _compile(self, threads: int) -> None:
         torch.set_num_threads(threads)
-        if self.device.type == "cpu":  # Inductor's CPU code is C++: without a compiler, say so in one line
-            try:
-                from torch._inductor.cpp_builder import get_cpp_compiler
-
-                get_cpp_compiler()
-            except Exception as e:
-                self.compile_error = f"no C++ compiler for torch.compile ({e})"
-                log.warning("%s; the eager decode step serves", self.compile_error)
-                return
         try:
+            if self.device.type == "cpu":  # Inductor's CPU code is C++: without a compiler, say so in one line
+                from torch._inductor.cpp_builder import get_cpp_compiler
+                from torch._inductor.exc import InvalidCxxCompiler
+
+                try:
+                    get_cpp_compiler()
+                except InvalidCxxCompiler as e:
+                    self.compile_error = f"no C++ compiler for torch.compile ({e})"
+                    log.warning("%s; the eager decode step serves", self.compile_error)
+                    return
             self._compile_and_warm_up()
         except Exception as e:
             self.compile_error = f"compiling the decode step failed: {e!r}"
