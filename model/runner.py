@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch._dynamo  # see below: imported here on purpose
 import torch.nn.functional as F
 
 from model import weight_forms
@@ -32,9 +31,6 @@ from model.kv_cache import KVCache
 from model.model import CacheSlots, Transformer
 from model.sampling import SamplingParams, sample_rows
 
-# torch._dynamo is imported here, once, by whoever imports the runner: otherwise the first call of the cache's
-# custom op imports it lazily on the engine's thread while the compile thread imports Inductor, and two threads
-# importing it at once can deadlock (seen: the engine's warm-up died with an ImportError).
 log = logging.getLogger("tinyllm.runner")
 
 DECODE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -168,6 +164,13 @@ class Runner:
         """Compile the decode step in a background thread (on a small scratch cache: the real one is in use)
         and let decode() use it once it is ready. Compiled code is cached on disk by Inductor, so a second start
         is quicker."""
+        # torch._dynamo is imported here, on the caller's thread, before the compile thread starts: otherwise the
+        # first call of the cache's custom op (the engine's warm-up) imports it lazily while the compile thread
+        # imports Inductor, and two threads importing it at once can deadlock (seen: the engine died of an
+        # ImportError). So start compiling before the engine. (Importing it fixes Inductor's cache folder from
+        # TORCHINDUCTOR_CACHE_DIR: the server sets that first.)
+        import torch._dynamo
+
         # The compiled step is guarded on torch's thread count, which is per thread: compile with the caller's.
         threads = torch.get_num_threads()
         thread = threading.Thread(target=self._compile, args=(threads,), name="tinyllm-compile", daemon=True)

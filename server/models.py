@@ -127,8 +127,10 @@ class ServedModels:
 
     def start(self) -> None:
         for m in self:
-            m.engine.start()
             runner = m.engine.runner
+            if runner.compile:
+                runner.start_compiling()  # before the engine starts (Runner.start_compiling says why)
+            m.engine.start()
             log.info(
                 "serving %s from %s on %s (%s), %d parameters; decode step in %s (batch 1) and %s (batches): %s",
                 m.name,
@@ -139,8 +141,6 @@ class ServedModels:
                 *runner.forms,
                 m.form_reason,
             )
-            if runner.compile:
-                runner.start_compiling()
 
     def stop(self) -> None:
         for m in self:
