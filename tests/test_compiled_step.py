@@ -54,7 +54,8 @@ def test_a_live_server_serves_the_compiled_step(tiny_checkpoint, inductor_cache)
         while not (step := httpx.get(f"{srv.url}/v1/model").json()["decode_step"])["compiled"]:
             assert time.monotonic() < deadline, "the compiled step never came"
             time.sleep(0.5)
-        assert step["weight_form"] == "float32" and step["compiled_in_s"] > 0
+        assert step["weight_form"] == step["batch_weight_form"] == "float32", "no weight_forms.json: float32 only"
+        assert step["compiled_in_s"] > 0 and step["compile_error"] is None
         r = httpx.post(f"{srv.url}/v1/generate", json={"prompt": "Hello", "max_new_tokens": 40, "temperature": 0})
         expected = TinyLLM.load(tiny_checkpoint, device="cpu").generate("Hello", max_new_tokens=40, temperature=0)
         assert r.json()["text"] == expected.text
