@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from model.tokenizer import char_spans
+
 METRICS = (
     "mean_distance",
     "previous_byte",
@@ -48,35 +50,6 @@ LABELS = (
     ("same_word", "same word"),
 )
 LABEL_THRESHOLD = 0.6
-
-
-def _utf8_length(lead: int) -> int:
-    """Length of the sequence a valid lead byte starts; 0 for bytes that cannot start one."""
-    if lead < 0x80:
-        return 1
-    if 0xC2 <= lead <= 0xDF:
-        return 2
-    if 0xE0 <= lead <= 0xEF:
-        return 3
-    if 0xF0 <= lead <= 0xF4:
-        return 4
-    return 0
-
-
-def char_spans(ids) -> list[tuple[int, int]]:
-    """[start, end) byte spans of the characters of `ids`, in order, covering every byte exactly once."""
-    data = bytes(int(i) for i in ids)
-    spans, i = [], 0
-    while i < len(data):
-        n = max(1, _utf8_length(data[i]))
-        if n > 1:
-            try:
-                data[i : i + n].decode("utf-8")  # rejects truncation, bad continuations, overlongs, surrogates
-            except UnicodeDecodeError:
-                n = 1
-        spans.append((i, i + n))
-        i += n
-    return spans
 
 
 def char_of_byte(spans: list[tuple[int, int]]) -> np.ndarray:

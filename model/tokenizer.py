@@ -52,21 +52,9 @@ class ByteTokenizer:
         """
         labels = [_display(b) for b in ids]
         data = bytes(ids)
-        i = 0
-        while i < len(data):
-            n = _utf8_len(data[i])
-            if n > 1 and i + n <= len(data):
-                try:
-                    ch = data[i : i + n].decode("utf-8")
-                except UnicodeDecodeError:
-                    ch = None
-                if ch is not None:
-                    labels[i] = ch
-                    for j in range(i + 1, i + n):
-                        labels[j] = ""
-                    i += n
-                    continue
-            i += 1
+        for start, end in char_spans(data):
+            if end - start > 1:
+                labels[start:end] = [data[start:end].decode("utf-8")] + [""] * (end - start - 1)
         return labels
 
     def last_char_labels(self, ids) -> list[str]:
@@ -89,6 +77,7 @@ class ByteTokenizer:
 
 
 def _utf8_len(lead: int) -> int:
+    """Length of the sequence a valid lead byte starts; 1 for bytes that cannot start one."""
     if lead < 0x80:
         return 1
     if 0xC2 <= lead <= 0xDF:
@@ -98,6 +87,23 @@ def _utf8_len(lead: int) -> int:
     if 0xF0 <= lead <= 0xF4:
         return 4
     return 1
+
+
+def char_spans(ids) -> list[tuple[int, int]]:
+    """[start, end) byte spans of the characters of `ids`, in order, covering every byte exactly once: a
+    complete, valid UTF-8 character is one span; any other byte is a span of its own."""
+    data = bytes(int(i) for i in ids)
+    spans, i = [], 0
+    while i < len(data):
+        n = _utf8_len(data[i])
+        if n > 1:
+            try:
+                data[i : i + n].decode("utf-8")  # rejects truncation, bad continuations, overlongs, surrogates
+            except UnicodeDecodeError:
+                n = 1
+        spans.append((i, i + n))
+        i += n
+    return spans
 
 
 class IncrementalDecoder:

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from model import TinyLLM
-from model.heads import char_spans, label_heads, summarize_heads
+from model.heads import label_heads, summarize_heads
+from model.tokenizer import char_spans
 
 LN2 = math.log(2)
 PROMPT_BYTES = 64

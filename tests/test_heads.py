@@ -10,12 +10,12 @@ from model import TinyLLM
 from model.heads import (
     LABEL_THRESHOLD,
     METRICS,
-    char_spans,
     character_attention,
     label_heads,
     summarize_heads,
     word_of_byte,
 )
+from model.tokenizer import char_spans
 
 TEXT = "Café жук 中文 ok😀 x"  # ASCII, é (2 bytes), Cyrillic (2), CJK (3), emoji (4), spaces
 

@@ -19,8 +19,8 @@ from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
 from model.config import ModelConfig
-from model.heads import LABEL_THRESHOLD, LABELS, char_spans, character_attention, label_heads, summarize_heads
-from model.tokenizer import tokenizer
+from model.heads import LABEL_THRESHOLD, LABELS, character_attention, label_heads, summarize_heads
+from model.tokenizer import char_spans, tokenizer
 from server.config import Settings
 from server.deps import ModelsDep, SettingsDep
 from server.errors import ERROR_RESPONSES, APIError
