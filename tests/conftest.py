@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from model import checkpoint
 from server.app import create_app
 from server.config import Settings
+from server.process import running_server
 from support import tiny_model, wait_healthy
 
 # Servers the tests start serve the eager decode step: compiling it costs a minute of two cores per server.
@@ -34,6 +35,13 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     training = {"step": 0, "bytes_seen": 0, "val_loss": None, "note": "random weights for tests", "seed": 0}
     checkpoint.save(path, tiny_model(seed=0), training=training)
     return path
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint):
+    """A live server on the tiny checkpoint, one per test module (modules that need other flags define their own)."""
+    with running_server(tiny_checkpoint) as s:
+        yield s
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,6 @@ from lm_eval.utils import RemoteTokenizer, check_remote_tokenizer_support
 
 from model import TinyLLM
 from model.tokenizer import PREFIX_TOKEN
-from server.process import running_server
 
 MODEL = "tiny"  # the checkpoint folder's name
 CONTEXT = 64  # the tiny checkpoint's context length
@@ -39,12 +38,6 @@ LONG_DOCS = [
     "Or, if thou wilt not, be but sworn my love,\nAnd I'll no longer be a Capulet.",
     "Ünïcödé " * 20,
 ]
-
-
-@pytest.fixture(scope="module")
-def server(tiny_checkpoint):
-    with running_server(tiny_checkpoint) as s:
-        yield s
 
 
 @pytest.fixture(scope="module")

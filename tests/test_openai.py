@@ -15,15 +15,8 @@ import torch.nn.functional as F
 from model import TinyLLM
 from model.sampling import SamplingParams, apply_presence_frequency_penalty, sample
 from model.tokenizer import ByteTokenizer
-from server.process import running_server
 
 MODEL = "tiny"  # the checkpoint folder's name
-
-
-@pytest.fixture(scope="module")
-def server(tiny_checkpoint):
-    with running_server(tiny_checkpoint) as s:
-        yield s
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from server.process import running_server
 from support import assert_envelope
 
 MODEL = "tiny"  # the checkpoint folder's name
 TEXT = "Hé 🙂\n"  # 1-, 2- and 4-byte characters and a control byte
-
-
-@pytest.fixture(scope="module")
-def server(tiny_checkpoint):
-    with running_server(tiny_checkpoint) as s:
-        yield s
 
 
 def post(server, path: str, body: dict) -> httpx.Response:

@@ -74,12 +74,6 @@ def browser():
         b.close()
 
 
-@pytest.fixture(scope="module")
-def server(tiny_checkpoint):
-    with running_server(tiny_checkpoint) as s:
-        yield s
-
-
 def open_page(browser, url):
     """A fresh page on `url`; it records page errors and every URL requested (all must be this server's)."""
     context = browser.new_context(viewport={"width": 1300, "height": 1000})
