@@ -11,11 +11,17 @@ from pathlib import Path
 
 import torch
 
-from model.weight_forms import cpu_name
-
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks"
 DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "shakespeare"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
 
 
 def machine() -> str:

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from model import checkpoint
+from model import checkpoint, weight_forms
 from model.generate import FinishReason, TextAssembler, finish_reason, generate
 from model.runner import Runner, TokenOutput
-from model.sampling import SamplingParams, seeded_generator
+from model.sampling import SamplingParams
 from model.tokenizer import tokenizer
 
 
@@ -41,26 +41,48 @@ class Generation:
     steps: list[TokenOutput] = field(repr=False, default_factory=list)
 
 
+def resolve_form(form: str, path, device: torch.device) -> tuple[str, str]:
+    """The weight form generation runs in, and why: on a CPU `form`, or for "auto" the checkpoint's default
+    (model.weight_forms.default_form); on a GPU the model as loaded."""
+    if device.type != "cpu":
+        return "float32", "the model's own dtype on the GPU"
+    if form == "auto":
+        return weight_forms.default_form(path)
+    if form not in weight_forms.FORMS:
+        raise ValueError(f"unknown weight form {form!r}; one of auto, {', '.join(weight_forms.FORMS)}")
+    return form, "as asked"
+
+
 class TinyLLM:
-    def __init__(self, model, device: torch.device, training_info: dict | None = None):
+    def __init__(
+        self,
+        model,
+        device: torch.device,
+        training_info: dict | None = None,
+        form: str = "float32",
+        form_reason: str = "",
+    ):
         self.model = model
         self.device = device
         self.config = model.config
         self.training_info = training_info or {}  # the checkpoint's training.json
+        self.form, self.form_reason = form, form_reason  # the weight form generation runs in, and why
         self.tokenizer = tokenizer
         self._runner: Runner | None = None
 
     @classmethod
-    def load(cls, path, device: str = "auto", dtype: str | torch.dtype | None = "auto") -> TinyLLM:
+    def load(cls, path, device: str = "auto", dtype: str | torch.dtype | None = "auto", form: str = "auto") -> TinyLLM:
+        """dtype: the model's (auto: float32 on a CPU, bfloat16 on CUDA); form: the weight form generation runs in
+        on a CPU (auto: the checkpoint's default, int8 where its weight_forms.json allows it)."""
         dev = resolve_device(device)
         model = checkpoint.load_model(path, device=dev, dtype=resolve_dtype(dtype, dev))
-        return cls(model, dev, checkpoint.load_training(path))
+        return cls(model, dev, checkpoint.load_training(path), *resolve_form(form, path, dev))
 
     @property
     def runner(self) -> Runner:
         """A one-sequence runner for this object's own calls (the server's engine makes its own)."""
         if self._runner is None:
-            self._runner = Runner(self.model, max_batch=1)
+            self._runner = Runner(self.model, max_batch=1, form=self.form)
         return self._runner
 
     def generate(
@@ -79,10 +101,9 @@ class TinyLLM:
         params = SamplingParams(
             temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty
         )
-        gen = seeded_generator(seed) if seed is not None else None
         out, steps = [], []
         assembler = TextAssembler([s.encode("utf-8") for s in stop if s])  # the server's stop-string rules
-        for step in generate(self.runner, ids, max_new_tokens, params, gen):
+        for step in generate(self.runner, ids, max_new_tokens, params, seed):
             out.append(step.token)
             steps.append(step)
             if assembler.push(step.token)[1]:

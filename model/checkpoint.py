@@ -7,6 +7,7 @@ Loading for inference never unpickles: only JSON and safetensors are read.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -85,6 +86,14 @@ def load_config(path) -> ModelConfig:
         return ModelConfig.load(f)
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{f}: invalid model config: {e}") from e
+
+
+def content_sha256(path) -> str:
+    """sha256 of what decides a checkpoint's outputs: its config.json and model.safetensors."""
+    digest = hashlib.sha256()
+    for name in (CONFIG, WEIGHTS):
+        digest.update(hashlib.sha256((resolve(path) / name).read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def load_training(path) -> dict:

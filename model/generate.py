@@ -5,10 +5,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator
 
-import torch
-
 from model.runner import Runner, Sequence, TokenOutput
-from model.sampling import SamplingParams
+from model.sampling import SamplingParams, random_seed
 from model.tokenizer import IncrementalDecoder
 
 
@@ -66,7 +64,7 @@ def generate(
     prompt: list[int],
     max_new_tokens: int,
     params: SamplingParams = SamplingParams(),
-    generator: torch.Generator | None = None,
+    seed: int | None = None,
     need_weights: bool = False,
 ) -> Iterator[TokenOutput]:
     """Yield sampled tokens one at a time, until max_new_tokens or the context is full. Uses cache row 0.
@@ -80,7 +78,8 @@ def generate(
     if max_new_tokens <= 0 or len(prompt) >= cfg.context_length:
         return
     everything = (list(range(cfg.n_layer)), list(range(cfg.n_head)))
-    seq = Sequence(list(prompt), len(prompt), params, generator, attention=everything if need_weights else None)
+    seed = random_seed() if seed is None else seed
+    seq = Sequence(list(prompt), len(prompt), params, seed, attention=everything if need_weights else None)
     out = runner.prefill(seq, row=0, start=0, end=len(prompt))
     while True:
         if out is None:

@@ -88,34 +88,21 @@ class CacheSlots:
         return (key_pos <= self.positions.unsqueeze(-1)).unsqueeze(1)
 
 
-@torch.library.custom_op("tinyllm::cached_attention", mutates_args=("k_cache", "v_cache"))
 def cached_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    first_row: int,
-    positions: torch.Tensor,
+    cache: tuple[torch.Tensor, torch.Tensor],
+    slots: CacheSlots,
 ) -> torch.Tensor:
     """softmax(QKᵀ/√d)·V with this step's keys and values written into the cache first: (B, nh, T, hs).
-
-    One opaque op for torch.compile: the compiled decode step keeps static shapes around it, while inside
-    it attention reads only the cache positions in use (how many is data, not shape), as vLLM's piecewise
-    compilation leaves attention out of the graph.
-    """
-    B, T = positions.shape
-    slots = CacheSlots(first_row, positions)
-    last = int(positions.max())  # the host read of n_keys, once
-    keys, values = slots.write_and_read((k_cache, v_cache), k, v, last + 1)
-    uniform = T == 1 and (B == 1 or last == int(positions.min()))  # every query sees every key read
+    Reads only the cache positions in use (one host read of how many)."""
+    B, T = slots.positions.shape
+    last = int(slots.positions.max())
+    keys, values = slots.write_and_read(cache, k, v, last + 1)
+    uniform = T == 1 and (B == 1 or last == int(slots.positions.min()))  # every query sees every key read
     mask = None if uniform else slots.mask(last + 1)
-    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask).contiguous()
-
-
-@cached_attention.register_fake
-def _(q, k, v, k_cache, v_cache, first_row, positions):
-    return q.new_empty(q.shape)
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
 
 
 class Attention(nn.Module):
@@ -142,7 +129,7 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         probs = None
         if slots is not None and not need_weights:
-            y = cached_attention(q, k, v, *cache, slots.first_row, slots.positions)  # (B, nh, T, hs)
+            y = cached_attention(q, k, v, cache, slots)  # (B, nh, T, hs)
         elif need_weights:
             if slots is not None:
                 k, v = slots.write_and_read(cache, k, v)  # (B, nh, n_keys, hs)

@@ -10,17 +10,18 @@ through a runner; neither touches the model's tensors or the cache.
 - `attention(ids)`: attention maps of every layer and head (the explicit softmax path).
 - `move(src, dst, length)`: copy a row of the cache (the engine keeps its sequences in rows 0..n-1).
 
-The decode step has static shapes: token ids and positions live in preallocated buffers, the batch can be
-padded to the next of a few bucket sizes, and the cache never changes shape, so a compiled or
-graph-captured step can replace the eager one (`decode_step`) here and nowhere else.
+Generation (prefill and decode) runs in one of two steps:
+- the native step (model/native/): float32 or int8 weights on a CPU, batch-invariant: a sequence's keys,
+  values, logits and so its bytes are the same whatever else is in the batch, however many threads run;
+- the torch step: any weight form on any device (CUDA; a CPU without the native step), prefill in the exact
+  model and decode in a copy in the chosen form (model.weight_forms). Its matrix kernels change with the
+  batch's shape, so its bytes can too.
 """
 
 from __future__ import annotations
 
-import bisect
+import hashlib
 import logging
-import threading
-import time
 from dataclasses import dataclass
 
 import torch
@@ -29,11 +30,10 @@ import torch.nn.functional as F
 from model import weight_forms
 from model.kv_cache import KVCache
 from model.model import CacheSlots, Transformer
-from model.sampling import SamplingParams, sample_rows
+from model.native import step as native
+from model.sampling import SamplingParams, random_seed, sample_rows
 
 log = logging.getLogger("tinyllm.runner")
-
-DECODE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 Scored = tuple[int, float | None, list[tuple[int, float]] | None]  # (byte, logprob, top alternatives)
 
@@ -45,7 +45,7 @@ class Sequence:
     tokens: list[int]  # the prompt, then the generated tokens
     n_prompt: int
     params: SamplingParams = SamplingParams()
-    generator: torch.Generator | None = None  # None: torch's global generator
+    seed: int = 0  # with the generation step, all a draw depends on (model.sampling.exponential_noise)
     top_logprobs: int = 0  # alternatives to report with each token
     attention: tuple[list[int], list[int]] | None = None  # (layers, heads) whose attention rows to report
 
@@ -64,61 +64,50 @@ class TokenOutput:
         return float(self.logprobs[self.token])
 
 
-def decode_step(decoder: Transformer):
-    """The decode step of `decoder`: (B, 1) tokens at (B, 1) positions in rows 0..B-1 of the per-layer caches k
-    and v -> logits (B, 1, vocab). A function of its arguments alone, so that a compiled version of it can be
-    warmed up on a scratch cache while the real one serves."""
-
-    def step(tokens: torch.Tensor, positions: torch.Tensor, k: list, v: list) -> torch.Tensor:
-        return decoder(tokens, cache=KVCache.of(k, v), slots=CacheSlots(0, positions))[0]
-
-    return step
-
-
 class Runner:
-    """model: the exact float32 (or, on a GPU, bfloat16) model, for prefill, scoring and attention; the decode
-    step runs a copy in weight form `form` (model.weight_forms) for one sequence and in `batch_form` (default:
-    the same) for several, except in steps that report attention.
-
-    compile: the decode step is compiled with torch.compile (Inductor), once for batch 1 and once for any
-    other batch size, in the background (start_compiling); it serves as soon as it is ready, the eager step
-    until then. buckets: batch sizes a step is padded to, for steps captured per shape (CUDA graphs); None,
-    the default, pads nothing (the compiled CPU step takes any batch size: padding would only add work).
+    """model: the exact float32 (or, on a GPU, bfloat16) model, for prompt scoring and attention maps. Generation
+    runs in weight form `form` (model.weight_forms), in the native step where it can (native=True, a CPU, a form
+    it has), else in the torch step; `why_torch` says why not. kernels: the native step's (auto, avx2, scalar).
     """
 
     def __init__(
-        self,
-        model: Transformer,
-        max_batch: int = 1,
-        form: str = "float32",
-        batch_form: str | None = None,
-        compile: bool = False,
-        buckets: tuple[int, ...] | None = None,
+        self, model: Transformer, max_batch: int = 1, form: str = "float32", native_step: bool = True, kernels="auto"
     ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-        self.model, self.config = model, model.config
-        self.forms = (form, batch_form or form)  # for a step of one sequence, and of several
-        decoders = {f: weight_forms.decoder(model, f) for f in self.forms}
-        self.decoders = tuple(decoders[f] for f in self.forms)
-        self.compile = compile
-        self.compiled_in: float | None = None  # seconds the compiled step took to be ready
-        self.compile_error: str | None = None  # why it could not be compiled, if it could not
-        # What decode() runs for one sequence and for several: the eager steps, then the compiled ones.
-        self._steps = [decode_step(d) for d in self.decoders]
+        self.model, self.config, self.form = model, model.config, form
         self.device = model.lm_head.weight.device
         self.dtype = model.lm_head.weight.dtype
         self.max_batch = max_batch
         self.prefill_row = max_batch  # one row past the decoded ones, where prompts are prefilled
+        self.why_torch = native.why_not(model, form) if native_step else "the torch step was asked for"
+        self.native = native.NativeStep(model, form, kernels) if self.why_torch is None else None
+        self.decoder = weight_forms.decoder(model, form) if self.native is None else None
         self.cache = KVCache(self.config, max_batch + 1, self.dtype, self.device)
-        self.buckets = tuple(sorted({b for b in buckets if b < max_batch} | {max_batch})) if buckets else None
-        # The decode step's inputs, sized for the largest bucket: (B, 1) token ids and their positions.
-        self.tokens = torch.zeros(max_batch, 1, dtype=torch.long, device=self.device)
-        self.positions = torch.zeros(max_batch, 1, dtype=torch.long, device=self.device)
 
-    def bucket(self, n: int) -> int:
-        """The batch size a step of n sequences is padded to."""
-        return n if self.buckets is None else self.buckets[bisect.bisect_left(self.buckets, n)]
+    # ------------------------------------------------------------ what serves
+
+    @property
+    def batch_invariant(self) -> bool:
+        return self.native is not None
+
+    @property
+    def step_name(self) -> str:
+        """The kernel path that generates: `native` (with its kernels) or `torch` (with its device)."""
+        if self.native is not None:
+            return f"native ({self.native.kernels} kernels)"
+        return f"torch ({self.device.type}, {str(self.dtype).removeprefix('torch.')} model)"
+
+    def fingerprint(self, checkpoint_sha256: str) -> str:
+        """OpenAI's system_fingerprint: it changes exactly when what decides the bytes does: the checkpoint
+        (model.checkpoint.content_sha256), the weight form, or the kernel path (the native step's arithmetic
+        version; for the torch step, its device, dtype and torch's version). The native step's AVX2 and scalar
+        kernels compute the same bits (tested), so they share one."""
+        if self.native is not None:
+            path = f"native-v{native.arithmetic_version()}"
+        else:
+            path = f"torch-{torch.__version__}-{self.device.type}-{self.dtype}"
+        return "fp_" + hashlib.sha256(f"{checkpoint_sha256}|{self.form}|{path}".encode()).hexdigest()[:12]
 
     # ------------------------------------------------------------ generation
 
@@ -130,14 +119,28 @@ class Runner:
         before that, return None.
         """
         last = end == len(seq.tokens)
-        ids = torch.tensor([seq.tokens[start:end]], device=self.device)
-        positions = torch.arange(start, end, device=self.device).unsqueeze(0)  # (1, T)
         want_attention = last and seq.attention is not None
-        logits, attn = self.model(ids, need_weights=want_attention, cache=self.cache, slots=CacheSlots(row, positions))
+        if self.native is not None:
+            n = end - start
+            logits, attn = self.native.forward(
+                torch.tensor(seq.tokens[start:end]),
+                torch.full((n,), row),
+                torch.arange(start, end),
+                self.cache,
+                logits_for=torch.tensor([n - 1] if last else [], dtype=torch.long),
+                attention_for=torch.tensor([n - 1]) if want_attention else None,
+                n_keys=end,
+            )
+        else:
+            ids = torch.tensor([seq.tokens[start:end]], device=self.device)
+            slots = CacheSlots(row, torch.arange(start, end, device=self.device).unsqueeze(0))  # (1, T)
+            logits, attn = self.model(ids, need_weights=want_attention, cache=self.cache, slots=slots)
+            logits = logits[:, -1]
+            if want_attention:
+                attn = torch.stack([a[0, :, -1] for a in attn]).unsqueeze(0)  # (1, n_layer, nh, keys)
         if not last:
             return None
-        rows = [a[:, :, -1] for a in attn] if want_attention else None  # per layer (1, nh, keys)
-        return self._choose([seq], logits[:, -1], rows)[0]
+        return self._choose([seq], logits, [attn[0] if want_attention else None])[0]
 
     @torch.inference_mode()
     def decode(self, seqs: list[Sequence]) -> list[TokenOutput | None]:
@@ -145,81 +148,39 @@ class Runner:
         n = len(seqs)
         if not 0 < n <= self.max_batch:
             raise ValueError(f"a decode step takes 1..{self.max_batch} sequences, got {n}")
-        B = self.bucket(n)
-        # Padding rows n..B-1 are free cache rows: what the step writes there is never read.
-        self.tokens[:B, 0] = torch.tensor([s.tokens[-1] for s in seqs] + [0] * (B - n))
-        self.positions[:B, 0] = torch.tensor([len(s.tokens) - 1 for s in seqs] + [0] * (B - n))
-        if any(s.attention is not None for s in seqs):  # exact rows: the float32 model's explicit softmax
-            slots = CacheSlots(0, self.positions[:B])
-            logits, attn = self.model(self.tokens[:B], need_weights=True, cache=self.cache, slots=slots)
-            return self._choose(seqs, logits[:n, -1], [a[:n, :, -1] for a in attn])
-        logits = self.step(B)(self.tokens[:B], self.positions[:B], self.cache.k, self.cache.v)
-        return self._choose(seqs, logits[:n, -1], None)
+        tokens = torch.tensor([s.tokens[-1] for s in seqs])
+        positions = torch.tensor([len(s.tokens) - 1 for s in seqs])
+        asking = [i for i, s in enumerate(seqs) if s.attention is not None]
+        rows: list[torch.Tensor | None] = [None] * n
+        if self.native is not None:
+            logits, attn = self.native.forward(
+                tokens,
+                torch.arange(n),
+                positions,
+                self.cache,
+                logits_for=torch.arange(n),
+                attention_for=torch.tensor(asking) if asking else None,
+                n_keys=int(positions.max()) + 1,
+            )
+            for m, i in enumerate(asking):
+                rows[i] = attn[m]
+        elif asking:  # exact rows: the model's explicit softmax
+            slots = CacheSlots(0, positions.to(self.device).unsqueeze(1))
+            logits, attn = self.model(
+                tokens.to(self.device).unsqueeze(1), need_weights=True, cache=self.cache, slots=slots
+            )
+            logits = logits[:, -1]
+            for i in asking:
+                rows[i] = torch.stack([a[i, :, -1] for a in attn])
+        else:
+            slots = CacheSlots(0, positions.to(self.device).unsqueeze(1))
+            logits = self.decoder(tokens.to(self.device).unsqueeze(1), cache=self.cache, slots=slots)[0][:, -1]
+        return self._choose(seqs, logits, rows)
 
-    def step(self, batch: int):
-        """The decode step that serves `batch` sequences."""
-        return self._steps[batch > 1]
-
-    def start_compiling(self) -> threading.Thread:
-        """Compile the decode step in a background thread (on a small scratch cache: the real one is in use)
-        and let decode() use it once it is ready. Compiled code is cached on disk by Inductor, so a second start
-        is quicker."""
-        # torch._dynamo is imported here, on the caller's thread, before the compile thread starts: otherwise the
-        # first call of the cache's custom op (the engine's warm-up) imports it lazily while the compile thread
-        # imports Inductor, and two threads importing it at once can deadlock (seen: the engine died of an
-        # ImportError). So start compiling before the engine. (Importing it fixes Inductor's cache folder from
-        # TORCHINDUCTOR_CACHE_DIR: the server sets that first.)
-        import torch._dynamo
-
-        # The compiled step is guarded on torch's thread count, which is per thread: compile with the caller's.
-        threads = torch.get_num_threads()
-        thread = threading.Thread(target=self._compile, args=(threads,), name="tinyllm-compile", daemon=True)
-        thread.start()
-        return thread
-
-    def _compile(self, threads: int) -> None:
-        torch.set_num_threads(threads)
-        try:
-            if self.device.type == "cpu":  # Inductor's CPU code is C++: without a compiler, say so in one line
-                from torch._inductor.cpp_builder import get_cpp_compiler
-                from torch._inductor.exc import InvalidCxxCompiler
-
-                try:
-                    get_cpp_compiler()
-                except InvalidCxxCompiler as e:
-                    self.compile_error = f"no C++ compiler for torch.compile ({e})"
-                    log.warning("%s; the eager decode step serves", self.compile_error)
-                    return
-            self._compile_and_warm_up()
-        except Exception as e:
-            self.compile_error = f"compiling the decode step failed: {e!r}"
-            log.exception("compiling the decode step failed; the eager step serves")
-
-    def _compile_and_warm_up(self) -> None:
-        start = time.perf_counter()
-        # torch's compiler settings are per thread; these two apply to the compilation, which happens here.
-        # Sizes that happen to be equal in the warm-up (a batch of 2, 2 heads) must not be assumed equal later.
-        torch.fx.experimental._config.use_duck_shape = False
-        # Every runner's steps share one code object, and Dynamo keeps at most recompile_limit graphs per code
-        # object: two per runner (batch 1, and every other batch size), so leave room for many models.
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        # Tensors made like the real ones (outside inference mode), or the compiled step's guards reject those.
-        scratch = KVCache(self.config, 3, self.dtype, self.device)  # 3 rows: a size dynamic shapes do not pin
-        tokens = torch.zeros(2, 1, dtype=torch.long, device=self.device)
-        positions = torch.full((2, 1), 7, dtype=torch.long, device=self.device)
-        compiled = list(self._steps)
-        with torch.inference_mode():
-            for regime, batch in ((1, 2), (0, 1)) if self.max_batch > 1 else ((0, 1),):
-                compiled[regime] = torch.compile(decode_step(self.decoders[regime]), dynamic=True)
-                compiled[regime](tokens[:batch], positions[:batch], scratch.k, scratch.v)
-        self._steps = compiled
-        self.compiled_in = time.perf_counter() - start
-        log.info("compiled decode step ready after %.1f s", self.compiled_in)
-
-    def _choose(self, seqs: list[Sequence], logits: torch.Tensor, attn_rows) -> list[TokenOutput | None]:
+    def _choose(self, seqs: list[Sequence], logits: torch.Tensor, attention) -> list[TokenOutput | None]:
         """Sample each sequence's next token from its logits row (B, vocab), all rows at once.
 
-        attn_rows, when any sequence asked for attention: per layer, (B, n_head, keys).
+        attention: per sequence, None or its query's attention (n_layer, n_head, keys) in every layer.
         """
         logits = logits.float().cpu()  # the one host-device synchronisation per step
         logprobs = F.log_softmax(logits, dim=-1)
@@ -236,7 +197,7 @@ class Runner:
             rows = None
             if token is not None and seq.attention is not None:
                 layers, heads = seq.attention
-                rows = [attn_rows[layer][i, heads, : len(seq.tokens)].float().cpu() for layer in layers]
+                rows = [attention[i][layer, heads, : len(seq.tokens)].float().cpu() for layer in layers]
             out.append(None if token is None else TokenOutput(token, logprobs[i], top.get(i, []), rows))
         return out
 
@@ -244,13 +205,13 @@ class Runner:
         """The batch's tokens; if sampling the batch fails, row by row, so one bad row fails alone (None)."""
 
         def rows(chosen: list[Sequence], rows_logits: torch.Tensor) -> list[int]:
-            history = [torch.tensor(s.tokens) if s.params.uses_history else None for s in chosen]
             return sample_rows(
                 rows_logits,
                 [s.params for s in chosen],
-                history,
+                [torch.tensor(s.tokens) if s.params.uses_history else None for s in chosen],
                 [s.n_prompt for s in chosen],
-                [s.generator for s in chosen],
+                [s.seed for s in chosen],
+                [len(s.tokens) - s.n_prompt for s in chosen],
             )
 
         try:
@@ -296,9 +257,9 @@ class Runner:
 
     @torch.inference_mode()
     def warmup(self) -> None:
-        """Every kind of pass once (the first use of the cache op costs seconds), before any sequence is in
-        the cache: what it writes into the rows is overwritten before it is ever read."""
+        """Every kind of pass once, before any sequence is in the cache: what it writes into the rows is
+        overwritten before it is ever read."""
         self.attention(list(range(8)))
-        seq = Sequence(list(range(8)), 8, SamplingParams(temperature=0))
+        seq = Sequence(list(range(8)), 8, SamplingParams(temperature=0), seed=random_seed())
         self.prefill(seq, self.prefill_row, 0, 8)
         self.decode([seq] * min(2, self.max_batch))

@@ -1,4 +1,8 @@
-"""Sampling as pure functions of logits, with an explicit torch.Generator for reproducibility."""
+"""Sampling as pure functions of logits: penalties, temperature, top-k, top-p, and seeded draws.
+
+A draw for sequence i at its generation step t is a function of (seed_i, t) and its logits alone
+(exponential_noise): the same seed and parameters give the same bytes alone, in any batch, on any thread.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import math
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -37,14 +42,31 @@ class SamplingParams:
         return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
 
-def seeded_generator(seed: int | None) -> torch.Generator:
-    """A generator of its own for one sequence: seeded with `seed` (taken mod 2**64), or at random when None.
+def random_seed() -> int:
+    """A seed for a request that gave none."""
+    return int.from_bytes(os.urandom(8), "little")
 
-    One generator per sequence is what makes a seed give the same bytes alone or in any batch.
-    """
-    if seed is None:
-        seed = int.from_bytes(os.urandom(8), "little")
-    return torch.Generator().manual_seed(seed % 2**64)
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer, element-wise on uint64 (wrapping arithmetic): a well-spread hash of x."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def exponential_noise(seeds: list[int], steps: list[int], vocab: int) -> np.ndarray:
+    """(B, vocab) float64 Exp(1) draws, row i a function of (seeds[i], steps[i]) alone: counter-based, like
+    Philox, so a sequence's noise at a step is the same whatever else is in the batch, with no generator state
+    to carry and no Python loop over rows."""
+    seed = np.array([s % 2**64 for s in seeds], dtype=np.uint64)
+    step = np.array(steps, dtype=np.uint64)
+    key = _mix(seed + _mix(step + _GOLDEN))  # (B,)
+    bits = _mix(key[:, None] + np.arange(1, vocab + 1, dtype=np.uint64)[None] * _GOLDEN)  # (B, vocab)
+    uniform = ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53  # in (0, 1)
+    return -np.log(uniform)
 
 
 def apply_repetition_penalty(logits: torch.Tensor, previous: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -117,13 +139,14 @@ def sample_rows(
     params: list[SamplingParams],
     previous: list[torch.Tensor | None],
     n_prompt: list[int],
-    generators: list[torch.Generator | None],
+    seeds: list[int],
+    steps: list[int],
 ) -> list[int]:
-    """The next token of every row of logits (B, vocab), each row with its own parameters and generator.
+    """The next token of every row of logits (B, vocab), each row with its own parameters, seed and step.
 
     previous[i]: row i's ids so far (needed only when a penalty is on, else None). The filters run as one op
-    over the batch; each row draws its noise from its own generator, so a seed gives the same tokens alone
-    or in any batch. A draw is argmax(probs / q), q ~ Exp(1): an exact sample from probs (the exponential race).
+    over the batch. A draw is argmax(probs / q), q ~ Exp(1) from exponential_noise(seed, step): an exact sample
+    from probs (the exponential race). Greedy rows (temperature 0) take the argmax.
     """
     logits = logits.float()
     for i, p in enumerate(params):
@@ -133,19 +156,16 @@ def sample_rows(
     drawn = [i for i, p in enumerate(params) if p.temperature > 0]
     if not drawn:
         return greedy.tolist()
-    rows = logits[drawn]
     chosen = [params[i] for i in drawn]
     probs = logits_to_probs(
-        rows,
+        logits[drawn],
         torch.tensor([p.temperature for p in chosen]),
         torch.tensor([p.top_k for p in chosen]),
         torch.tensor([p.top_p for p in chosen]),
     )
-    race = torch.empty_like(probs)
-    for r, i in enumerate(drawn):
-        race[r].exponential_(generator=generators[i])
+    noise = exponential_noise([seeds[i] for i in drawn], [steps[i] for i in drawn], logits.shape[-1])
     tokens = greedy.clone()
-    tokens[drawn] = (probs / race.clamp(min=torch.finfo(torch.float32).tiny)).argmax(dim=-1)
+    tokens[drawn] = torch.from_numpy((probs.double().numpy() / noise).argmax(-1))
     return tokens.tolist()
 
 
@@ -153,8 +173,9 @@ def sample(
     logits: torch.Tensor,
     params: SamplingParams,
     previous: torch.Tensor,
-    generator: torch.Generator | None,
+    seed: int = 0,
+    step: int = 0,
     n_prompt: int = 0,
 ) -> int:
     """The next token id from one position's logits (vocab,), given the ids seen so far (see sample_rows)."""
-    return sample_rows(logits.unsqueeze(0), [params], [previous], [n_prompt], [generator])[0]
+    return sample_rows(logits.unsqueeze(0), [params], [previous], [n_prompt], [seed], [step])[0]

@@ -1,31 +1,30 @@
-"""Weight forms: how the decode step stores and multiplies its weight matrices.
+"""Weight forms: how a decode step stores and multiplies its weight matrices.
 
 A batch-1 decode step reads every weight once per token, so on a CPU its speed is the speed of reading the
 weights: fewer bytes per weight is faster, if a kernel for them exists. The forms:
 
-- `float32`: the checkpoint's weights as stored (F.linear).
-- `bfloat16`: weights in bfloat16 (half the bytes; oneDNN/AMX kernels where the CPU has them); activations,
-  norms, attention and the KV cache stay float32, each matmul's input is cast to bfloat16 and back.
-- `int8`: weights as int8 with one float scale per output channel (a quarter of the bytes), multiplied by
-  `torch._weight_int8pack_mm`; activations stay float32 as above.
+- `float32`: the checkpoint's weights as stored.
+- `int8`: weights in int8 with a float32 scale per group of 64 inputs (32 for narrow models), and each matmul's
+  input quantized the same way as it runs: integer dot products (llama.cpp's Q8_0, llama2.c's runq). A
+  quarter of float32's bytes.
+- `bfloat16`: weights in bfloat16, each matmul's input cast to bfloat16 and back (the torch step only: it
+  is CUDA's default).
 
-Only the decode step uses a form (the runner's `decoder`); prefill, prompt scoring and attention maps keep
-the exact float32 model. In the decoder, Q/K/V and gate/up are fused into one matmul each. Which form is
-fastest depends on the machine (the runner measures); which are allowed depends on quality: a checkpoint's
+The native step (model/native/) serves float32 and int8 on a CPU; the torch step (model.runner) serves every
+form, with the classes below. Norms, rotary embeddings, attention and the KV cache stay float32 in all forms.
+Prompt scoring and attention maps keep the exact float32 model.
+
+Which form a checkpoint serves in is a setting, not a measurement of speed (default_form): the same on every
+machine, so that a request's bytes are too. Which forms it may serve in depends on quality: its
 `weight_forms.json` records each form's validation loss (written by `tinyllm-weight-forms`).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import hashlib
 import json
 import math
-import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -33,11 +32,31 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model import checkpoint
+from model.config import ModelConfig
 from model.model import Transformer
 
 FORMS = ("float32", "bfloat16", "int8")
 QUALITY_FILE = "weight_forms.json"
 MAX_LOSS_INCREASE = 0.01  # nats per byte a reduced form may cost and still serve by default
+
+
+def int8_group(cfg: ModelConfig) -> int | None:
+    """How many inputs share one int8 scale: 64 (as llama2.c's runq), or 32 (llama.cpp's Q8_0) where the model's
+    widths are not multiples of 64; None when they are not multiples of 32 (no int8 form)."""
+    for group in (64, 32):
+        if cfg.d_model % group == 0 and cfg.mlp_hidden % group == 0:
+            return group
+    return None
+
+
+def quantize_groups(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per group of `group` values along the last axis: x ≈ q * scale, q = round(x / scale) in
+    [-127, 127], scale = max|x| / 127 per group. Returns q as float32 (..., K/group, group) and scale
+    (..., K/group, 1): the same arithmetic as the native step's activations (model/native/step.cpp)."""
+    xg = x.detach().float().unflatten(-1, (-1, group))  # (..., K/group, group)
+    scale = xg.abs().amax(-1, keepdim=True) / 127.0
+    inv = torch.where(scale != 0, 1.0 / scale, torch.zeros_like(scale))
+    return torch.round(xg * inv).clamp(-127, 127), scale
 
 
 class BFloat16Linear(nn.Module):
@@ -49,29 +68,23 @@ class BFloat16Linear(nn.Module):
         return F.linear(x.to(torch.bfloat16), self.weight).to(x.dtype)
 
 
-def int8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x @ (q * scale[:, None]).T, in bfloat16 inside, x's dtype outside. Compiled, the product stays ATen's
-    int8 kernel (an extern call in Inductor's code, without a Python op around it: 15% faster at batch 1)."""
-    shape = x.shape
-    y = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(torch.bfloat16), q, scale)
-    return y.reshape(*shape[:-1], q.shape[0]).to(x.dtype)
-
-
 class Int8Linear(nn.Module):
-    """Symmetric per-output-channel int8: weight ≈ q * scale[:, None], q in [-127, 127]."""
+    """The int8 form's arithmetic in torch: weights and activations quantized per group (quantize_groups), their
+    products summed in float32. The native step computes the same products in integers (exact) and applies the
+    scales per group; the two differ only in float rounding. This is the form's reference and its fallback."""
 
-    def __init__(self, weight: torch.Tensor):
+    def __init__(self, weight: torch.Tensor, group: int):
         super().__init__()
-        w = weight.detach().float()
-        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # (out,)
-        self.register_buffer("q", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous())
-        self.register_buffer("scale", scale.to(torch.bfloat16))
+        q, scale = quantize_groups(weight, group)
+        self.group = group
+        self.register_buffer("weight", (q * scale).flatten(-2).contiguous())  # dequantized (out, in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return int8_linear(x, self.q, self.scale)
+        q, scale = quantize_groups(x, self.group)
+        return F.linear((q * scale).flatten(-2).to(x.dtype), self.weight.to(x.dtype))
 
 
-def linear_in(form: str, weight: torch.Tensor) -> nn.Module:
+def linear_in(form: str, weight: torch.Tensor, group: int | None = None) -> nn.Module:
     """One linear map (weight (out, in)) in a form."""
     if form == "float32":
         linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
@@ -80,13 +93,16 @@ def linear_in(form: str, weight: torch.Tensor) -> nn.Module:
     if form == "bfloat16":
         return BFloat16Linear(weight)
     if form == "int8":
-        return Int8Linear(weight)
+        if group is None:
+            raise ValueError("the int8 form needs d_model and mlp_hidden divisible by 32")
+        return Int8Linear(weight, group)
     raise ValueError(f"unknown weight form {form!r}; one of {', '.join(FORMS)}")
 
 
 @torch.no_grad()
 def decoder(model: Transformer, form: str) -> Transformer:
-    """A copy of model for the decode step: Q/K/V and gate/up fused, every linear map in `form`."""
+    """A copy of model for the torch decode step: Q/K/V and gate/up fused, every linear map in `form`."""
+    group = int8_group(model.config)
     out = copy.copy(model)  # shares the norms, the embedding table and the rotary tables
     out._modules = dict(model._modules)
     out.layers = nn.ModuleList()
@@ -95,13 +111,13 @@ def decoder(model: Transformer, form: str) -> Transformer:
         block._modules = dict(layer._modules)
         attn, mlp = copy.copy(layer.self_attn), copy.copy(layer.mlp)
         attn._modules, mlp._modules = {}, {}
-        attn.qkv = linear_in(form, torch.cat([attn_w(layer, n) for n in "qkv"]))
-        attn.o_proj = linear_in(form, layer.self_attn.o_proj.weight)
-        mlp.gate_up = linear_in(form, torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]))
-        mlp.down_proj = linear_in(form, layer.mlp.down_proj.weight)
+        attn.qkv = linear_in(form, torch.cat([attn_w(layer, n) for n in "qkv"]), group)
+        attn.o_proj = linear_in(form, layer.self_attn.o_proj.weight, group)
+        mlp.gate_up = linear_in(form, torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]), group)
+        mlp.down_proj = linear_in(form, layer.mlp.down_proj.weight, group)
         block.self_attn, block.mlp = attn, mlp
         out.layers.append(block)
-    out.lm_head = linear_in(form, model.lm_head.weight)
+    out.lm_head = linear_in(form, model.lm_head.weight, group)
     return out.eval()
 
 
@@ -109,103 +125,12 @@ def attn_w(layer, name: str) -> torch.Tensor:
     return getattr(layer.self_attn, f"{name}_proj").weight
 
 
-# ---------------------------------------------------------------- speed: the fastest allowed form on this machine
-
-
-BATCHED = 16  # the batch a busy server's steps are measured at; batch 1 is measured too
-
-
-@torch.inference_mode()
-def matmul_seconds(
-    model: Transformer, forms: list[str], batch: int = 1, rounds: int = 7, steps: int = 5
-) -> dict[str, float]:
-    """Per form, the time of one decode step's weight matmuls at `batch` sequences (every linear map once, in
-    order).
-
-    The rest of a step (norms, rotary embeddings, attention, sampling) is the same in every form, so this is
-    what tells them apart. Forms alternate within each round; the median of the rounds is kept.
-    """
-    x_model = torch.randn(batch, 1, model.config.d_model)
-    x_hidden = torch.randn(batch, 1, model.config.mlp_hidden)
-    linears = {}
-    for form in forms:
-        dec = decoder(model, form)
-        linears[form] = [
-            (m, x_hidden if m is layer.mlp.down_proj else x_model)
-            for layer in dec.layers
-            for m in (layer.self_attn.qkv, layer.self_attn.o_proj, layer.mlp.gate_up, layer.mlp.down_proj)
-        ]
-        linears[form].append((dec.lm_head, x_model))
-    times: dict[str, list[float]] = {form: [] for form in forms}
-    for _ in range(rounds):
-        for form in forms:
-            start = time.perf_counter()
-            for _ in range(steps):
-                for linear, x in linears[form]:
-                    linear(x)
-            times[form].append((time.perf_counter() - start) / steps)
-    return {form: statistics.median(t) for form, t in times.items()}
-
-
-def choose(
-    model: Transformer, allowed_forms: list[str], cache_key: str, cache_dir: Path | None
-) -> tuple[str, str, str]:
-    """The fastest of allowed_forms on this machine for a step of one sequence and for a step of many (BATCHED),
-    and why. Which is fastest can differ: a kernel that reads fewer bytes wins at batch 1, one that computes
-    faster at larger batches. The measurement is kept in cache_dir (per checkpoint, machine, torch version and
-    thread count), so a restart chooses the same forms at once."""
-    key = hashlib.sha256(
-        f"{cache_key}|{platform.processor()}|{cpu_name()}|{torch.__version__}|{torch.get_num_threads()}|"
-        f"{sorted(allowed_forms)}|{BATCHED}".encode()
-    ).hexdigest()[:16]
-    record = cache_dir / "weight_forms" / f"{key}.json" if cache_dir else None
-    if record is not None and record.exists():
-        times = json.loads(record.read_text())
-        how = f"measured before (kept in {record})"
-    else:
-        times = {str(b): matmul_seconds(model, allowed_forms, batch=b) for b in (1, BATCHED)}
-        how = "measured at start-up"
-        if record is not None:
-            with contextlib.suppress(OSError):  # a read-only cache only costs the next start a measurement
-                record.parent.mkdir(parents=True, exist_ok=True)
-                record.write_text(json.dumps(times, indent=2) + "\n")
-    single, batched = times["1"], times[str(BATCHED)]
-
-    def shown(t: dict[str, float]) -> str:
-        return ", ".join(f"{form} {t[form] * 1e3:.2f} ms" for form in sorted(t, key=t.get))
-
-    return (
-        min(single, key=single.get),
-        min(batched, key=batched.get),
-        f"fastest of the allowed forms, step matmuls {how}: batch 1: {shown(single)}; batch {BATCHED}: "
-        f"{shown(batched)}",
-    )
-
-
-def select(model: Transformer, path, requested: str, cache_dir: Path | None) -> tuple[str, str, str]:
-    """The weight forms to serve checkpoint `path` in, for steps of one sequence and of several, and why:
-    `requested` for both if it names one, else ("auto") the fastest on this machine of those its quality
-    record allows. On a GPU the model's own dtype serves."""
-    if model.lm_head.weight.device.type != "cpu":
-        why = f"weights as loaded ({str(model.lm_head.weight.dtype).removeprefix('torch.')}) on the GPU"
-        return "float32", "float32", why
-    if requested != "auto":
-        return requested, requested, "as asked (--dtype)"
+def default_form(path) -> tuple[str, str]:
+    """The form a checkpoint serves in on a CPU unless --dtype says otherwise, and why: int8 when its quality
+    record allows it, else float32. A setting of the checkpoint, never a timing: every machine serves a
+    checkpoint in the same form, so the same request gives the same bytes on each."""
     forms, why = allowed(path)
-    if len(forms) == 1:
-        return forms[0], forms[0], why
-    weights = checkpoint.resolve(path) / checkpoint.WEIGHTS
-    stat = weights.stat()
-    single, batched, how = choose(model, forms, f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}", cache_dir)
-    return single, batched, f"{how}; {why}"
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
+    return ("int8" if "int8" in forms else "float32"), why
 
 
 # ---------------------------------------------------------------- quality: validation loss per form
@@ -225,8 +150,9 @@ def allowed(path) -> tuple[list[str], str]:
 
 
 @torch.inference_mode()
-def validation_loss(model: Transformer, data: bytes, context: int, batch: int = 16) -> float:
-    """Mean cross-entropy (nats per byte) over all non-overlapping context windows of data."""
+def validation_loss(logits_of, data: bytes, context: int, batch: int = 16) -> float:
+    """Mean cross-entropy (nats per byte) over all non-overlapping context windows of data; logits_of maps
+    windows (B, context) to logits (B, context, vocab)."""
     ids = torch.tensor(list(data), dtype=torch.long)
     n = (len(ids) - 1) // context
     windows = ids[: n * context + 1]
@@ -234,9 +160,20 @@ def validation_loss(model: Transformer, data: bytes, context: int, batch: int = 
     y_all = windows[1:].view(n, context)
     total = 0.0
     for i in range(0, n, batch):
-        logits, _ = model(x_all[i : i + batch])
+        logits = logits_of(x_all[i : i + batch])
         total += F.cross_entropy(logits.float().flatten(0, 1), y_all[i : i + batch].flatten(), reduction="sum").item()
     return total / (n * context)
+
+
+def form_logits(model: Transformer, form: str):
+    """The function from windows to logits that serves `form` on this machine: the native step's where it has the
+    form, else the torch decoder's. The record is measured with what serves."""
+    from model.native import step as native  # it imports this module: here, not at the top
+
+    if native.why_not(model, form) is None:
+        return native.NativeStep(model, form).logits, "native step"
+    dec = decoder(model, form)
+    return (lambda x: dec(x)[0]), "torch step"
 
 
 def main(argv=None) -> None:
@@ -251,11 +188,19 @@ def main(argv=None) -> None:
     model = checkpoint.load_model(args.checkpoint)
     data = args.data.read_bytes()
     held_out = data[math.floor(len(data) * (1 - args.held_out)) :]
-    losses = {form: validation_loss(decoder(model, form), held_out, model.config.context_length) for form in FORMS}
+    forms = [f for f in FORMS if f != "int8" or int8_group(model.config) is not None]
+    losses, measured_in = {}, {}
+    for form in forms:
+        logits_of, measured_in[form] = form_logits(model, form)
+        losses[form] = validation_loss(logits_of, held_out, model.config.context_length, batch=4)
     for form, loss in losses.items():
-        print(f"{form:9} {loss:.5f} nats/byte ({loss / math.log(2):.4f} bits), {loss - losses['float32']:+.5f}")
+        print(
+            f"{form:9} {loss:.5f} nats/byte ({loss / math.log(2):.4f} bits), {loss - losses['float32']:+.5f} "
+            f"({measured_in[form]})"
+        )
     record = {
         "val_loss": {form: round(loss, 6) for form, loss in losses.items()},
+        "measured_in": measured_in,
         "data": {"file": args.data.name, "bytes": len(data), "held_out_bytes": len(held_out)},
         "windows": f"all non-overlapping {model.config.context_length}-byte windows of the held-out part",
     }

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -26,21 +25,6 @@ from server.routes.system import STATIC
 log = logging.getLogger("tinyllm.server")
 
 
-def writable_folder(path: Path) -> Path:
-    """path, created if need be; or, where it cannot be written (a read-only root filesystem, as in the
-    Kubernetes manifests), a folder under the temporary one. torch's compiler creates its cache folder on import,
-    and the first forward pass imports it, so an unwritable one would stop the server."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        if os.access(path, os.W_OK):
-            return path
-    except OSError:
-        pass
-    fallback = Path(tempfile.gettempdir()) / "tinyllm-cache"
-    log.warning("cache folder %s cannot be written; using %s (not kept between starts)", path, fallback)
-    return fallback
-
-
 def create_app(settings: Settings, llms: dict[Path, TinyLLM] | None = None) -> FastAPI:
     """The app. `llms` (checkpoint folder -> loaded model) are loaded from settings.checkpoint when not given;
     each model's engine starts with the app."""
@@ -48,9 +32,6 @@ def create_app(settings: Settings, llms: dict[Path, TinyLLM] | None = None) -> F
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         torch.set_num_threads(settings.threads or max(1, len(os.sched_getaffinity(0)) - 1))
-        settings.cache_dir = writable_folder(settings.cache_dir)
-        # Inductor keeps compiled code here, so that a restart loads it instead of compiling again.
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(settings.cache_dir / "inductor"))
         models = ServedModels(llms or load_checkpoints(settings), settings)
         models.start()
         app.state.models = models

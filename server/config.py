@@ -46,16 +46,14 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "int8", "float16"] = Field(
         "auto",
-        description="on CPU, the decode step's weight form (float32, bfloat16, int8; auto = the fastest on this "
-        "machine, for one sequence and for batches, of those the checkpoint's weight_forms.json allows); on CUDA "
-        "the model's dtype (auto = bfloat16)",
+        description="on CPU, the weight form generation runs in (float32, int8, bfloat16; auto = the checkpoint's "
+        "default: int8 where its weight_forms.json allows it, else float32); on CUDA the model's dtype (auto = "
+        "bfloat16)",
     )
-    compile: bool = Field(
-        True, description="compile the decode step (torch.compile) in the background; the eager step serves until then"
-    )
-    cache_dir: Path = Field(
-        Path.home() / ".cache" / "tinyllm",
-        description="where measured weight-form choices and compiled code are kept between starts",
+    native: bool = Field(
+        True,
+        description="generate in the native step (model/native/: float32 or int8 on a CPU, batch-invariant) where "
+        "it is built and has the form; --no-native: the torch step",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     threads: int = Field(

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from model.generate import FinishReason, TextAssembler, finish_reason
 from model.runner import Runner, Scored, Sequence, TokenOutput
-from model.sampling import SamplingParams, seeded_generator
+from model.sampling import SamplingParams, random_seed
 
 log = logging.getLogger("tinyllm.engine")
 
@@ -73,7 +73,12 @@ class Job:
         self.req = req
         self.loop, self.queue, self.engine = loop, asyncio.Queue(), engine
         self.seq = Sequence(
-            list(req.prompt), len(req.prompt), req.params, seeded_generator(req.seed), req.top_logprobs, req.attention
+            list(req.prompt),
+            len(req.prompt),
+            req.params,
+            random_seed() if req.seed is None else req.seed,
+            req.top_logprobs,
+            req.attention,
         )
         self.prefilled = 0
         self.slot = -1

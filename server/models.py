@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from model import checkpoint, weight_forms
+from model import checkpoint
 from model.api import TinyLLM, resolve_device
 from model.checkpoint import CheckpointError
 from model.runner import Runner
@@ -62,15 +62,18 @@ def find_checkpoints(paths: list[Path]) -> list[Path]:
 def load_checkpoints(settings: Settings) -> dict[Path, TinyLLM]:
     """Every checkpoint the settings name, loaded; CheckpointError names the first that cannot be.
 
-    On a CPU the model itself stays float32 (prefill, scoring and attention maps are exact); --dtype picks the
-    decode step's weight form (ServedModels). On CUDA --dtype is the model's dtype."""
+    On a CPU the model itself stays float32 (scoring and attention maps are exact) and --dtype is the weight form
+    generation runs in. On CUDA --dtype is the model's dtype."""
     device = resolve_device(settings.device)
     if device.type == "cpu" and settings.dtype == "float16":
         raise CheckpointError("--dtype float16 is for CUDA; on a CPU choose auto, float32, bfloat16 or int8")
     if device.type != "cpu" and settings.dtype == "int8":
         raise CheckpointError("--dtype int8 is a CPU weight form; on CUDA choose auto, float32, bfloat16 or float16")
-    dtype = settings.dtype if device.type != "cpu" else "float32"
-    return {path: TinyLLM.load(path, device, dtype) for path in find_checkpoints(settings.checkpoint)}
+    if device.type == "cpu":
+        dtype, form = "float32", settings.dtype
+    else:
+        dtype, form = settings.dtype, "auto"
+    return {path: TinyLLM.load(path, device, dtype, form) for path in find_checkpoints(settings.checkpoint)}
 
 
 @dataclass
@@ -81,7 +84,7 @@ class ServedModel:
     checkpoint: Path
     llm: TinyLLM
     engine: Engine
-    form_reason: str  # why the decode steps run in engine.runner.forms
+    fingerprint: str  # OpenAI's system_fingerprint: what decides the bytes (Runner.fingerprint)
 
     @property
     def created(self) -> int:
@@ -97,10 +100,10 @@ class ServedModels:
     def __init__(self, llms: dict[Path, TinyLLM], settings: Settings):
         self.by_name = {}
         for path, llm in llms.items():
-            form, batch_form, why = weight_forms.select(llm.model, path, settings.dtype, settings.cache_dir)
-            runner = Runner(llm.model, settings.max_batch, form=form, batch_form=batch_form, compile=settings.compile)
+            runner = Runner(llm.model, settings.max_batch, form=llm.form, native_step=settings.native)
             engine = Engine(runner, settings.max_queue, settings.prefill_chunk)
-            self.by_name[model_name(path)] = ServedModel(model_name(path), path, llm, engine, why)
+            fingerprint = runner.fingerprint(checkpoint.content_sha256(path))
+            self.by_name[model_name(path)] = ServedModel(model_name(path), path, llm, engine, fingerprint)
         self.default = next(iter(self.by_name.values()))
 
     def __iter__(self) -> Iterator[ServedModel]:
@@ -128,19 +131,22 @@ class ServedModels:
     def start(self) -> None:
         for m in self:
             runner = m.engine.runner
-            if runner.compile:
-                runner.start_compiling()  # before the engine starts (Runner.start_compiling says why)
             m.engine.start()
             log.info(
-                "serving %s from %s on %s (%s), %d parameters; decode step in %s (batch 1) and %s (batches): %s",
+                "serving %s from %s on %s, %d parameters; generating in %s weights (%s), %s step, %s",
                 m.name,
                 m.checkpoint,
                 m.llm.device,
-                runner.dtype,
                 m.llm.model.num_params(),
-                *runner.forms,
-                m.form_reason,
+                runner.form,
+                m.llm.form_reason,
+                runner.step_name,
+                m.fingerprint,
             )
+            if not runner.batch_invariant:
+                log.warning(
+                    "%s: not batch-invariant (a request's bytes can change with the load): %s", m.name, runner.why_torch
+                )
 
     def stop(self) -> None:
         for m in self:

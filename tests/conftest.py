@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,14 +14,6 @@ from server.app import create_app
 from server.config import Settings
 from server.process import running_server
 from support import tiny_model, wait_healthy
-
-# Servers the tests start serve the eager decode step: compiling it costs a minute of two cores per server.
-# The tests of the compiled step ask for it (--compile).
-os.environ.setdefault("TINYLLM_COMPILE", "false")
-# What they measure and compile (server/config.py's cache_dir) stays out of the user's cache.
-if "TINYLLM_CACHE_DIR" not in os.environ:
-    os.environ["TINYLLM_CACHE_DIR"] = tempfile.mkdtemp(prefix="tinyllm-test-cache-")
-    atexit.register(shutil.rmtree, os.environ["TINYLLM_CACHE_DIR"], True)
 
 
 @pytest.fixture(scope="session")

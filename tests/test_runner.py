@@ -1,5 +1,6 @@
 """The runner: prefill and decode against the KV cache equal the model's full forward pass, whatever the
-prompt length, the row, the batch padding or the row moves; scoring and attention rows, too."""
+prompt length, the row, the batch or the row moves; scoring and attention rows, too. Each generation test runs
+in both steps: the native one (model/native/) and the torch one."""
 
 from __future__ import annotations
 
@@ -8,13 +9,19 @@ import torch
 import torch.nn.functional as F
 
 from model.kv_cache import KVCache
-from model.runner import DECODE_BUCKETS, Runner, Sequence
+from model.runner import Runner, Sequence
 from model.sampling import SamplingParams
 from model.tokenizer import tokenizer
 from support import TINY_CONFIG, random_ids, sharp_model
 
 TEXT = "Hé! naïve café — 日本語 🙂 ok\n"  # 1-, 2-, 3- and 4-byte characters
 GREEDY = SamplingParams(temperature=0)
+
+
+@pytest.fixture(params=[True, False], ids=["native", "torch"])
+def native(request) -> bool:
+    """Whether the runner generates in the native step (else the torch step)."""
+    return request.param
 
 
 def full_logprobs(model, ids: torch.Tensor) -> torch.Tensor:
@@ -37,18 +44,18 @@ def cached_logprobs(runner: Runner, ids: torch.Tensor, prompt_len: int) -> torch
 
 
 @pytest.mark.parametrize("prompt_len", [1, 2, 7, 31, 63, 64])
-def test_cache_matches_full_forward(prompt_len):
+def test_cache_matches_full_forward(prompt_len, native):
     """Prefill `prompt_len` bytes, decode the rest one byte at a time up to the full context."""
     model = sharp_model()
-    runner = Runner(model, max_batch=1)
+    runner = Runner(model, max_batch=1, native_step=native)
     ids = random_ids(1, 64, seed=prompt_len)
     expected = full_logprobs(model, ids)[:, prompt_len - 1 :]
     torch.testing.assert_close(cached_logprobs(runner, ids, prompt_len), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_cache_matches_full_forward_on_multibyte_text():
+def test_cache_matches_full_forward_on_multibyte_text(native):
     model = sharp_model()
-    runner = Runner(model, max_batch=1)
+    runner = Runner(model, max_batch=1, native_step=native)
     ids = torch.tensor([tokenizer.encode(TEXT * 2)[:64]])
     # prompts ending inside a multi-byte character too: bytes are tokens, the cache must not care
     for prompt_len in (3, 4, 5, 20):
@@ -56,9 +63,9 @@ def test_cache_matches_full_forward_on_multibyte_text():
         torch.testing.assert_close(cached_logprobs(runner, ids, prompt_len), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_chunked_prefill_equals_one_prefill():
+def test_chunked_prefill_equals_one_prefill(native):
     model = sharp_model()
-    runner = Runner(model, max_batch=1)
+    runner = Runner(model, max_batch=1, native_step=native)
     ids = random_ids(1, 40, seed=3)[0].tolist()
     whole = runner.prefill(Sequence(ids, len(ids), GREEDY), row=0, start=0, end=len(ids))
     seq = Sequence(ids, len(ids), GREEDY)
@@ -69,12 +76,12 @@ def test_chunked_prefill_equals_one_prefill():
     torch.testing.assert_close(chunked.logprobs, whole.logprobs, rtol=1e-5, atol=1e-5)
 
 
-def test_rows_at_different_positions_in_a_padded_batch_match_their_own_full_forward():
-    """Three rows at their own positions decode together; the step is padded to the 4-row bucket, and the
-    padding row must not disturb a prompt waiting in the prefill row, which then moves in and joins."""
+def test_rows_at_different_positions_in_a_batch_match_their_own_full_forward(native):
+    """Three rows at their own positions decode together, and must not disturb a prompt waiting in the prefill
+    row, which then moves in and joins."""
     model = sharp_model()
-    runner = Runner(model, max_batch=4, buckets=DECODE_BUCKETS)
-    assert runner.bucket(3) == 4 and runner.prefill_row == 4
+    runner = Runner(model, max_batch=4, native_step=native)
+    assert runner.prefill_row == 4
     lengths = [5, 19, 11, 8]
     rows = [random_ids(1, n + 8, seed=n)[0] for n in lengths]  # each row's prompt, then 8 more bytes
     seqs = [Sequence(r[:n].tolist(), n, GREEDY) for r, n in zip(rows, lengths)]
@@ -97,9 +104,9 @@ def test_rows_at_different_positions_in_a_padded_batch_match_their_own_full_forw
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=lambda m: f"row {b}: {m}")  # noqa: B023 (called here)
 
 
-def test_cache_attention_rows_match_full_attention():
+def test_cache_attention_rows_match_full_attention(native):
     model = sharp_model()
-    runner = Runner(model, max_batch=1)
+    runner = Runner(model, max_batch=1, native_step=native)
     ids = random_ids(1, 20)[0].tolist()
     with torch.inference_mode():
         _, full = model(torch.tensor([ids]), need_weights=True)
@@ -130,9 +137,9 @@ def test_score_is_the_full_forward_log_softmax():
         assert [i for i, _ in top] == indices.tolist()
 
 
-def test_cache_is_written_in_place_and_never_reallocated():
+def test_cache_is_written_in_place_and_never_reallocated(native):
     model = sharp_model()
-    runner = Runner(model, max_batch=2)
+    runner = Runner(model, max_batch=2, native_step=native)
 
     def buffers():
         return [(t.data_ptr(), t.shape) for t in runner.cache.k + runner.cache.v]
@@ -153,8 +160,8 @@ def test_a_cache_longer_than_the_context_is_refused():
         KVCache(TINY_CONFIG, rows=1, dtype=torch.float32, device="cpu", max_len=65)
 
 
-def test_a_decode_step_takes_one_to_max_batch_sequences():
-    runner = Runner(sharp_model(), max_batch=2)
+def test_a_decode_step_takes_one_to_max_batch_sequences(native):
+    runner = Runner(sharp_model(), max_batch=2, native_step=native)
     seq = Sequence([1, 2], 2, GREEDY)
     with pytest.raises(ValueError, match="1..2"):
         runner.decode([seq, seq, seq])

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from model import TinyLLM
-from model.sampling import SamplingParams, apply_repetition_penalty, logits_to_probs, sample
+from model.sampling import (
+    SamplingParams,
+    apply_repetition_penalty,
+    exponential_noise,
+    logits_to_probs,
+    sample,
+    sample_rows,
+)
 
 try:
     import transformers
@@ -26,13 +34,12 @@ def random_logits(seed: int, n: int = 256) -> torch.Tensor:
 def test_temperature_zero_is_argmax():
     for seed in range(20):
         logits = random_logits(seed)
-        gen = torch.Generator().manual_seed(seed)
-        assert sample(logits, SamplingParams(temperature=0), torch.tensor([], dtype=torch.long), gen) == int(
+        assert sample(logits, SamplingParams(temperature=0), torch.tensor([], dtype=torch.long), seed) == int(
             logits.argmax()
         )
         # top-k / top-p cannot change the greedy choice
         assert sample(
-            logits, SamplingParams(temperature=0, top_k=3, top_p=0.1), torch.tensor([], dtype=torch.long), gen
+            logits, SamplingParams(temperature=0, top_k=3, top_p=0.1), torch.tensor([], dtype=torch.long), seed
         ) == int(logits.argmax())
 
 
@@ -117,30 +124,61 @@ def test_filters_match_hugging_face(temperature, top_k, top_p):
 
 
 def test_same_seed_same_tokens_different_seed_differs():
-    logits = torch.zeros(256)  # uniform: every draw depends on the generator alone
+    logits = torch.zeros(256)  # uniform: every draw depends on the noise alone
     params = SamplingParams(temperature=1.0)
     none = torch.tensor([], dtype=torch.long)
 
     def draws(seed):
-        gen = torch.Generator().manual_seed(seed)
-        return [sample(logits, params, none, gen) for _ in range(30)]
+        return [sample(logits, params, none, seed, step) for step in range(30)]
 
     assert draws(1) == draws(1)
     assert draws(1) != draws(2)
     assert len(set(draws(1))) > 10
+    assert draws(2**64 + 1) == draws(1), "seeds are taken mod 2**64"
 
 
 def test_sampling_follows_the_distribution():
     probs = torch.tensor([0.1, 0.6, 0.3])
-    gen = torch.Generator().manual_seed(0)
     n = 4000
+    none = torch.tensor([], dtype=torch.long)
     counts = torch.bincount(
-        torch.tensor(
-            [sample(probs.log(), SamplingParams(), torch.tensor([], dtype=torch.long), gen) for _ in range(n)]
-        ),
-        minlength=3,
+        torch.tensor([sample(probs.log(), SamplingParams(), none, seed, 0) for seed in range(n)]), minlength=3
     )
     torch.testing.assert_close(counts / n, probs, atol=0.03, rtol=0)
+    # and along one sequence's steps
+    counts = torch.bincount(torch.tensor([sample(probs.log(), SamplingParams(), none, 7, t) for t in range(n)]))
+    torch.testing.assert_close(counts / n, probs, atol=0.03, rtol=0)
+
+
+def test_the_noise_is_uniformly_exponential_and_independent_between_seeds_and_steps():
+    noise = exponential_noise(list(range(64)), [0] * 32 + [1] * 32, 256)  # (64, 256)
+    assert noise.shape == (64, 256) and (noise > 0).all()
+    assert abs(noise.mean() - 1) < 0.02 and abs(noise.var() - 1) < 0.05, "Exp(1) has mean and variance 1"
+    flat = noise.reshape(-1)
+    assert abs(np.corrcoef(flat[:-1], flat[1:])[0, 1]) < 0.02, "neighbouring draws are uncorrelated"
+    again = exponential_noise([5, 35], [0, 1], 256)
+    assert (again[0] == noise[5]).all() and (again[1] == noise[35]).all(), "a row depends on its key alone"
+
+
+def test_a_row_samples_the_same_alone_as_in_any_batch():
+    """Batch invariance of the sampler itself: every row's token and log-probabilities are bitwise the same
+    computed alone or among 63 others with other parameters."""
+    torch.manual_seed(0)
+    logits = torch.randn(64, 256) * 4
+    params = [
+        SamplingParams(temperature=[0.0, 0.7, 1.0, 1.5][i % 4], top_k=[0, 5, 40][i % 3], top_p=[1.0, 0.9][i % 2])
+        for i in range(64)
+    ]
+    seeds, steps = list(range(100, 164)), [i % 7 for i in range(64)]
+    none = [None] * 64
+    batched = sample_rows(logits.clone(), params, none, [0] * 64, seeds, steps)
+    batched_logprobs = torch.log_softmax(logits, -1)
+    for i in range(64):
+        alone = sample_rows(
+            logits[i : i + 1].clone(), params[i : i + 1], none[:1], [0], seeds[i : i + 1], steps[i : i + 1]
+        )
+        assert alone == [batched[i]], f"row {i}"
+        assert torch.equal(torch.log_softmax(logits[i : i + 1], -1)[0], batched_logprobs[i]), f"row {i} logprobs"
 
 
 # ------------------------------------------------------------------ TinyLLM.generate

@@ -37,13 +37,17 @@ async def model_info(served: QueryModelDep):
         "device": str(llm.device),
         "dtype": str(engine.runner.dtype).removeprefix("torch."),
         "decode_step": {
-            "weight_form": engine.runner.forms[0],
-            "batch_weight_form": engine.runner.forms[1],
-            "why": served.form_reason,
-            "compiled": engine.runner.compiled_in is not None,
-            "compiled_in_s": engine.runner.compiled_in,
-            "compile_error": engine.runner.compile_error,
+            "weight_form": engine.runner.form,
+            "why": llm.form_reason,
+            "step": engine.runner.step_name,
+            "native": engine.runner.native is not None,
+            "why_not_native": engine.runner.why_torch,
+            "batch_invariant": engine.runner.batch_invariant,
+            "why_not_batch_invariant": None
+            if engine.runner.batch_invariant
+            else f"the torch step serves ({engine.runner.why_torch}): its matrix kernels change with the batch's shape",
         },
+        "system_fingerprint": served.fingerprint,
         "context_length": llm.config.context_length,
         "max_batch": engine.max_batch,
         "training": llm.training_info,

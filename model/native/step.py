@@ -1,0 +1,138 @@
+"""The native forward step (step.cpp, built at install time): the model for a set of entries in one call.
+
+An entry is (token, cache row, position): a decode step has one per sequence, a prefill chunk one per prompt
+byte of one sequence. The call runs every layer for all entries at once (each weight row is read once for
+all of them), writes their keys and values into the runner's KV cache, and returns the logits of the entries
+asked for. It releases the GIL, splits its work between torch's threads by output rows, and computes every
+entry's numbers from that entry alone, in a fixed order: a request's bytes do not depend on its neighbours,
+the thread count, or whether the AVX2 or the scalar kernels ran (step.cpp states the contract).
+
+Weight forms it serves (model.weight_forms): float32, and int8: weights in int8 with a float32 scale per group
+of GROUP inputs, activations quantized to int8 per group at each matmul, integer dot products.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from model.kv_cache import KVCache
+from model.model import Transformer
+from model.weight_forms import int8_group, quantize_groups
+
+try:
+    from model.native import _step
+except ImportError as e:  # not built (no compiler at install time) or not loadable on this machine
+    _step = None
+    UNAVAILABLE: str | None = f"the native step is not built or cannot be loaded ({e})"
+else:
+    UNAVAILABLE = None
+
+FORMS = ("float32", "int8")
+KERNELS = ("auto", "avx2", "scalar")
+
+
+def why_not(model: Transformer, form: str) -> str | None:
+    """Why the native step cannot serve `model` in `form`, or None when it can."""
+    if UNAVAILABLE:
+        return UNAVAILABLE
+    if model.lm_head.weight.device.type != "cpu":
+        return "the native step runs on the CPU"
+    if form not in FORMS:
+        return f"the native step has no {form} form (it has {', '.join(FORMS)})"
+    if form == "int8" and int8_group(model.config) is None:
+        return "int8 needs d_model and mlp_hidden divisible by 32"
+    return None
+
+
+def arithmetic_version() -> int:
+    return _step.ARITHMETIC_VERSION
+
+
+class NativeStep:
+    """`model` in weight form `form`, for the native step. kernels: auto (AVX2 where the CPU has it), avx2, scalar."""
+
+    def __init__(self, model: Transformer, form: str, kernels: str = "auto"):
+        if (why := why_not(model, form)) is not None:
+            raise RuntimeError(why)
+        cfg = model.config
+        self.config, self.form = cfg, form
+        group = int8_group(cfg) if form == "int8" else 0
+        weights, scales = [], []
+        for matrix in step_matrices(model):
+            if form == "int8":
+                q, scale = quantize_groups(matrix, group)
+                weights.append(q.flatten(-2).to(torch.int8).contiguous())
+                scales.append(scale.squeeze(-1).contiguous())
+            else:
+                weights.append(matrix.float().contiguous())
+        norms = [n.weight for layer in model.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+        norms.append(model.norm.weight)
+        self._step = _step.Step(
+            cfg.n_layer,
+            cfg.n_head,
+            cfg.d_model,
+            cfg.mlp_hidden,
+            cfg.norm_eps,
+            form,
+            group,
+            kernels,
+            model.embed_tokens.weight.detach().float().contiguous(),
+            model.rope_cos.contiguous(),
+            model.rope_sin.contiguous(),
+            [n.detach().float().contiguous() for n in norms],
+            weights,
+            scales,
+        )
+        self.kernels = self._step.kernels  # the kernels that run: avx2 or scalar
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        rows: torch.Tensor,
+        positions: torch.Tensor,
+        cache,
+        logits_for: torch.Tensor,
+        attention_for: torch.Tensor | None = None,
+        n_keys: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run entries (tokens, rows, positions: (E,) int64) through the model, their keys and values into `cache`
+        (a KVCache, float32). Returns the logits (len(logits_for), vocab) of the entries logits_for names and, if
+        attention_for names entries, their attention probabilities (len(attention_for), n_layer, n_head, n_keys)."""
+        logits = torch.empty(len(logits_for), self.config.vocab_size)
+        if attention_for is None or len(attention_for) == 0:
+            attention_for, attention = _NONE, _NONE_4D
+        else:
+            attention = torch.empty(len(attention_for), self.config.n_layer, self.config.n_head, n_keys)
+        self._step.forward(tokens, rows, positions, cache.k, cache.v, logits_for, logits, attention_for, attention)
+        return logits, (None if attention is _NONE_4D else attention)
+
+    @torch.inference_mode()
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, vocab) of whole sequences ids (B, T) from position 0, each in a row of a scratch cache:
+        the model's forward pass, in this step's form and arithmetic."""
+        B, T = ids.shape
+        cache = KVCache(self.config, B, torch.float32, "cpu", max_len=T)
+        entries = torch.arange(B * T)
+        logits, _ = self.forward(
+            ids.reshape(-1).long(), entries // T, entries % T, cache, logits_for=entries
+        )  # row b's tokens at positions 0..T-1
+        return logits.view(B, T, -1)
+
+
+_NONE = torch.empty(0, dtype=torch.long)
+_NONE_4D = torch.empty(0, 0, 0, 0)
+
+
+def step_matrices(model: Transformer) -> list[torch.Tensor]:
+    """The weight matrices of a step, in the order step.cpp reads them: per layer Q/K/V (stacked), O,
+    gate/up (stacked), down; then the unembedding."""
+    out = []
+    for layer in model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        out += [
+            torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach(),
+            attn.o_proj.weight.detach(),
+            torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(),
+            mlp.down_proj.weight.detach(),
+        ]
+    return out + [model.lm_head.weight.detach()]
