@@ -1,8 +1,9 @@
 # TinyLLM server image: `docker build -t tinyllm .` then `docker run -p 8000:8000 tinyllm`.
 #
 # Stages: base (Debian's Python 3.11 + the service user) -> builder (a venv: the locked dependencies,
-# then our code, each its own cached layer) -> checkpoint (the bundled checkpoints, made world-readable)
-# -> runtime (base + venv + checkpoints, non-root).
+# then our code with its native step compiled against that torch, each its own cached layer) -> checkpoint
+# (the bundled checkpoints, made world-readable) -> runtime (base + venv + checkpoints, non-root: no
+# compiler, no headers; the compiled step is a shared library in the venv).
 #
 # Every Python package comes from a lock file with hashes, deploy/requirements/$TORCH_VARIANT.txt
 # (made by scripts/lock-requirements.sh with uv), so two builds install the same files.
@@ -29,8 +30,9 @@ ENV PYTHONUNBUFFERED=1 \
 
 
 FROM base AS builder
+# g++ and Python's headers build the native step (setup.py); they stay in this stage.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3-venv \
+    && apt-get install -y --no-install-recommends python3-venv python3-dev g++ \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/venv
 # pip trusts its own CA bundle plus the extra CAs, if any were passed. /etc/pip.conf lives only in
@@ -60,16 +62,20 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     esac; \
     if ls /tmp/wheels/torch-*.whl >/dev/null 2>&1; then torch_index="--find-links /tmp/wheels"; fi; \
     pip install --require-hashes $torch_index -r "$lock"; \
-    rm -rf /tmp/wheels /tmp/requirements; \
-    # C++ headers, test binaries and protoc (~190 MB) serve only C++ extension builds and torch's own tests.
-    torch=$(python -c 'import importlib.util; print(importlib.util.find_spec("torch").submodule_search_locations[0])'); \
-    rm -rf "$torch/include" "$torch/test" "$torch"/bin/test_* "$torch"/bin/*Test "$torch"/bin/protoc*
+    rm -rf /tmp/wheels /tmp/requirements
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY model ./model
 COPY server ./server
-RUN pip install --no-deps --no-build-isolation --no-cache-dir . && rm -rf build
+# The native step is compiled here, against the torch just installed (no build isolation: no other torch is
+# fetched), and must load: an image that would serve the slow torch step fails to build instead. Then torch's
+# C++ headers, test binaries and protoc (~190 MB), which serve only such builds and torch's own tests, go.
+RUN pip install --no-deps --no-build-isolation --no-cache-dir . \
+    && rm -rf build \
+    && cd / && python -c "from model.native import step; assert step.UNAVAILABLE is None, step.UNAVAILABLE" \
+    && torch=$(python -c 'import importlib.util; print(importlib.util.find_spec("torch").submodule_search_locations[0])') \
+    && rm -rf "$torch/include" "$torch/test" "$torch"/bin/test_* "$torch"/bin/*Test "$torch"/bin/protoc*
 
 
 # The bundled checkpoints (checkpoints/shakespeare and checkpoints/multilingual, those of them that exist:

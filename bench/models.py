@@ -71,10 +71,10 @@ def main() -> None:
     more = [(b["startup_s"] - a["startup_s"], b["rss_mb"] - a["rss_mb"]) for a, b in zip(*results.values())]
     body = f"""
 {note}Each row is the median of {args.rounds} server starts (`python -m server`, `--max-batch {args.max_batch}`,
-default settings otherwise: float32 model, decode steps in the weight forms measured at start, compiled in the
-background), one setup after the other in each round. Start-up: from the process's start to the first
-`/health` 200, which waits for every model's engine to have run its warm-up pass. Memory: the resident set
-after one greedy 32-byte generation per model, idle (the decode steps are still compiling then).
+default settings otherwise: float32 model for scoring and attention maps, generation in the native step in each
+checkpoint's weight form), one setup after the other in each round. Start-up: from the process's start to the
+first `/health` 200, which waits for every model's engine to have run its warm-up pass. Memory: the resident set
+after one greedy 32-byte generation per model, idle.
 
 {table(["models served", "start-up (s)", "RSS (MiB)"], rows)}
 

@@ -1,11 +1,11 @@
 """Benchmarks 2 and 4: throughput and latency against concurrency over real HTTP, and the server's memory.
 
-Two real servers on the same checkpoint, as they serve (weight form chosen for the machine, compiled decode
-step): the engine with continuous batching (max batch 64), and the same engine with batching off (max batch 1,
-one request at a time). For 1, 4, 16 and 64 concurrent clients, each streaming 128 new tokens, the two are
-loaded alternately, and between them the baseline runs: Hugging Face `generate` at batch 1, in-process, on
-the same weights. We record aggregate tokens/s (and its ratio to the baseline), time to first token and
-inter-token latency (p50/p99), and the batched server's resident memory, idle and at peak.
+Two real servers on the same checkpoint, as they serve by default (the native step in the checkpoint's weight
+form, batch-invariant): the engine with continuous batching (max batch 64), and the same engine with batching
+off (max batch 1, one request at a time). For 1, 4, 16 and 64 concurrent clients, each streaming 128 new
+tokens, the two are loaded alternately, and between them the baseline runs: Hugging Face `generate` at batch
+1, in-process, on the same weights. We record aggregate tokens/s (and its ratio to the baseline), time to
+first token and inter-token latency (p50/p99), and the batched server's resident memory, idle and at peak.
 
     python -m bench.serving [--checkpoint checkpoints/shakespeare] [--clients 1 4 16 64] [--tokens 128]
 """
@@ -21,7 +21,7 @@ import time
 import httpx
 
 from bench.common import DEFAULT_CHECKPOINT, HuggingFace, median, percentile, plot, rss_mb, table, write_doc
-from bench.decode import PROMPT, wait_compiled
+from bench.decode import PROMPT
 from server.process import running_server
 
 
@@ -89,7 +89,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="the servers' --threads (0 = their default)")
     args = p.parse_args()
     top = max(args.clients)
-    common = ["--max-queue", "1024", "--request-timeout", "600", "--threads", str(args.threads), "--compile"]
+    common = ["--max-queue", "1024", "--request-timeout", "600", "--threads", str(args.threads)]
     results = {"batched": [], "one at a time": []}
     hf, hf_rates = HuggingFace(args.checkpoint), []
     with (
@@ -97,8 +97,8 @@ def main() -> None:
         running_server(args.checkpoint, "--max-batch", "1", *common) as single,
     ):
         servers = {"batched": batched, "one at a time": single}
-        for srv in servers.values():  # warm-up, on the compiled step
-            wait_compiled(srv.url)
+        step = httpx.get(f"{batched.url}/v1/model").json()["decode_step"]
+        for srv in servers.values():  # warm-up
             asyncio.run(load(srv.url, 2, 16))
         hf.generate(PROMPT, 16)
         idle_rss = rss_mb(batched.proc.pid)
@@ -159,9 +159,8 @@ def main() -> None:
 Each client streams {args.tokens} new tokens (temperature 0.8, its own seed) from `{args.checkpoint}` over
 HTTP (httpx, server-sent events); the load generator runs on the same machine. "One at a time" is the same
 engine started with `--max-batch 1`. Both servers ran with `--threads {args.threads}` (0 = the server's default: one
-per core but one) and `--compile`. Baseline: Hugging Face `generate` at batch 1, greedy, {
-        args.tokens
-    } new bytes, in-process on the
+per core but one); the step: `{step["step"]}` in {step["weight_form"]}, batch-invariant {step["batch_invariant"]}.
+Baseline: Hugging Face `generate` at batch 1, greedy, {args.tokens} new bytes, in-process on the
 same weights (float32), measured between the loads: median **{hf_rate:.1f} tokens/s**
 ({", ".join(f"{r:.0f}" for r in hf_rates)}).
 

@@ -1,71 +1,55 @@
-"""Start-up, cold and warm: how long a real server takes to answer, and to serve its compiled decode step.
+"""Start-up: how long a real server takes from its process's start to serving the native step.
 
-Cold: an empty cache folder (`TINYLLM_CACHE_DIR`), so the weight forms are measured and the decode step is
-compiled from nothing. Warm: the same folder again, as a restart finds it (the form choice is read back,
-Inductor loads its compiled code). Rounds alternate cold and warm. For each start we record the time from
-the process's start to /health 200 (it serves from then on, with the eager step) and to the compiled step
-being in use (/v1/model's `decode_step.compiled`).
+Nothing is compiled or measured at start-up (the native step is built at install time, the weight form is a
+setting), so every start is alike; rounds are repeated for the median. Each start records the time to /health
+200 and the step `/v1/model` then reports.
 
-    python -m bench.startup [--checkpoint checkpoints/shakespeare] [--rounds 2]
+    python -m bench.startup [--checkpoint checkpoints/shakespeare] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
-from pathlib import Path
+
+import httpx
 
 from bench.common import DEFAULT_CHECKPOINT, median, table, write_doc
-from bench.decode import wait_compiled
 from server.process import running_server
 
 
-def start(checkpoint: str, cache_dir: Path) -> dict:
-    env = {"TINYLLM_CACHE_DIR": str(cache_dir)}
-    os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)  # the server derives it from its cache folder
+def start(checkpoint: str) -> dict:
     t0 = time.perf_counter()
-    with running_server(checkpoint, "--compile", env=env, timeout=300) as srv:
+    with running_server(checkpoint, timeout=120) as srv:
         healthy = time.perf_counter() - t0
-        step = wait_compiled(srv.url)
-        forms = f"{step['weight_form']} (batch 1), {step['batch_weight_form']} (batches)"
-        return {"healthy_s": healthy, "compiled_s": time.perf_counter() - t0, "form": forms}
+        step = httpx.get(f"{srv.url}/v1/model").json()["decode_step"]
+        return {"healthy_s": healthy, "step": step["step"], "form": step["weight_form"]}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args()
-    runs = {"cold": [], "warm": []}
+    runs = []
     for r in range(args.rounds):
-        with tempfile.TemporaryDirectory() as tmp:
-            for kind in ("cold", "warm"):  # the warm start reuses what the cold one left
-                runs[kind].append(start(args.checkpoint, Path(tmp)))
-                print(f"round {r} {kind}: {runs[kind][-1]}", flush=True)
-    rows = [
-        [kind, median([x["healthy_s"] for x in v]), median([x["compiled_s"] for x in v])] for kind, v in runs.items()
-    ]
-    per_start = "; ".join(
-        f"{k} " + ", ".join(f"{x['healthy_s']:.1f}/{x['compiled_s']:.1f}" for x in v) for k, v in runs.items()
-    )
+        runs.append(start(args.checkpoint))
+        print(f"round {r}: {runs[-1]}", flush=True)
+    healthy = [x["healthy_s"] for x in runs]
     body = f"""
-A real `tinyllm-serve` process on `{args.checkpoint}` with `--compile` (the default), {args.rounds} rounds of a
-cold start (empty cache folder) then a warm one (the same folder), medians. Weight forms served:
-{runs["warm"][-1]["form"]}.
+A real `tinyllm-serve` process on `{args.checkpoint}`, default settings, {args.rounds} starts. It serves the
+native step from its first answer on: `{runs[-1]["step"]}` in {runs[-1]["form"]} weights.
 
-{table(["start", "to /health 200 (s)", "to the compiled decode step (s)"], rows)}
+{table(["", "to /health 200 (s)"], [["median", median(healthy)], ["slowest", max(healthy)]])}
 
-The server answers from /health 200 on, with the eager decode step; the compiled step (batch 1 and any other
-batch size, two graphs, one per weight form) replaces it when ready, without a pause in serving. A warm start
-still traces the model with Dynamo and loads the compiled code (about 10 s per graph on one loaded core).
+From the process's start: importing torch and the server, loading the checkpoint, packing the weights for the
+step, and one warm-up pass of each kind.
 
-Per start (s, healthy / compiled): {per_start}.
+Per start (s): {", ".join(f"{x:.1f}" for x in healthy)}.
 
 Reproduce: `.venv/bin/python -m bench.startup`
 """
-    write_doc("startup-cpu", "Start-up, cold and warm (CPU)", body)
+    write_doc("startup-cpu", "Start-up (CPU)", body)
 
 
 if __name__ == "__main__":

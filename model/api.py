@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from model import checkpoint, weight_forms
-from model.generate import FinishReason, TextAssembler, finish_reason, generate
+from model.generate import FinishReason, TextAssembler, generate
 from model.runner import Runner, TokenOutput
 from model.sampling import SamplingParams
 from model.tokenizer import tokenizer
@@ -95,15 +95,29 @@ class TinyLLM:
         repetition_penalty: float = 1.0,
         seed: int | None = None,
         stop: list[str] = (),
+        utf8: str = "valid",
     ) -> Generation:
-        """Generate up to max_new_tokens bytes after the prompt; temperature 0 is greedy."""
+        """Generate up to max_new_tokens bytes after the prompt; temperature 0 is greedy. utf8: "valid" (only
+        bytes that keep the text valid UTF-8, never a character cut by max_new_tokens) or "any" (the raw model)."""
         ids = list(prompt) if isinstance(prompt, bytes) else self.tokenizer.encode(prompt)
+        if utf8 not in ("valid", "any"):
+            raise ValueError(f'utf8 must be "valid" or "any", got {utf8!r}')
         params = SamplingParams(
-            temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            valid_utf8=utf8 == "valid",
         )
         out, steps = [], []
         assembler = TextAssembler([s.encode("utf-8") for s in stop if s])  # the server's stop-string rules
-        for step in generate(self.runner, ids, max_new_tokens, params, seed):
+        tokens = generate(self.runner, ids, max_new_tokens, params, seed)
+        while True:
+            try:
+                step = next(tokens)
+            except StopIteration as end:
+                reason = end.value
+                break
             out.append(step.token)
             steps.append(step)
             if assembler.push(step.token)[1]:
@@ -111,8 +125,6 @@ class TinyLLM:
                 del out[kept:], steps[kept:]
                 reason = FinishReason.STOP
                 break
-        else:
-            reason = finish_reason(len(out), max_new_tokens, len(ids) + len(out), self.config.context_length)
         assembler.finish()
         return Generation("".join(assembler.text), out, reason, steps)
 

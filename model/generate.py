@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Generator
 
 from model.runner import Runner, Sequence, TokenOutput
 from model.sampling import SamplingParams, random_seed
@@ -23,6 +23,18 @@ def finish_reason(generated: int, max_new_tokens: int, length: int, context_leng
     if generated >= max_new_tokens:
         return FinishReason.LENGTH
     if length >= context_length:
+        return FinishReason.CONTEXT_FULL
+    return None
+
+
+def ends_before(seq: Sequence, token: int, max_new_tokens: int, context_length: int) -> FinishReason | None:
+    """Why generation ends before `token` is kept, if it does: with the UTF-8 rule, a byte is kept only if the
+    character it belongs to can be completed within max_new_tokens and the context, so that the text never ends
+    inside a character (the reply is up to 3 bytes shorter than max_new_tokens instead)."""
+    due = seq.due_after(token)
+    if due and seq.generated + 1 + due > max_new_tokens:
+        return FinishReason.LENGTH
+    if due and len(seq.tokens) + 1 + due > context_length:
         return FinishReason.CONTEXT_FULL
     return None
 
@@ -66,8 +78,9 @@ def generate(
     params: SamplingParams = SamplingParams(),
     seed: int | None = None,
     need_weights: bool = False,
-) -> Iterator[TokenOutput]:
-    """Yield sampled tokens one at a time, until max_new_tokens or the context is full. Uses cache row 0.
+) -> Generator[TokenOutput, None, FinishReason]:
+    """Yield sampled tokens one at a time, until max_new_tokens or the context is full; return why it ended.
+    Uses cache row 0.
 
     With need_weights, each token carries every layer's attention row (n_head, keys) of the query that
     produced it: over the prompt and the tokens generated before it.
@@ -75,17 +88,19 @@ def generate(
     cfg = runner.config
     if not prompt:
         raise ValueError("the prompt must have at least one byte")
-    if max_new_tokens <= 0 or len(prompt) >= cfg.context_length:
-        return
-    everything = (list(range(cfg.n_layer)), list(range(cfg.n_head)))
     seed = random_seed() if seed is None else seed
+    everything = (list(range(cfg.n_layer)), list(range(cfg.n_head)))
     seq = Sequence(list(prompt), len(prompt), params, seed, attention=everything if need_weights else None)
+    if reason := finish_reason(0, max_new_tokens, len(prompt), cfg.context_length):
+        return reason
     out = runner.prefill(seq, row=0, start=0, end=len(prompt))
     while True:
         if out is None:
             raise RuntimeError("sampling failed (see the log)")
+        if reason := ends_before(seq, out.token, max_new_tokens, cfg.context_length):
+            return reason
         yield out
-        seq.tokens.append(out.token)
-        if finish_reason(len(seq.tokens) - seq.n_prompt, max_new_tokens, len(seq.tokens), cfg.context_length):
-            return
+        seq.append(out.token)
+        if reason := finish_reason(seq.generated, max_new_tokens, len(seq.tokens), cfg.context_length):
+            return reason
         out = runner.decode([seq])[0]

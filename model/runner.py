@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from model import weight_forms
+from model import utf8, weight_forms
 from model.kv_cache import KVCache
 from model.model import CacheSlots, Transformer
 from model.native import step as native
@@ -48,6 +48,28 @@ class Sequence:
     seed: int = 0  # with the generation step, all a draw depends on (model.sampling.exponential_noise)
     top_logprobs: int = 0  # alternatives to report with each token
     attention: tuple[list[int], list[int]] | None = None  # (layers, heads) whose attention rows to report
+    utf8_state: int = utf8.START  # of the tokens so far (model.utf8); kept by append()
+
+    def __post_init__(self):
+        if self.params.valid_utf8:
+            state = utf8.state_after(self.tokens)
+            if state is None:
+                raise ValueError("the prompt is not valid UTF-8 (sample with valid_utf8=False to continue it)")
+            self.utf8_state = state
+
+    @property
+    def generated(self) -> int:
+        return len(self.tokens) - self.n_prompt
+
+    def append(self, token: int) -> None:
+        self.tokens.append(token)
+        if self.params.valid_utf8:
+            self.utf8_state = utf8.advance(self.utf8_state, token)
+
+    def due_after(self, token: int) -> int:
+        """How many more bytes the text would need after `token` to end on a whole character (0 without the
+        UTF-8 rule)."""
+        return utf8.DUE[utf8.advance(self.utf8_state, token)] if self.params.valid_utf8 else 0
 
 
 @dataclass
@@ -211,7 +233,8 @@ class Runner:
                 [torch.tensor(s.tokens) if s.params.uses_history else None for s in chosen],
                 [s.n_prompt for s in chosen],
                 [s.seed for s in chosen],
-                [len(s.tokens) - s.n_prompt for s in chosen],
+                [s.generated for s in chosen],
+                [s.utf8_state for s in chosen],
             )
 
         try:

@@ -1,4 +1,4 @@
-"""Sampling as pure functions of logits: penalties, temperature, top-k, top-p, and seeded draws.
+"""Sampling as pure functions of logits: the UTF-8 mask, penalties, temperature, top-k, top-p, seeded draws.
 
 A draw for sequence i at its generation step t is a function of (seed_i, t) and its logits alone
 (exponential_noise): the same seed and parameters give the same bytes alone, in any batch, on any thread.
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from model import utf8
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -22,6 +24,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # 1 = off
     presence_penalty: float = 0.0  # 0 = off; OpenAI's, over generated tokens
     frequency_penalty: float = 0.0  # 0 = off; OpenAI's, over generated tokens
+    valid_utf8: bool = True  # only bytes that keep the text valid UTF-8 (model.utf8); False: any byte
 
     def __post_init__(self):
         checks = [
@@ -55,6 +58,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_UTF8_LOGITS = torch.zeros(utf8.MASKS.shape).masked_fill(~utf8.MASKS, float("-inf"))  # added to mask logits
 
 
 def exponential_noise(seeds: list[int], steps: list[int], vocab: int) -> np.ndarray:
@@ -141,14 +145,24 @@ def sample_rows(
     n_prompt: list[int],
     seeds: list[int],
     steps: list[int],
+    utf8_states: list[int] | None = None,
 ) -> list[int]:
     """The next token of every row of logits (B, vocab), each row with its own parameters, seed and step.
 
-    previous[i]: row i's ids so far (needed only when a penalty is on, else None). The filters run as one op
-    over the batch. A draw is argmax(probs / q), q ~ Exp(1) from exponential_noise(seed, step): an exact sample
-    from probs (the exponential race). Greedy rows (temperature 0) take the argmax.
+    First, rows with valid_utf8 lose the bytes their UTF-8 state (utf8_states[i], model.utf8) does not allow:
+    before penalties and filters, greedy included (utf8_states None: every row at the start of a character).
+    previous[i]: row i's ids so far (needed only when a penalty
+    is on, else None). The filters run as one op over the batch. A draw is argmax(probs / q), q ~ Exp(1) from
+    exponential_noise(seed, step): an exact sample from probs (the exponential race). Greedy rows (temperature
+    0) take the argmax.
     """
     logits = logits.float()
+    masked = [i for i, p in enumerate(params) if p.valid_utf8]
+    utf8_states = utf8_states or [utf8.START] * len(params)
+    if len(masked) == len(params):
+        logits = logits + _UTF8_LOGITS[utf8_states]
+    elif masked:
+        logits[masked] += _UTF8_LOGITS[[utf8_states[i] for i in masked]]
     for i, p in enumerate(params):
         if p.uses_history:
             logits[i] = penalize(logits[i], p, previous[i], n_prompt[i])
@@ -176,6 +190,7 @@ def sample(
     seed: int = 0,
     step: int = 0,
     n_prompt: int = 0,
+    utf8_state: int = utf8.START,
 ) -> int:
     """The next token id from one position's logits (vocab,), given the ids seen so far (see sample_rows)."""
-    return sample_rows(logits.unsqueeze(0), [params], [previous], [n_prompt], [seed], [step])[0]
+    return sample_rows(logits.unsqueeze(0), [params], [previous], [n_prompt], [seed], [step], [utf8_state])[0]

@@ -190,8 +190,7 @@ def evaluate(model, data: np.ndarray, ctx: int, max_windows: int, batch: int, de
 
 def sample_text(model: Transformer, prompt: bytes, n: int, seed: int) -> str:
     runner = Runner(copy.deepcopy(model).eval())
-    gen = torch.Generator().manual_seed(seed)
-    out = [s.token for s in generate(runner, list(prompt), n, SamplingParams(temperature=0.8), gen)]
+    out = [s.token for s in generate(runner, list(prompt), n, SamplingParams(temperature=0.8), seed)]
     return (prompt + bytes(out)).decode("utf-8", errors="replace")
 
 

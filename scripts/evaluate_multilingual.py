@@ -12,9 +12,11 @@ Three measurements, printed as Markdown tables (and written as JSON):
    context - S bytes before it; the default, S = context, is non-overlapping windows.
 2. UTF-8 validity: from each language's held-out text, --samples prompts (the first 64 bytes of documents
    spread evenly over the file, cut to whole characters); 1,000 bytes generated from each at temperature
-   0.8 with seed i for prompt i. When the context fills, generation continues from the last half-context
-   of bytes. A sample is valid when its 1,000 bytes decode as UTF-8, allowing only the last character to be
-   cut short by the length limit.
+   0.8 with seed i for prompt i, once with the server's default `utf8: "valid"` and once with `"any"` (the raw
+   model). When the context fills, generation continues from the last half-context of bytes (from the first
+   whole character in it). A sample is valid when its bytes decode as UTF-8, allowing only the last
+   character to be cut short by the length limit (with "valid" a sample stops before a character that does
+   not fit, so it may be up to 3 bytes short of 1,000).
 3. Heads: model/heads.py's summary on 256-byte passages (or the shorter context) of held-out text
    (--passages per language, whole characters), for this checkpoint and the --compare one: how much
    attention continuation bytes give to the earlier bytes of their own character, against a
@@ -117,13 +119,19 @@ def prompts_of(data: bytes, k: int, length: int) -> list[bytes]:
     return [whole_characters(data[s:], length) for s in spread(starts, k)]
 
 
-def generate_bytes(llm: TinyLLM, prompt: bytes, n: int, seed: int) -> bytes:
-    """n bytes after the prompt, sliding the context window forward by half when it fills."""
+def generate_bytes(llm: TinyLLM, prompt: bytes, n: int, seed: int, utf8: str = "valid") -> bytes:
+    """Up to n bytes after the prompt, sliding the context window forward by half when it fills."""
     ctx = llm.config.context_length
     text, out, part = prompt, b"", 0
     while len(out) < n:
         window = text[-(ctx // 2) :] if len(text) >= ctx else text
-        g = llm.generate(window, max_new_tokens=n - len(out), temperature=TEMPERATURE, seed=seed * 1000 + part)
+        while window and 0x80 <= window[0] < 0xC0:  # start on a character
+            window = window[1:]
+        g = llm.generate(
+            window, max_new_tokens=n - len(out), temperature=TEMPERATURE, seed=seed * 1000 + part, utf8=utf8
+        )
+        if not g.tokens:  # the next character does not fit in what is left
+            break
         new = bytes(g.tokens)
         out += new
         text += new
@@ -240,24 +248,34 @@ def main(argv=None) -> None:
         )
 
     if "utf8" not in args.skip:
-        rows, out = [], {}
-        for lang in langs:
-            samples = [
-                generate_bytes(llm, prompt, SAMPLE_BYTES, seed)
-                for seed, prompt in enumerate(prompts_of(val[lang], args.samples, PROMPT_BYTES))
-            ]
-            bad = [invalid_sequences(s) for s in samples]
-            out[lang] = {
-                "samples": len(samples),
-                "valid": bad.count(0),
-                "invalid_sequences": sum(bad),
-                "texts": [s.decode("utf-8", errors="replace") for s in samples],
-            }
-            rows.append([lang, f"{bad.count(0)} / {len(samples)}", sum(bad)])
-        results["utf8"] = out
-        total = sum(v["valid"] for v in out.values()), sum(v["samples"] for v in out.values())
-        print(table(["language", "valid UTF-8 samples", "invalid sequences in all samples"], rows))
-        print(f"\nall languages: {total[0]} of {total[1]} samples valid\n")
+        rows, results["utf8"] = {lang: [lang] for lang in langs}, {}
+        for mode in ("valid", "any"):
+            out = results["utf8"][mode] = {}
+            for lang in langs:
+                samples = [
+                    generate_bytes(llm, prompt, SAMPLE_BYTES, seed, mode)
+                    for seed, prompt in enumerate(prompts_of(val[lang], args.samples, PROMPT_BYTES))
+                ]
+                bad = [invalid_sequences(s) for s in samples]
+                out[lang] = {
+                    "samples": len(samples),
+                    "valid": bad.count(0),
+                    "invalid_sequences": sum(bad),
+                    "texts": [s.decode("utf-8", errors="replace") for s in samples],
+                }
+                rows[lang] += [f"{bad.count(0)} / {len(samples)}", sum(bad)]
+        headers = [
+            "language",
+            'valid samples, "valid"',
+            "invalid sequences",
+            'valid samples, "any"',
+            "invalid sequences",
+        ]
+        print(table(headers, list(rows.values())))
+        for mode, out in results["utf8"].items():
+            total = sum(v["valid"] for v in out.values()), sum(v["samples"] for v in out.values())
+            print(f"\nutf8 {mode!r}: {total[0]} of {total[1]} samples valid in all languages")
+        print()
 
     if "heads" not in args.skip:
         models = {args.checkpoint.name: llm}

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model.generate import FinishReason
-from server.engine import FinishEvent, QueueFull
+from server.jobs import FinishEvent, QueueFull
 
 log = logging.getLogger("tinyllm.server")
 

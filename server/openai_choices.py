@@ -16,8 +16,8 @@ from model.generate import FinishReason, TextAssembler
 from model.runner import Scored
 from model.tokenizer import IncrementalDecoder, tokenizer
 from server import sse
-from server.engine import FinishEvent, Job, TokenEvent
 from server.errors import APIError, check_finish
+from server.jobs import FinishEvent, Job, TokenEvent
 
 # OpenAI knows two reasons: a completion that ran out of context ran to its length.
 FINISH_REASONS = {FinishReason.LENGTH: "length", FinishReason.CONTEXT_FULL: "length", FinishReason.STOP: "stop"}

@@ -102,6 +102,7 @@ class Completion(BaseModel):
     object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
+    system_fingerprint: str = Field(description="what decides the bytes: the checkpoint, weight form and kernel path")
     choices: list[CompletionChoice]
     usage: Usage | None = None
 

@@ -15,7 +15,8 @@ import torch
 
 from model.generate import FinishReason
 from model.runner import Sequence, TokenOutput
-from server.engine import Engine, EngineRequest, FinishEvent, QueueFull, TokenEvent
+from server.engine import Engine
+from server.jobs import EngineRequest, FinishEvent, QueueFull, TokenEvent
 from support import TINY_CONFIG
 
 

@@ -72,9 +72,12 @@ def test_is_valid_utf8():
 
 def test_generate_bytes_slides_past_the_context(llm):
     ctx = llm.config.context_length
-    out = ev.generate_bytes(llm, b"Hello", 2 * ctx + 10, seed=1)
+    out = ev.generate_bytes(llm, b"Hello", 2 * ctx + 10, seed=1, utf8="any")
     assert len(out) == 2 * ctx + 10
-    assert out == ev.generate_bytes(llm, b"Hello", 2 * ctx + 10, seed=1)
+    assert out == ev.generate_bytes(llm, b"Hello", 2 * ctx + 10, seed=1, utf8="any")
+    valid = ev.generate_bytes(llm, b"Hello", 2 * ctx + 10, seed=1)
+    assert 2 * ctx + 7 <= len(valid) <= 2 * ctx + 10 and ev.is_valid_utf8(valid)
+    valid.decode("utf-8")  # whole characters to the end
 
 
 def test_main_writes_tables_and_json(tmp_path, tiny_checkpoint, capsys, monkeypatch):
@@ -109,8 +112,9 @@ def test_main_writes_tables_and_json(tmp_path, tiny_checkpoint, capsys, monkeypa
         ]
     )
     printed = capsys.readouterr().out
-    assert "| en |" in printed and "xz -9" in printed and "valid UTF-8" in printed
+    assert "| en |" in printed and "xz -9" in printed and 'valid samples, "any"' in printed
     results = json.loads(out.read_text())
     assert set(results["bits_per_byte"]) == {"en", "ru"}
-    assert results["utf8"]["ru"]["samples"] == 2
+    assert results["utf8"]["valid"]["ru"]["samples"] == results["utf8"]["any"]["ru"]["samples"] == 2
+    assert all(v["valid"] == v["samples"] for v in results["utf8"]["valid"].values()), "the default is always valid"
     assert 0 <= results["heads"]["uniform_head_same_character"] <= 1

@@ -36,7 +36,8 @@ def raw(client, path: str, content: bytes | str, content_type: str = "applicatio
 
 def test_control_characters_and_nul_are_accepted_everywhere(client):
     n = len(CONTROL.encode())
-    out = client.post("/v1/generate", json={"prompt": CONTROL, "max_new_tokens": 5, "temperature": 0}).json()
+    body = {"prompt": CONTROL, "max_new_tokens": 5, "temperature": 0, "utf8": "any"}  # every byte counts
+    out = client.post("/v1/generate", json=body).json()
     assert out["usage"]["prompt_tokens"] == n and out["usage"]["completion_tokens"] == 5
     with client.stream("POST", "/v1/generate", json={"prompt": CONTROL, "max_new_tokens": 3, "stream": True}) as r:
         assert r.status_code == 200 and [line for line in r.iter_lines() if line][-1] == "data: [DONE]"

@@ -58,7 +58,7 @@ def test_body_limit_refuses_one_while_streams_finish(tiny_checkpoint):
 
         async def main():
             async with httpx.AsyncClient(base_url=srv.url, timeout=60) as c:
-                body = {"prompt": "go", "max_new_tokens": 60, "temperature": 0.8}
+                body = {"prompt": "go", "max_new_tokens": 60, "temperature": 0.8, "utf8": "any"}
                 streams = [asyncio.create_task(stream_all(c, {**body, "seed": i})) for i in range(4)]
                 big = await c.post("/v1/generate", json={"prompt": "z" * 5000})
                 return big, await asyncio.gather(*streams)
@@ -78,7 +78,8 @@ def test_request_timeout_ends_the_long_one_while_short_ones_finish(long_checkpoi
                 long = asyncio.create_task(c.post("/v1/generate", json={"prompt": "a", "max_new_tokens": LONG}))
                 long_stream = asyncio.create_task(stream_all(c, {"prompt": "b", "max_new_tokens": LONG}))
                 short = [
-                    await c.post("/v1/generate", json={"prompt": "c", "max_new_tokens": 8, "seed": i}) for i in range(5)
+                    await c.post("/v1/generate", json={"prompt": "c", "max_new_tokens": 8, "seed": i, "utf8": "any"})
+                    for i in range(5)
                 ]
                 return await long, await long_stream, short
 
@@ -95,7 +96,7 @@ def test_max_streams_refuses_the_extra_stream_while_the_open_ones_finish(long_ch
 
         async def main():
             async with httpx.AsyncClient(base_url=srv.url, timeout=60) as c:
-                body = {"prompt": "s", "max_new_tokens": 400, "temperature": 0}
+                body = {"prompt": "s", "max_new_tokens": 400, "temperature": 0, "utf8": "any"}
                 opened = [await first_event(c, body) for _ in range(2)]
                 third = await c.post("/v1/generate", json={**body, "stream": True})
                 openai_third = await c.post("/v1/completions", json={"model": "long", "prompt": "s", "stream": True})
@@ -229,7 +230,7 @@ def test_sigterm_lets_the_stream_in_flight_finish_then_exits_0(long_checkpoint):
         with httpx.stream(
             "POST",
             f"{srv.url}/v1/generate",
-            json={"prompt": "t", "max_new_tokens": LONG, "temperature": 0, "stream": True},
+            json={"prompt": "t", "max_new_tokens": LONG, "temperature": 0, "stream": True, "utf8": "any"},
             timeout=60,
         ) as r:
             lines = r.iter_lines()
@@ -249,7 +250,7 @@ def test_sigterm_past_the_grace_period_ends_the_stream_cleanly_then_exits_0(long
         with httpx.stream(
             "POST",
             f"{srv.url}/v1/generate",
-            json={"prompt": "t", "max_new_tokens": LONG, "temperature": 0, "stream": True},
+            json={"prompt": "t", "max_new_tokens": LONG, "temperature": 0, "stream": True, "utf8": "any"},
             timeout=60,
         ) as r:
             lines = r.iter_lines()

@@ -101,7 +101,8 @@ def test_greedy_completion_equals_model_package(client, llm):
 
 def test_max_tokens_defaults_to_16_and_null_asks_for_what_fits(client):
     assert complete(client, prompt="x", temperature=0).usage.completion_tokens == 16
-    r = complete(client, prompt="y" * 60, max_tokens=None, temperature=0)  # the context holds 64 bytes
+    any_bytes = {"utf8": "any"}  # every byte counts up to the limit (with "valid", a character may not fit)
+    r = complete(client, prompt="y" * 60, max_tokens=None, temperature=0, extra_body=any_bytes)  # context: 64
     assert r.usage.completion_tokens == 4 and r.choices[0].finish_reason == "length"
 
 
@@ -194,7 +195,7 @@ def test_stream_include_usage_adds_a_last_chunk_without_choices(client):
 
 def test_logprobs_fields_match_the_model(client, llm):
     prompt = list(b"To be")
-    r = complete(client, prompt="To be", max_tokens=12, temperature=0, logprobs=3)
+    r = complete(client, prompt="To be", max_tokens=12, temperature=0, logprobs=3, extra_body={"utf8": "any"})
     (choice,) = r.choices
     lp = choice.logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 12
@@ -253,14 +254,15 @@ def test_echo_with_generation_continues_the_offsets(client):
 
 
 def test_n_and_list_prompts_batch_and_seed_each_choice(client):
-    prompts = ["ab", "xyz"]
-    r = complete(client, prompt=prompts, n=3, max_tokens=8, temperature=1.0, seed=11)
+    prompts, raw = ["ab", "xyz"], {"utf8": "any"}  # every choice runs to max_tokens
+    r = complete(client, prompt=prompts, n=3, max_tokens=8, temperature=1.0, seed=11, extra_body=raw)
     assert [c.index for c in r.choices] == list(range(6))
     assert r.usage.prompt_tokens == 5 and r.usage.completion_tokens == 6 * 8
     for c in r.choices:  # choice j of prompt i is seeded with seed + j
         i, j = divmod(c.index, 3)
-        assert c.text == complete(client, prompt=prompts[i], max_tokens=8, temperature=1.0, seed=11 + j).choices[0].text
-    chunks = stream(client, prompt=prompts, n=3, max_tokens=8, temperature=1.0, seed=11)
+        alone = complete(client, prompt=prompts[i], max_tokens=8, temperature=1.0, seed=11 + j, extra_body=raw)
+        assert c.text == alone.choices[0].text
+    chunks = stream(client, prompt=prompts, n=3, max_tokens=8, temperature=1.0, seed=11, extra_body=raw)
     assert [joined(chunks, c.index)[0] for c in r.choices] == [c.text for c in r.choices]
     greedy = complete(client, prompt="ab", n=2, max_tokens=8, temperature=0).choices
     assert greedy[0].text == greedy[1].text
@@ -307,7 +309,7 @@ def greedy_with_penalties(llm, prompt: list[int], n: int, presence: float, frequ
 
 @pytest.mark.parametrize("presence, frequency", [(1.5, 0.0), (0.0, 0.7), (-1.0, 0.3)])
 def test_presence_and_frequency_penalties(client, llm, presence, frequency):
-    kw = dict(prompt="aaaa", max_tokens=30, temperature=0, logprobs=0)
+    kw = dict(prompt="aaaa", max_tokens=30, temperature=0, logprobs=0, extra_body={"utf8": "any"})  # the raw model
     plain = [byte_of(t) for t in complete(client, **kw).choices[0].logprobs.tokens]
     r = complete(client, presence_penalty=presence, frequency_penalty=frequency, **kw)
     penalised = [byte_of(t) for t in r.choices[0].logprobs.tokens]
@@ -320,7 +322,7 @@ def test_penalty_function_is_openais_definition():
     out = apply_presence_frequency_penalty(logits, torch.tensor([5, 5, 7]), presence=0.5, frequency=0.25)
     assert (out[5], out[7], out[0]) == (-1.0, -0.75, 0.0)
     # only tokens after the prompt count: here the prompt's 255 is not penalised, the generated 254 is
-    params = SamplingParams(temperature=0, frequency_penalty=2.0)
+    params = SamplingParams(temperature=0, frequency_penalty=2.0, valid_utf8=False)
     assert sample(torch.arange(256.0), params, torch.tensor([255, 254]), None, n_prompt=1) == 255
     assert sample(torch.arange(256.0), params, torch.tensor([255, 255]), None, n_prompt=0) == 254
 

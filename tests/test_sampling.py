@@ -34,12 +34,15 @@ def random_logits(seed: int, n: int = 256) -> torch.Tensor:
 def test_temperature_zero_is_argmax():
     for seed in range(20):
         logits = random_logits(seed)
-        assert sample(logits, SamplingParams(temperature=0), torch.tensor([], dtype=torch.long), seed) == int(
-            logits.argmax()
-        )
+        assert sample(
+            logits, SamplingParams(temperature=0, valid_utf8=False), torch.tensor([], dtype=torch.long), seed
+        ) == int(logits.argmax())
         # top-k / top-p cannot change the greedy choice
         assert sample(
-            logits, SamplingParams(temperature=0, top_k=3, top_p=0.1), torch.tensor([], dtype=torch.long), seed
+            logits,
+            SamplingParams(temperature=0, top_k=3, top_p=0.1, valid_utf8=False),
+            torch.tensor([], dtype=torch.long),
+            seed,
         ) == int(logits.argmax())
 
 
@@ -137,16 +140,17 @@ def test_same_seed_same_tokens_different_seed_differs():
     assert draws(2**64 + 1) == draws(1), "seeds are taken mod 2**64"
 
 
+RAW = SamplingParams(valid_utf8=False)  # no UTF-8 mask: a vocabulary of 3 here
+
+
 def test_sampling_follows_the_distribution():
     probs = torch.tensor([0.1, 0.6, 0.3])
     n = 4000
     none = torch.tensor([], dtype=torch.long)
-    counts = torch.bincount(
-        torch.tensor([sample(probs.log(), SamplingParams(), none, seed, 0) for seed in range(n)]), minlength=3
-    )
+    counts = torch.bincount(torch.tensor([sample(probs.log(), RAW, none, seed, 0) for seed in range(n)]), minlength=3)
     torch.testing.assert_close(counts / n, probs, atol=0.03, rtol=0)
     # and along one sequence's steps
-    counts = torch.bincount(torch.tensor([sample(probs.log(), SamplingParams(), none, 7, t) for t in range(n)]))
+    counts = torch.bincount(torch.tensor([sample(probs.log(), RAW, none, 7, t) for t in range(n)]))
     torch.testing.assert_close(counts / n, probs, atol=0.03, rtol=0)
 
 
@@ -201,7 +205,7 @@ def test_generate_with_a_seed_is_reproducible(llm):
 
 
 def test_generate_greedy_matches_argmax_of_full_forward(llm):
-    g = llm.generate("The", max_new_tokens=10, temperature=0)
+    g = llm.generate("The", max_new_tokens=10, temperature=0, utf8="any")
     ids = list(b"The")
     with torch.inference_mode():
         for _ in range(10):

@@ -40,7 +40,8 @@ def test_streams_complete_and_the_report_judges_phases(tiny_checkpoint, tmp_path
     assert r.returncode == 0, r.stderr
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(recs) >= 3
-    assert all(rec["error"] is None and rec["tokens"] == 8 and rec["end"] > rec["start"] for rec in recs), recs[:3]
+    # 8 bytes, or up to 3 fewer where a character would not have fitted (utf8 "valid")
+    assert all(rec["error"] is None and 5 <= rec["tokens"] <= 8 and rec["end"] > rec["start"] for rec in recs), recs[:3]
 
     # Phases cut from the real run: an update over the first third, a kill in the last third.
     t0, t1 = min(rec["start"] for rec in recs), max(rec["end"] for rec in recs)

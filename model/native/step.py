@@ -67,6 +67,8 @@ class NativeStep:
                 weights.append(matrix.float().contiguous())
         norms = [n.weight for layer in model.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
         norms.append(model.norm.weight)
+        norms = [n.detach().float().contiguous() for n in norms]
+        self.weights = weights + scales + norms  # what a step reads for every token
         self._step = _step.Step(
             cfg.n_layer,
             cfg.n_head,
@@ -79,7 +81,7 @@ class NativeStep:
             model.embed_tokens.weight.detach().float().contiguous(),
             model.rope_cos.contiguous(),
             model.rope_sin.contiguous(),
-            [n.detach().float().contiguous() for n in norms],
+            norms,
             weights,
             scales,
         )

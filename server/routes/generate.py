@@ -12,8 +12,8 @@ from model.tokenizer import tokenizer
 from server import sse
 from server.config import Settings
 from server.deps import MetricsDep, ModelsDep, SettingsDep, StreamsDep
-from server.engine import EngineRequest, FinishEvent, TokenEvent
 from server.errors import ERROR_RESPONSES, APIError, check_finish, error_body, finish_error
+from server.jobs import EngineRequest, FinishEvent, TokenEvent
 from server.routes.attention import check_indices
 from server.schemas import GenerateRequest, GenerateResponse
 
@@ -35,7 +35,7 @@ async def generate(
     req, truncated = engine_request(body, served.engine.config, settings)
     job = served.engine.submit(req)
     if body.stream:
-        return streams.response(sse_events(metrics.timed(job)), job.cancel, request.url.path)
+        return streams.response(sse_events(metrics.timed(job), served.fingerprint), job.cancel, request.url.path)
     tokens = []
     async for event in metrics.timed(job):
         if isinstance(event, TokenEvent):
@@ -44,6 +44,7 @@ async def generate(
             check_finish(event)
             return {
                 "model": served.name,
+                "system_fingerprint": served.fingerprint,
                 **finish_out(event),
                 "tokens": tokens,
                 "truncated_prompt_tokens": truncated,
@@ -74,8 +75,12 @@ def engine_request(body: GenerateRequest, cfg: ModelConfig, settings: Settings) 
                 '"truncate": true to keep its last bytes',
                 param="prompt",
             )
-        keep = max(1, ctx - body.max_new_tokens)
-        truncated, ids = len(ids) - keep, ids[-keep:]
+        truncated = len(ids) - max(1, ctx - body.max_new_tokens)
+        while truncated < len(ids) and is_continuation(ids[truncated]):  # characters are kept whole or not at all
+            truncated += 1
+        while truncated == len(ids) or is_continuation(ids[truncated]):  # only part of the last one fitted: keep it
+            truncated -= 1
+        ids = ids[truncated:]
     attention = None
     if body.attention is not None:
         attention = (
@@ -93,6 +98,10 @@ def engine_request(body: GenerateRequest, cfg: ModelConfig, settings: Settings) 
         timeout=settings.request_timeout,
     )
     return req, truncated
+
+
+def is_continuation(byte: int) -> bool:
+    return 0x80 <= byte < 0xC0
 
 
 def attention_axes(req: EngineRequest) -> dict:
@@ -133,8 +142,8 @@ def finish_out(event: FinishEvent) -> dict:
     }
 
 
-async def sse_events(events: AsyncIterator[TokenEvent | FinishEvent]) -> AsyncIterator[str]:
-    """One event per token, a last one with finish_reason/usage/text (or the error), then [DONE].
+async def sse_events(events: AsyncIterator[TokenEvent | FinishEvent], fingerprint: str) -> AsyncIterator[str]:
+    """One event per token, a last one with finish_reason/usage/text/system_fingerprint (or the error), then [DONE].
 
     A token's event carries the labels of the character it belongs to, ending with its own byte's, so a
     client showing bytes as they arrive relabels just those (the page does).
@@ -147,6 +156,6 @@ async def sse_events(events: AsyncIterator[TokenEvent | FinishEvent]) -> AsyncIt
         elif (error := finish_error(event)) is not None:
             payload = error_body(error.message, error.type)
         else:
-            payload = finish_out(event)
+            payload = {**finish_out(event), "system_fingerprint": fingerprint}
         yield sse.event(payload)
     yield sse.DONE

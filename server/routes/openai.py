@@ -16,10 +16,12 @@ import uuid
 
 from fastapi import APIRouter, Request
 
+from model import utf8
 from server.config import Settings
 from server.deps import ModelsDep, SettingsDep, StreamsDep
-from server.engine import Engine, EngineRequest, Job, QueueFull
+from server.engine import Engine
 from server.errors import OPENAI_ERROR_RESPONSES, APIError
+from server.jobs import EngineRequest, Job, QueueFull
 from server.models import ServedModel
 from server.openai_choices import ChoiceStream, pieces, sse_chunks, usage
 from server.openai_schemas import Completion, CompletionRequest, ModelCard, ModelList
@@ -73,6 +75,7 @@ async def completions(
         "object": "text_completion",
         "created": int(time.time()),
         "model": served.name,
+        "system_fingerprint": served.fingerprint,
     }
     prompt_tokens = sum(len(ids) for _, ids in prompts)
     if body.stream:
@@ -112,6 +115,12 @@ def check_request(
         raise APIError(400, "stream_options is only allowed when stream is true", param="stream_options")
     if body.max_tokens is not None and body.max_tokens > settings.max_new_tokens:
         raise APIError(400, f"max_tokens must be <= {settings.max_new_tokens}", param="max_tokens")
+    if body.utf8 == "valid" and any(utf8.state_after(ids) is None for _, ids in prompts):
+        raise APIError(
+            400,
+            'prompt is not valid UTF-8, so no valid text continues it; send "utf8": "any" to continue its bytes',
+            param="prompt",
+        )
     longest = max(len(ids) for _, ids in prompts)
     return fit_context(longest, body.max_tokens, engine.config.context_length, settings.max_new_tokens)
 

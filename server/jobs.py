@@ -1,0 +1,121 @@
+"""A request inside the engine: what it asks (EngineRequest), what it receives (TokenEvent, then one FinishEvent),
+and its Job: its sequence, its cache row, and the asyncio queue its events go to."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from model.generate import FinishReason, TextAssembler
+from model.runner import Sequence
+from model.sampling import SamplingParams, random_seed
+
+if TYPE_CHECKING:
+    from server.engine import Engine
+
+
+class QueueFull(Exception):
+    """The engine's waiting queue is full."""
+
+
+@dataclass
+class EngineRequest:
+    """What the engine needs to run one generation (already validated against the model)."""
+
+    prompt: list[int]
+    max_new_tokens: int
+    params: SamplingParams = SamplingParams()
+    seed: int | None = None
+    stop: list[bytes] = field(default_factory=list)
+    top_logprobs: int = 0
+    attention: tuple[list[int], list[int]] | None = None  # (layers, heads)
+    timeout: float | None = None
+
+
+@dataclass
+class TokenEvent:
+    id: int
+    logprob: float
+    top_logprobs: list[tuple[int, float]]
+    text: str  # newly completed text (whole characters; held back while it may begin a stop string)
+    attention: list[list[list[float]]] | None  # [layer][head][key]
+
+
+@dataclass
+class FinishEvent:
+    reason: FinishReason
+    text: str  # the whole generated text
+    prompt_tokens: int
+    completion_tokens: int
+    queue_ms: float
+    prefill_ms: float
+    decode_ms: float
+    message: str = ""
+
+
+class Job:
+    """One request inside the engine: its sequence, its cache row, and the queue its events go to."""
+
+    def __init__(self, req: EngineRequest, loop: asyncio.AbstractEventLoop, engine: Engine):
+        self.req = req
+        self.loop, self.queue, self.engine = loop, asyncio.Queue(), engine
+        self.seq = Sequence(
+            list(req.prompt),
+            len(req.prompt),
+            req.params,
+            random_seed() if req.seed is None else req.seed,
+            req.top_logprobs,
+            req.attention,
+        )
+        self.prefilled = 0
+        self.slot = -1
+        self.assembler = TextAssembler(req.stop)
+        self.cancelled = False
+        self.t_submit = time.perf_counter()
+        self.t_start = self.t_first = None
+        self.deadline = self.t_submit + req.timeout if req.timeout else None
+
+    @property
+    def generated(self) -> int:
+        return len(self.seq.tokens) - self.seq.n_prompt
+
+    async def events(self) -> AsyncIterator[TokenEvent | FinishEvent]:
+        """TokenEvents, then one FinishEvent. Leaving early (a client disconnect) cancels the job."""
+        try:
+            while True:
+                event = await self.queue.get()
+                yield event
+                if isinstance(event, FinishEvent):
+                    return
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Stop generating; the worker frees the cache row at its next step (no-op once finished)."""
+        self.cancelled = True
+        self.engine.wake.set()
+
+    def emit(self, event) -> None:
+        """Send an event (from the worker thread); the engine delivers a step's events together."""
+        self.engine.outbox.append((self, event))
+
+    def finish(self, reason: FinishReason, message: str = "") -> None:
+        now = time.perf_counter()
+        start = self.t_start or now
+        first = self.t_first or now
+        self.assembler.finish()  # no-op when the last token already flushed it
+        self.emit(
+            FinishEvent(
+                reason,
+                "".join(self.assembler.text),
+                self.seq.n_prompt,
+                self.generated,
+                queue_ms=(start - self.t_submit) * 1e3,
+                prefill_ms=(first - start) * 1e3,
+                decode_ms=(now - first) * 1e3,
+                message=message,
+            )
+        )
