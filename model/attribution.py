@@ -10,9 +10,11 @@ Freezing s at its value in the run (the "scale"), every write's push is exactly 
 logit. For LayerNorm the mean subtraction would leave a constant (the mean of the writes, read by W_U[t] ⊙ w);
 RMSNorm subtracts nothing, so that constant is zero and the residual error is float rounding alone.
 
-`attribute` does this for several positions of one run; `Attribution.top(n)` gives the n largest pushes, which
-is what a per-token "explain" of generation needs: `attribute(model, run(model, ids), [len(ids) - 2])[0].top(n)`
-for the byte just generated (the last of ids, predicted at the position before it).
+`attribute` does this for several positions of one run (model.trace); `split_logits` is the arithmetic, for rows
+of the residual stream however they were computed. `Attribution.top(n)` gives the n largest pushes, which is what
+a per-token "explain" of generation needs: for the byte just generated (the last of ids, predicted at the position
+before it), `attribute(model, run(model, ids), [len(ids) - 2])[0].top(n)`, a whole forward pass per byte; or
+`split_logits` on what an exact decode step kept at its one new position, no more than the step itself.
 """
 
 from __future__ import annotations
@@ -88,32 +90,58 @@ def attribute(
         targets[i] = ids[p + 1] if t is None else t
 
     pos = torch.tensor(list(positions), device=trace.logits.device)  # (P,)
-    tgt = torch.tensor(targets, device=pos.device)  # (P,)
-    x = trace.residuals[-1][pos].float()  # (P, C)
+    return split_logits(
+        model,
+        positions=list(positions),
+        targets=targets,
+        embedding=trace.residuals[0][pos],
+        z=[z[pos] for z in trace.z],
+        mlp=[out[pos] for out in trace.mlp],
+        final=trace.residuals[-1][pos],
+    )
+
+
+@torch.inference_mode()
+def split_logits(
+    model: Transformer,
+    positions: list[int],
+    targets: list[int],
+    embedding: torch.Tensor,
+    z: list[torch.Tensor],
+    mlp: list[torch.Tensor],
+    final: torch.Tensor,
+) -> list[Attribution]:
+    """The pushes on targets' logits at P rows of the residual stream, from what a pass kept at those rows: the
+    embedding (P, C), per layer each head's output z (P, nh, hs) and the MLP's output (P, C), and the stream after
+    the last block, final (P, C). `attribute` takes them from a trace; a pass over only the newest position (a
+    decode step of the exact model that keeps them) can call it as well."""
+    cfg = model.config
+    tgt = torch.tensor(targets, device=final.device)  # (P,)
+    x = final.float()  # (P, C)
     scale = torch.rsqrt(x.pow(2).mean(-1) + model.norm.eps)  # (P,) as RMSNorm computes it
     reads = (model.lm_head.weight[tgt] * model.norm.weight).float()  # (P, C): what each target's logit reads
 
     def push(writes: torch.Tensor) -> torch.Tensor:  # (P, C) -> (P,)
         return (writes.float() * reads).sum(-1) * scale
 
-    embedding = push(trace.residuals[0][pos])
-    mlps = torch.stack([push(out[pos]) for out in trace.mlp], dim=1)  # (P, n_layer)
+    mlps = torch.stack([push(out) for out in mlp], dim=1).cpu()  # (P, n_layer)
     heads = []
     for layer, block in enumerate(model.layers):
         w_o = block.self_attn.o_proj.weight.float().view(cfg.d_model, cfg.n_head, cfg.head_dim)  # (C, nh, hs)
         per_head = torch.einsum("pc,cnd->pnd", reads, w_o)  # (P, nh, hs): each head's output read by the target
-        heads.append((trace.z[layer][pos].float() * per_head).sum(-1) * scale[:, None])  # (P, nh)
+        heads.append((z[layer].float() * per_head).sum(-1) * scale[:, None])  # (P, nh)
     heads = torch.stack(heads, dim=1).cpu()  # (P, n_layer, nh)
-    logits = trace.logits[pos, tgt].float().cpu()
+    logits = model.lm_head(model.norm(final)).gather(-1, tgt[:, None])[:, 0].float().cpu()  # the model's own
+    embedding, scale = push(embedding).cpu(), scale.cpu()
     return [
         Attribution(
-            position=int(pos[i]),
-            target=int(tgt[i]),
+            position=positions[i],
+            target=targets[i],
             logit=float(logits[i]),
             scale=float(scale[i]),
             embedding=float(embedding[i]),
             heads=heads[i],
-            mlps=mlps[i].cpu(),
+            mlps=mlps[i],
         )
         for i in range(len(positions))
     ]

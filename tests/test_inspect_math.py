@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from model import TinyLLM, checkpoint
 from model.ablation import ablation_loss
-from model.attribution import attribute
+from model.attribution import attribute, split_logits
 from model.explain import explain
 from model.lens import logit_lens, stage_names
 from model.trace import run
@@ -145,6 +145,24 @@ def test_attribution_of_many_positions_in_one_run_and_of_switched_off_heads(llm)
     assert torch.allclose(many[7].heads, one.heads) and many[7].logit == one.logit
     with pytest.raises(ValueError, match="name a target"):
         attribute(llm.model, trace, [T - 1])
+
+
+def test_split_logits_of_rows_from_a_shorter_pass(llm):
+    """What a decode step would keep at its one new position gives the pushes attribute finds in a whole run."""
+    k = 20  # the byte at k + 1 was "generated" after the bytes 0..k
+    whole = attribute(llm.model, run(llm.model, IDS), [k])[0]
+    prefix = run(llm.model, IDS[: k + 1])  # a pass that ends at position k, as generation's step does
+    (step,) = split_logits(
+        llm.model,
+        positions=[k],
+        targets=[IDS[k + 1]],
+        embedding=prefix.residuals[0][-1:],
+        z=[z[-1:] for z in prefix.z],
+        mlp=[out[-1:] for out in prefix.mlp],
+        final=prefix.residuals[-1][-1:],
+    )
+    assert abs(step.logit - whole.logit) < 1e-5 and abs(step.error) < 1e-4
+    assert torch.allclose(step.heads, whole.heads, atol=1e-5) and torch.allclose(step.mlps, whole.mlps, atol=1e-5)
 
 
 # ------------------------------------------------------------------ ablation
