@@ -4,6 +4,10 @@ from model import TinyLLM
 llm = TinyLLM.load("checkpoints/shakespeare")          # device="auto": CUDA if present, else CPU
 print(llm.generate("ROMEO:", max_new_tokens=100, temperature=0.8, seed=1).text)
 maps = llm.attention("To be, or not to be")            # (n_layer, n_head, T, T) probabilities
+step = llm.explain("The cat sat on the mat", layer=2, head=1, query=21)   # one head, step by step
+lens = llm.logit_lens("The cat sat on the mat")        # the next byte after every layer
+push = llm.attribute("The cat sat on the mat", position=20)               # each head's push on a logit
+loss = llm.ablate("The cat sat on the mat", heads_off=[(0, 1)])           # the loss without some heads
 """
 
 from __future__ import annotations
@@ -13,10 +17,15 @@ from dataclasses import dataclass, field
 import torch
 
 from model import checkpoint, weight_forms
+from model.ablation import AblationLoss, ablation_loss
+from model.attribution import Attribution, attribute
+from model.explain import Walkthrough, explain
 from model.generate import FinishReason, TextAssembler, generate
+from model.lens import Lens, logit_lens
 from model.runner import Runner, TokenOutput
 from model.sampling import SamplingParams
 from model.tokenizer import tokenizer
+from model.trace import Ablation, Head, RecentRuns, Trace
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -69,6 +78,7 @@ class TinyLLM:
         self.form, self.form_reason = form, form_reason  # the weight form generation runs in, and why
         self.tokenizer = tokenizer
         self._runner: Runner | None = None
+        self._recent_runs: RecentRuns | None = None
 
     @classmethod
     def load(cls, path, device: str = "auto", dtype: str | torch.dtype | None = "auto", form: str = "auto") -> TinyLLM:
@@ -132,3 +142,48 @@ class TinyLLM:
         """Attention probabilities of every layer and head over `text`: (n_layer, n_head, T, T), float32."""
         ids = list(text) if isinstance(text, bytes) else self.tokenizer.encode(text)
         return self.runner.attention(ids)
+
+    # ------------------------------------------------------------ looking inside (model/trace.py and its readers)
+
+    def trace(self, text: str | bytes, heads_off: list[Head] = (), ablation: Ablation = "zero") -> Trace:
+        """A run of the exact model over `text` with heads_off switched off (model.trace). The last two are kept,
+        so the methods below read the same text again without a forward pass."""
+        if self._recent_runs is None:
+            self._recent_runs = RecentRuns(self.model)
+        return self._recent_runs(
+            list(text) if isinstance(text, bytes) else self.tokenizer.encode(text), heads_off, ablation
+        )
+
+    def explain(
+        self,
+        text: str | bytes,
+        layer: int,
+        head: int,
+        query: int,
+        heads_off: list[Head] = (),
+        ablation: Ablation = "zero",
+    ) -> Walkthrough:
+        """One head's softmax(q·kᵀ/√d_k)·V for the byte at index `query`, step by step (model.explain)."""
+        return explain(self.model, self.trace(text, heads_off, ablation), layer, head, query)
+
+    def logit_lens(
+        self, text: str | bytes, top_k: int = 5, heads_off: list[Head] = (), ablation: Ablation = "zero"
+    ) -> Lens:
+        """The next-byte distribution read from the residual stream after every layer (model.lens)."""
+        return logit_lens(self.model, self.trace(text, heads_off, ablation), top_k)
+
+    def attribute(
+        self,
+        text: str | bytes,
+        position: int,
+        target: int | None = None,
+        heads_off: list[Head] = (),
+        ablation: Ablation = "zero",
+    ) -> Attribution:
+        """Each head's, MLP's and the embedding's push on the logit of `target` (default: the byte that comes next)
+        at `position` (model.attribution)."""
+        return attribute(self.model, self.trace(text, heads_off, ablation), [position], [target])[0]
+
+    def ablate(self, text: str | bytes, heads_off: list[Head], ablation: Ablation = "zero") -> AblationLoss:
+        """Each byte's loss with every head and with heads_off switched off (model.ablation)."""
+        return ablation_loss(self.trace(text), self.trace(text, heads_off, ablation))

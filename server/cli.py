@@ -5,6 +5,10 @@
     tinyllm attention "To be" --layer 0 --head 1          # per byte: the byte it attends to most
     tinyllm model
     tinyllm tokenize "Hé 🙂"
+    tinyllm explain "The cat sat on the mat" --layer 2 --head 1  # one head step by step, for the last byte
+    tinyllm lens "The cat sat on the mat"                        # what it would say next after each layer
+    tinyllm attribute "The cat sat on the mat" --position 20     # each head's push on the next byte's logit
+    tinyllm ablate "The cat sat on the mat" --heads-off 2.1      # the loss without some heads
 
 --url (TINYLLM_URL, default http://127.0.0.1:8000) and --api-key (TINYLLM_API_KEY) choose the server.
 Exit codes: 0 done, 1 an error (the server's message, or a file that cannot be written), 2 a bad command
@@ -20,6 +24,8 @@ import sys
 from pathlib import Path
 
 import httpx
+
+from server.cli_inspect import ablation_lines, attribution_lines, explain_table, lens_table
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 EXIT_SERVER_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
@@ -134,6 +140,57 @@ def cmd_tokenize(args) -> None:
         print(f"{i:4d} {t['id']:3d} {shown(t['text']):6} chars [{t['start']}, {t['end']})")
 
 
+def cmd_explain(args) -> None:
+    text = read_text(args.text)
+    query = args.query
+    if query is None:  # the last byte, or the last character
+        query = (len(text) if args.character else len(text.encode("utf-8"))) - 1
+    body = {"text": text, "layer": args.layer, "head": args.head, "query": query, **switched_off(args)}
+    if args.character:
+        body["query_unit"] = "character"
+    print(explain_table(request(args, "POST", "/v1/attention/explain", json=body).json()))
+
+
+def cmd_lens(args) -> None:
+    body = {"text": read_text(args.text), "top_k": 1, **switched_off(args)}
+    print(lens_table(request(args, "POST", "/v1/lens", json=body).json()))
+
+
+def cmd_attribute(args) -> None:
+    body = {"text": read_text(args.text), "position": args.position, "top": args.top, **switched_off(args)}
+    if args.target is not None:
+        body["target"] = args.target
+    print(attribution_lines(request(args, "POST", "/v1/attribute", json=body).json()))
+
+
+def cmd_ablate(args) -> None:
+    body = {"text": read_text(args.text), **switched_off(args)}
+    print(ablation_lines(request(args, "POST", "/v1/ablate", json=body).json()))
+
+
+def switched_off(args) -> dict:
+    return {"heads_off": args.heads_off, "ablation": args.ablation}
+
+
+def head_pair(value: str) -> list[int]:
+    """LAYER.HEAD (2.1) as [layer, head]."""
+    try:
+        layer, head = value.split(".")
+        return [int(layer), int(head)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not LAYER.HEAD, e.g. 2.1") from None
+
+
+def byte_value(value: str) -> int:
+    """A target byte: a number (116, 0x74) or a one-byte character (t)."""
+    if len(value.encode("utf-8")) == 1 and not value.isdigit():
+        return value.encode("utf-8")[0]
+    try:
+        return int(value, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither a byte value nor a one-byte character") from None
+
+
 def shown(label: str) -> str:
     """A byte's label as printed: the server's (\\n, \\xe2, ...), with a space made visible."""
     return "\u2423" if label == " " else label
@@ -191,6 +248,32 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tokenize", help="show the byte tokens of a text")
     t.add_argument("text", help="the text (- reads standard input)")
     t.set_defaults(run=cmd_tokenize)
+
+    inspect = argparse.ArgumentParser(add_help=False)  # the options every inspection command shares
+    inspect.add_argument("text", help="the text (- reads standard input)")
+    inspect.add_argument(
+        "--heads-off", type=head_pair, action="append", default=[], metavar="L.H", help="switch a head off (repeatable)"
+    )
+    inspect.add_argument("--ablation", choices=["zero", "mean"], default="zero", help="what replaces a head's output")
+
+    e = sub.add_parser("explain", parents=[inspect], help="one head's attention for one byte, step by step")
+    e.add_argument("--layer", type=int, required=True, help="layer index")
+    e.add_argument("--head", type=int, required=True, help="head index")
+    e.add_argument("--query", type=int, help="the querying byte's index (default: the last)")
+    e.add_argument("--character", action="store_true", help="--query counts characters, not bytes")
+    e.set_defaults(run=cmd_explain)
+
+    lens = sub.add_parser("lens", parents=[inspect], help="the logit lens: what the model would say after each layer")
+    lens.set_defaults(run=cmd_lens)
+
+    at = sub.add_parser("attribute", parents=[inspect], help="each head's and MLP's push on a next-byte logit")
+    at.add_argument("--position", type=int, required=True, help="the byte after which the next byte is predicted")
+    at.add_argument("--target", type=byte_value, help="the byte whose logit is split (default: the next one)")
+    at.add_argument("--top", type=int, default=10, help="pushes to list (default 10)")
+    at.set_defaults(run=cmd_attribute)
+
+    ab = sub.add_parser("ablate", parents=[inspect], help="the loss per byte with some heads switched off")
+    ab.set_defaults(run=cmd_ablate)
     return p
 
 

@@ -134,7 +134,9 @@ def validation_message(exc: RequestValidationError, path: str) -> tuple[str, str
     kind = err.get("type")
     if kind == "json_invalid":
         return f"invalid JSON body: {err.get('msg')}", None
-    loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+    loc = [str(p) for p in err.get("loc", ())]
+    if loc and loc[0] in ("body", "query", "path"):  # where it came from; a field may be called "query" too
+        loc = loc[1:]
     if not loc:
         return "the request body must be a JSON object (Content-Type: application/json)", None
     openai = is_openai_path(path)

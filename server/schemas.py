@@ -53,6 +53,22 @@ class ChoosesModel(Strict):
     model: str | None = Field(None, description="a model id from GET /v1/models (null = the first one served)")
 
 
+HeadPair = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=2)]  # [layer, head]
+
+
+class SwitchesHeadsOff(Strict):
+    """Heads to switch off for a request on the exact model (model/trace.py): their outputs are replaced before W_O."""
+
+    heads_off: list[HeadPair] = Field(
+        default_factory=list,
+        max_length=4096,
+        description="[layer, head] pairs whose outputs are replaced (each head at most once; [] = none)",
+    )
+    ablation: Literal["zero", "mean"] = Field(
+        "zero", description="what replaces a switched-off head's output: zeros, or its mean over the text's positions"
+    )
+
+
 class AttentionSelection(Strict):
     layers: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="layer indices (null = all)")
     heads: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="head indices (null = all)")
@@ -163,7 +179,7 @@ class TokenizeResponse(BaseModel):
     )
 
 
-class AttentionRequest(ChoosesModel):
+class AttentionRequest(ChoosesModel, SwitchesHeadsOff):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
@@ -172,6 +188,7 @@ class AttentionRequest(ChoosesModel):
                 {"text": "ROMEO: what light", "layers": [2], "heads": [1], "format": "png"},
                 {"text": "Grüße, 世界 🙂", "format": "summary"},
                 {"text": "Grüße, 世界 🙂", "layers": [0], "heads": [0], "granularity": "character"},
+                {"text": "The cat sat on the mat", "layers": [3], "heads_off": [[2, 1]], "format": "npy"},
             ]
         }
     )

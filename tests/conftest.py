@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random checkpoint on disk, an in-process app client, and the `gpu` skip."""
+"""Shared fixtures: a tiny random checkpoint on disk, a live server on it, an in-process app client, a headless
+browser and a page of the live server (tests/browser.py), and the `gpu` skip."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from browser import CHROMIUM, CHROMIUM_ARGS, open_page, sync_playwright
 from model import checkpoint
 from server.app import create_app
 from server.config import Settings
@@ -30,6 +32,26 @@ def server(tiny_checkpoint):
     """A live server on the tiny checkpoint, one per test module (modules that need other flags define their own)."""
     with running_server(tiny_checkpoint) as s:
         yield s
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium, headless (page test modules skip without it: browser.NEEDS_BROWSER)."""
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    """The live server's page in a fresh browser context; afterwards: no page errors, nothing loaded from outside."""
+    page = open_page(browser, server.url)
+    yield page
+    assert not [e for e in page.errors if "Failed to load resource" not in e], page.errors
+    outside = [u for u in page.requests if not (u.startswith(server.url) or u.startswith("data:"))]
+    assert not outside, f"the page loaded something from outside this server: {outside}"
+    page.context.close()
 
 
 @pytest.fixture(scope="session")

@@ -18,83 +18,17 @@ import numpy as np
 import pytest
 import torch
 
+from browser import ARTIFACTS, NEEDS_BROWSER, READ_CANVAS, open_page, screenshot
 from model import checkpoint
 from model.config import ModelConfig
 from model.model import Transformer
 from model.tokenizer import ByteTokenizer
 from server.process import ROOT, running_server
 
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:  # pragma: no cover - the skip below says what to install
-    sync_playwright = None
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-pytestmark = [
-    pytest.mark.skipif(
-        sync_playwright is None,
-        reason="playwright is not installed: .venv/bin/pip install playwright "
-        "(never `playwright install`: the test drives Debian's chromium)",
-    ),
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing: apt-get install -y chromium"),
-]
+pytestmark = NEEDS_BROWSER
 
 TEXT = "Hé! ☃ to be, or not"  # 2- and 3-byte characters: 23 bytes
 AXIS_SHOWN = {" ": "␣", "\\n": "↵", "\\t": "⇥", "\\r": "␍"}
-
-# Reads a canvas back: its size, how many cells on/below and above the diagonal are painted, and (for small
-# canvases) the RGBA bytes.
-READ_CANVAS = """(el) => {
-  const {width: w, height: h} = el;
-  const px = el.getContext("2d").getImageData(0, 0, w, h).data;
-  let lower = 0, upper = 0;
-  for (let q = 0; q < h; q++) for (let k = 0; k < w; k++) {
-    if (px[(q * w + k) * 4 + 3] > 0) { if (k <= q) lower++; else upper++; }
-  }
-  return {w, h, lower, upper, rgba: w * h <= 128 * 128 ? Array.from(px) : null};
-}"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-def open_page(browser, url):
-    """A fresh page on `url`; it records page errors and every URL requested (all must be this server's)."""
-    context = browser.new_context(viewport={"width": 1300, "height": 1000})
-    page = context.new_page()
-    page.errors, page.requests = [], []
-    page.on("pageerror", lambda e: page.errors.append(str(e)))
-    page.on("console", lambda m: m.type == "error" and page.errors.append(m.text))
-    page.on("request", lambda r: page.requests.append(r.url))
-    page.goto(url)
-    page.wait_for_function("document.getElementById('head').options.length > 0")  # GET /v1/model answered
-    return page
-
-
-@pytest.fixture
-def page(browser, server):
-    page = open_page(browser, server.url)
-    yield page
-    assert not [e for e in page.errors if "Failed to load resource" not in e], page.errors
-    outside = [u for u in page.requests if not (u.startswith(server.url) or u.startswith("data:"))]
-    assert not outside, f"the page loaded something from outside this server: {outside}"
-    page.context.close()
 
 
 def analyse(page, text: str) -> int:
@@ -103,11 +37,6 @@ def analyse(page, text: str) -> int:
     T = len(text.encode("utf-8"))
     page.wait_for_selector(f"#heatmap[data-t='{T}']")
     return T
-
-
-def screenshot(page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
 
 
 def api_attention(server, text: str, **body) -> np.ndarray:

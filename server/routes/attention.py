@@ -1,5 +1,5 @@
 """POST /v1/attention: the exact attention probabilities of every chosen layer and head over a text, or a
-summary of what each head does (model/heads.py).
+summary of what each head does (model/heads.py); with heads_off, those of the model with some heads switched off.
 
 Output formats are a table: each has its own checks, an encoder (run off the event loop) and a media type,
 so a new format is one entry in FORMATS. With granularity "character" the maps are aggregated from bytes to
@@ -21,9 +21,11 @@ from starlette.concurrency import run_in_threadpool
 from model.config import ModelConfig
 from model.heads import LABEL_THRESHOLD, LABELS, character_attention, label_heads, summarize_heads
 from model.tokenizer import char_spans, tokenizer
+from model.trace import attention_maps, heads_off_problem
 from server.config import Settings
 from server.deps import ModelsDep, SettingsDep
 from server.errors import ERROR_RESPONSES, APIError
+from server.models import ServedModel
 from server.routes.tokenize import text_bytes
 from server.schemas import AttentionRequest, AttentionResponse, HeadSummary, TextChar
 
@@ -168,9 +170,8 @@ FORMATS = {
 async def attention(body: AttentionRequest, models: ModelsDep, settings: SettingsDep):
     served = models.get(body.model)
     cfg = served.engine.config
-    ids = tokenizer.encode(body.text)
-    if len(ids) > cfg.context_length:
-        raise APIError(400, f"text is {len(ids)} bytes; the context holds {cfg.context_length}", param="text")
+    ids = text_ids(body.text, cfg)
+    heads_off = check_heads_off(body.heads_off, cfg)
     maps = Maps(
         body,
         served.name,
@@ -181,7 +182,11 @@ async def attention(body: AttentionRequest, models: ModelsDep, settings: Setting
     )
     fmt = FORMATS[body.format]
     fmt.check(maps, settings)
-    maps.values = select(await served.engine.attention(ids), maps, cfg)
+    if heads_off:  # the exact model with those heads' outputs replaced (model/trace.py)
+        values = await on_worker(served, attention_maps, served.llm.model, ids, heads_off, body.ablation)
+    else:
+        values = await served.engine.attention(ids)
+    maps.values = select(values, maps, cfg)
     # Millions of floats take seconds to aggregate and encode: off the event loop, so streams keep flowing.
     content = await run_in_threadpool(encode, fmt, maps)
     axes = [maps.ids[start:end] for start, end in maps.chars] if maps.by_character else maps.ids
@@ -210,6 +215,28 @@ def select(values: torch.Tensor, maps: Maps, cfg: ModelConfig) -> torch.Tensor:
     if maps.body.aggregate == "mean":
         values = values.mean(dim=1, keepdim=True)
     return values
+
+
+def text_ids(text: str, cfg: ModelConfig) -> list[int]:
+    """The text's bytes, or a 400 when they do not fit the context."""
+    ids = tokenizer.encode(text)
+    if len(ids) > cfg.context_length:
+        raise APIError(400, f"text is {len(ids)} bytes; the context holds {cfg.context_length}", param="text")
+    return ids
+
+
+def check_heads_off(heads_off: list[list[int]], cfg: ModelConfig) -> list[tuple[int, int]]:
+    """The [layer, head] pairs to switch off, or a 400 naming one the model does not have or one named twice."""
+    pairs = [(layer, head) for layer, head in heads_off]
+    if problem := heads_off_problem(cfg, pairs):
+        raise APIError(400, problem, param="heads_off")
+    return pairs
+
+
+async def on_worker(served: ServedModel, fn: Callable, *args):
+    """fn(*args) on the model's engine thread, between decode steps, as the attention maps are computed: work on the
+    exact model never joins a decode batch and never touches the KV cache, so it cannot change what others get."""
+    return await served.engine._call(fn, *args)  # the engine's queue of whole-text calls (Engine.attention's)
 
 
 def check_indices(chosen: list[int] | None, n: int, param: str) -> list[int]:

@@ -6,6 +6,8 @@
 //               (summary-view.js).
 //   Generate -> a streamed continuation, one byte per server-sent event with the row that chose it
 //               (generate.js).
+//   Step by step -> one head's arithmetic for one byte of a short text, and the logit lens (step-view.js); heads
+//               switched off in the table (heads-off.js) apply to it, and their loss change is shown.
 //
 // This module owns what every view shares, the selected model, layer, head, colour scale and granularity, and
 // wires the views together. Labels of bytes always come from the server (api.js tokenize, and each stream event).
@@ -14,8 +16,10 @@ import { getJson } from "./api.js";
 import { $, setStatus } from "./dom.js";
 import { GeneratePanel } from "./generate.js";
 import { HeadView } from "./head-view.js";
+import { HeadsOff } from "./heads-off.js";
 import { drawColorbar } from "./heatmap.js";
 import { MapView } from "./map-view.js";
+import { StepPanel } from "./step-view.js";
 import { fetchSummary, SummaryView } from "./summary-view.js";
 
 const utf8 = new TextEncoder();
@@ -29,7 +33,9 @@ const mapView = new MapView(selection, {
   hover: (q) => headView.hover(q), leave: () => headView.leave(), pick: (q) => headView.pin(q), select,
 });
 const headView = new HeadView(selection, mapView);
-const summaryView = new SummaryView(selection, select);
+const stepPanel = new StepPanel(selection);
+const headsOff = new HeadsOff(selection, () => stepPanel.refresh());
+const summaryView = new SummaryView(selection, select, (layer, head) => headsOff.toggle(layer, head));
 const panel = new GeneratePanel(selection, $("text"), (text) => {
   $("text").value = text;
   updateByteCount();
@@ -88,6 +94,8 @@ async function analyse() {
     headView.show(an);
     if (heads) {
       summaryView.show(heads);
+      headsOff.mark();
+      headsOff.measure(text);
       summaryOf = key;
     }
     const t2 = performance.now();
@@ -109,6 +117,7 @@ function select(layer, head) {
   summaryView.markSelected();
   headView.refresh();
   panel.refresh();
+  stepPanel.refresh({ lens: false });
 }
 
 function updateByteCount() {
@@ -126,7 +135,11 @@ function main() {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) analyse();
   });
   $("model").addEventListener("change", (e) => {
-    loadModel(e.target.value).then(() => analyse()).catch((err) => setStatus($("status"), String(err.message || err), true));
+    loadModel(e.target.value).then(() => {
+      headsOff.clear();
+      analyse();
+      stepPanel.refresh();
+    }).catch((err) => setStatus($("status"), String(err.message || err), true));
   });
   $("layer").addEventListener("change", (e) => select(+e.target.value, selection.head));
   $("head").addEventListener("change", (e) => select(selection.layer, e.target.value === "mean" ? "mean" : +e.target.value));
@@ -146,7 +159,10 @@ function main() {
   });
   window.addEventListener("resize", () => { if (mapView.an) mapView.layout(); });
   updateByteCount();
-  loadModels().then(() => analyse()).catch((e) => setStatus($("status"), String(e.message || e), true));
+  loadModels().then(() => {
+    analyse();
+    stepPanel.load();
+  }).catch((e) => setStatus($("status"), String(e.message || e), true));
 }
 
 main();

@@ -1,7 +1,8 @@
 // What each head does: a layers × heads table from POST /v1/attention {format: "summary"}, computed by the
 // server (model/heads.py) over the bytes of the text. A head is labelled ("previous byte", "same character",
 // "start of text", ...) when one share of its attention reaches the server's threshold; each cell shows its
-// label, its largest shares and how far back it looks; its title lists every number.
+// label, its largest shares and how far back it looks; its title lists every number. Its "off" toggle switches the
+// head off (heads-off.js).
 import { errorMessage, postJson } from "./api.js";
 import { $ } from "./dom.js";
 
@@ -22,13 +23,15 @@ const percent = (x) => (x === null ? "–" : `${Math.round(x * 100)}%`);
 const fixed = (x, digits) => (x === null ? "–" : x.toFixed(digits));  // null: no query qualified (a 1-byte text)
 
 export class SummaryView {
-  // select(layer, head): a cell was clicked.
-  constructor(selection, select) {
+  // select(layer, head): a cell was clicked; toggleOff(layer, head): its "off" toggle was.
+  constructor(selection, select, toggleOff) {
     this.selection = selection;
     this.summary = null;
     $("summary").addEventListener("click", (e) => {
       const cell = e.target.closest("td[data-head]");
-      if (cell) select(+cell.dataset.layer, +cell.dataset.head);
+      if (!cell) return;
+      if (e.target.closest(".off-toggle")) toggleOff(+cell.dataset.layer, +cell.dataset.head);
+      else select(+cell.dataset.layer, +cell.dataset.head);
     });
   }
 
@@ -69,7 +72,11 @@ export class SummaryView {
     const reach = document.createElement("div");
     reach.className = "numbers";
     reach.textContent = `${fixed(value("mean_distance"), 1)} back · ${fixed(value("entropy_bits"), 2)} bits`;
-    td.append(kind, line, reach);
+    const off = Object.assign(document.createElement("button"), {
+      type: "button", className: "off-toggle", textContent: "off", title: "switch this head off (or on again)",
+    });
+    off.setAttribute("aria-pressed", "false");
+    td.append(off, kind, line, reach);
     td.title = [
       `layer ${layer}, head ${head}${label ? `: ${label}` : ""}`,
       ...Object.entries(SHARES).map(([m, [, name]]) => `on ${name}: ${percent(value(m))}`),

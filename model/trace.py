@@ -1,0 +1,182 @@
+"""The exact model, block by block, keeping what the inspection tools read, with chosen heads switched off.
+
+`run(model, ids)` is the model's whole-text forward pass (Transformer.forward without a cache) written out one
+block at a time, op for op the same, so that its logits are bitwise the model's (tests/test_trace.py checks it).
+On the way it keeps:
+
+- the residual stream after the embedding and after each block's attention and MLP (the logit lens reads these);
+- each head's output z before W_O, and each MLP's output (direct logit attribution splits the logits by them);
+- the attention probabilities of the layers asked for, from the explicit masked softmax, as /v1/attention serves.
+
+Switching heads off (`heads_off=[(layer, head), ...]`): a head's output z is replaced before W_O, so its write
+into the residual stream is, with `ablation="zero"`, nothing, and with `"mean"`, its mean over the text's positions
+in this same run (heads switched off upstream included). A mean reads every position of the text, so a byte's
+output then depends on later bytes too. The switched-off head's own probabilities are still computed and reported;
+what changes is what it writes, and so everything after it. With no head switched off no extra op runs: the
+result is bitwise the plain model's.
+
+The tools read a trace: model.explain (one head step by step), model.lens (the logit lens), model.attribution
+(direct logit attribution), model.ablation (the loss without some heads). `RecentRuns` keeps the last traces,
+so looking at another head or byte of the same text costs no forward pass. The serving path (model.model,
+model.runner) is not touched and pays nothing for any of this.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from model.config import ModelConfig
+from model.model import Attention, Transformer, apply_rope
+
+Ablation = Literal["zero", "mean"]
+Head = tuple[int, int]  # (layer, head)
+
+
+@dataclass
+class Trace:
+    """What one run of the model over a text kept. T: the text's bytes, C: d_model, nh: heads, hs: head_dim."""
+
+    ids: list[int]
+    heads_off: list[Head]
+    ablation: Ablation
+    residuals: list[torch.Tensor]  # the embedding, then after each block's attention and after its MLP: (T, C) each
+    z: list[torch.Tensor] = field(default_factory=list)  # per block: (T, nh, hs), each head's output before W_O
+    mlp: list[torch.Tensor] = field(default_factory=list)  # per block: (T, C), what its MLP adds
+    probs: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (nh, T, T) attention probabilities
+    logits: torch.Tensor | None = None  # (T, vocab)
+
+    def block_input(self, layer: int) -> torch.Tensor:
+        return self.residuals[2 * layer]
+
+    def after_attention(self, layer: int) -> torch.Tensor:
+        return self.residuals[2 * layer + 1]
+
+
+def heads_off_problem(cfg: ModelConfig, heads_off: Sequence[Head]) -> str | None:
+    """Why heads_off cannot be switched off in a model of this shape (a head it does not have, a head named
+    twice); None when they can."""
+    seen = set()
+    for layer, head in heads_off:
+        if not (0 <= layer < cfg.n_layer and 0 <= head < cfg.n_head):
+            return (
+                f"head [{layer}, {head}] is not in the model: layers are 0..{cfg.n_layer - 1}, "
+                f"heads 0..{cfg.n_head - 1}"
+            )
+        if (layer, head) in seen:
+            return f"head [{layer}, {head}] is named twice"
+        seen.add((layer, head))
+    return None
+
+
+def check_text(cfg: ModelConfig, ids: Sequence[int]) -> None:
+    if not 0 < len(ids) <= cfg.context_length:
+        raise ValueError(f"text has {len(ids)} bytes; 1..{cfg.context_length} fit")
+
+
+@torch.inference_mode()
+def run(
+    model: Transformer,
+    ids: Sequence[int],
+    heads_off: Sequence[Head] = (),
+    ablation: Ablation = "zero",
+    weights_of: Collection[int] = (),
+) -> Trace:
+    """Run the model over ids; the layers in weights_of use the explicit softmax and keep their probabilities, the
+    others the fused kernel (as the plain model does)."""
+    cfg = model.config
+    check_text(cfg, ids)
+    if problem := heads_off_problem(cfg, heads_off):
+        raise ValueError(problem)
+    if ablation not in ("zero", "mean"):
+        raise ValueError(f'ablation must be "zero" or "mean", got {ablation!r}')
+    heads_off = [(layer, head) for layer, head in heads_off]
+    off: dict[int, list[int]] = {}
+    for layer, head in heads_off:
+        off.setdefault(layer, []).append(head)
+
+    device = model.lm_head.weight.device
+    idx = torch.tensor([list(ids)], device=device)  # (1, T)
+    B, T = idx.shape
+    positions = torch.arange(T, device=device).expand(B, T)
+    x = model.embed_tokens(idx)  # (1, T, C)
+    cos = model.rope_cos[positions].unsqueeze(1).to(x.dtype)  # (1, 1, T, hs)
+    sin = model.rope_sin[positions].unsqueeze(1).to(x.dtype)
+    mask = torch.ones(T, T, dtype=torch.bool, device=device).tril() if weights_of else None  # (T, T)
+    trace = Trace(list(ids), heads_off, ablation, residuals=[x[0]])
+    for i, block in enumerate(model.layers):
+        attn = block.self_attn
+        y, probs = head_outputs(attn, block.input_layernorm(x), cos, sin, mask if i in weights_of else None)
+        if i in off:
+            y = switch_off(y, off[i], ablation)
+        x = x + attn.o_proj(y.transpose(1, 2).reshape(B, T, cfg.d_model))  # (B, nh, T, hs) -> (B, T, C)
+        trace.residuals.append(x[0])
+        mlp = block.mlp(block.post_attention_layernorm(x))
+        x = x + mlp
+        trace.residuals.append(x[0])
+        trace.z.append(y[0].transpose(0, 1))  # (nh, T, hs) -> (T, nh, hs)
+        trace.mlp.append(mlp[0])
+        if probs is not None:
+            trace.probs[i] = probs[0].float()
+    trace.logits = model.lm_head(model.norm(x))[0]
+    return trace
+
+
+def head_outputs(attn: Attention, x: torch.Tensor, cos, sin, mask: torch.Tensor | None):
+    """Attention.forward's whole-text path up to the heads' outputs, before W_O: (B, nh, T, hs); with a (T, T)
+    causal mask, by the explicit masked softmax, also returning the probabilities (B, nh, T, T)."""
+    B, T, C = x.shape
+    # (B, T, C) -> (B, T, nh, hs) -> (B, nh, T, hs)
+    q = attn.q_proj(x).view(B, T, attn.n_head, attn.head_dim).transpose(1, 2)
+    k = attn.k_proj(x).view(B, T, attn.n_head, attn.head_dim).transpose(1, 2)
+    v = attn.v_proj(x).view(B, T, attn.n_head, attn.head_dim).transpose(1, 2)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True), None
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(attn.head_dim)  # (B, nh, T, T)
+    probs = F.softmax(scores.float().masked_fill(~mask, float("-inf")), dim=-1)
+    return probs.to(v.dtype) @ v, probs
+
+
+def switch_off(y: torch.Tensor, heads: list[int], ablation: Ablation) -> torch.Tensor:
+    """y (B, nh, T, hs) with the outputs of `heads` replaced by zeros, or by their mean over the positions."""
+    y = y.clone()
+    if ablation == "zero":
+        y[:, heads] = 0
+    else:
+        y[:, heads] = y[:, heads].mean(dim=2, keepdim=True)  # (B, len(heads), 1, hs), broadcast over positions
+    return y
+
+
+class RecentRuns:
+    """The traces of the last `keep` runs, kept: a run asked for again (same text, heads off and ablation) is read
+    from here. Two by default: the plain run and one with heads off, as comparing them needs. For one caller at a
+    time (the server calls it only on a model's engine thread)."""
+
+    def __init__(self, model: Transformer, keep: int = 2):
+        self.model, self.keep = model, keep
+        self.traces: OrderedDict[tuple, Trace] = OrderedDict()
+
+    def __call__(self, ids: Sequence[int], heads_off: Sequence[Head] = (), ablation: Ablation = "zero") -> Trace:
+        key = (tuple(ids), tuple(sorted((layer, head) for layer, head in heads_off)), ablation if heads_off else None)
+        if key not in self.traces:
+            self.traces[key] = run(self.model, ids, heads_off, ablation)
+            while len(self.traces) > self.keep:
+                self.traces.popitem(last=False)
+        self.traces.move_to_end(key)
+        return self.traces[key]
+
+
+@torch.inference_mode()
+def attention_maps(
+    model: Transformer, ids: Sequence[int], heads_off: Sequence[Head], ablation: Ablation = "zero"
+) -> torch.Tensor:
+    """Runner.attention's maps with heads switched off: (n_layer, n_head, T, T), float32 on the CPU."""
+    trace = run(model, ids, heads_off, ablation, weights_of=range(model.config.n_layer))
+    return torch.stack([trace.probs[i] for i in range(model.config.n_layer)]).cpu()

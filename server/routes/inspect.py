@@ -1,0 +1,173 @@
+"""Looking inside, step by step: one head's arithmetic (POST /v1/attention/explain), the logit lens (POST /v1/lens),
+direct logit attribution (POST /v1/attribute) and ablation (POST /v1/ablate).
+
+Each reads a run of the exact model with the request's heads switched off (TinyLLM.trace: model/trace.py, and the
+modules that read it), on the engine's worker thread between decode steps; nothing another request reads is
+touched. The model's last run is kept, so the page's clicks on other heads and bytes of the same text cost no
+forward pass. Answers are encoded once, by model_dump_json, as the attention maps are.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel
+
+from model.tokenizer import VOCAB_SIZE, char_spans, tokenizer
+from server.deps import ModelsDep
+from server.errors import ERROR_RESPONSES, APIError
+from server.inspect_schemas import (
+    AblateRequest,
+    AblateResponse,
+    AttributeRequest,
+    AttributeResponse,
+    Contribution,
+    ExplainChecks,
+    ExplainRequest,
+    ExplainResponse,
+    InspectsText,
+    LensRequest,
+    LensResponse,
+)
+from server.routes.attention import check_heads_off, check_indices, on_worker, text_ids
+from server.routes.tokenize import text_bytes
+
+router = APIRouter(tags=["inspect"])
+
+
+def checked(body: InspectsText, models: ModelsDep):
+    """The served model, the text's bytes and the heads to switch off, each checked against the model."""
+    served = models.get(body.model)
+    cfg = served.engine.config
+    return served, text_ids(body.text, cfg), check_heads_off(body.heads_off, cfg)
+
+
+def answer(body: BaseModel) -> Response:
+    return Response(body.model_dump_json(), media_type="application/json")
+
+
+def byte_index(value: int, n: int, param: str, unit: str = "byte") -> int:
+    if value >= n:
+        raise APIError(400, f"{param} {value} out of range: the text has {n} {unit}s (0..{n - 1})", param=param)
+    return value
+
+
+@router.post("/v1/attention/explain", response_model=ExplainResponse, responses=ERROR_RESPONSES)
+async def explain_head(body: ExplainRequest, models: ModelsDep):
+    """One head's softmax(q·kᵀ/√d_k)·V for one query byte, every step with the model's own numbers, and checks."""
+    served, ids, heads_off = checked(body, models)
+    cfg = served.engine.config
+    check_indices([body.layer], cfg.n_layer, "layer")
+    check_indices([body.head], cfg.n_head, "head")
+    if body.query_unit == "character":  # the character's last byte: the one that has read all of it
+        spans = char_spans(ids)
+        query = spans[byte_index(body.query, len(spans), "query", "character")][1] - 1
+    else:
+        query = byte_index(body.query, len(ids), "query")
+    w = await on_worker(served, served.llm.explain, bytes(ids), body.layer, body.head, query, heads_off, body.ablation)
+    return answer(
+        ExplainResponse(
+            model=served.name,
+            tokens=text_bytes(body.text),
+            heads_off=heads_off,
+            ablation=body.ablation,
+            layer=w.layer,
+            head=w.head,
+            query=w.query,
+            query_character=body.query if body.query_unit == "character" else None,
+            head_dim=cfg.head_dim,
+            sqrt_d_k=w.sqrt_d_k,
+            q_before_rope=w.q_before_rope.tolist(),
+            q=w.q.tolist(),
+            keys=w.keys.tolist(),
+            raw_scores=w.raw_scores.tolist(),
+            scaled_scores=w.scaled_scores.tolist(),
+            mask=w.mask.tolist(),
+            weights=w.weights.tolist(),
+            values=w.values.tolist(),
+            z=w.z.tolist(),
+            write=w.write.tolist(),
+            block_input_norm=float(w.block_input.norm()),
+            write_norm=float(w.write.norm()),
+            switched_off=w.switched_off,
+            checks=ExplainChecks(
+                weights_vs_attention=w.weights_vs_attention,
+                z_vs_run=w.z_vs_run,
+                writes_plus_input_vs_residual=w.writes_plus_input_vs_residual,
+            ),
+        )
+    )
+
+
+@router.post("/v1/lens", response_model=LensResponse, responses=ERROR_RESPONSES)
+async def lens(body: LensRequest, models: ModelsDep):
+    """The logit lens: the next-byte distribution read from the residual stream after every layer."""
+    served, ids, heads_off = checked(body, models)
+    out = await on_worker(served, served.llm.logit_lens, bytes(ids), body.top_k, heads_off, body.ablation)
+    return answer(
+        LensResponse(
+            model=served.name,
+            tokens=text_bytes(body.text),
+            heads_off=heads_off,
+            ablation=body.ablation,
+            stages=out.stages,
+            top_ids=out.top_ids.tolist(),
+            top_probs=out.top_probs.tolist(),
+            next_rank=out.next_rank.tolist(),
+            next_prob=out.next_prob.tolist(),
+            bits_per_byte=out.bits_per_byte,
+            byte_labels=[tokenizer.label(b) for b in range(VOCAB_SIZE)],
+        )
+    )
+
+
+@router.post("/v1/attribute", response_model=AttributeResponse, responses=ERROR_RESPONSES)
+async def attribute_logit(body: AttributeRequest, models: ModelsDep):
+    """Direct logit attribution: each head's, each MLP's and the embedding's push on one byte's logit."""
+    served, ids, heads_off = checked(body, models)
+    position = byte_index(body.position, len(ids), "position")
+    if body.target is None and position == len(ids) - 1:
+        raise APIError(
+            400, f"position {position} is the text's last byte: nothing comes after it; name a target", param="target"
+        )
+    a = await on_worker(served, served.llm.attribute, bytes(ids), position, body.target, heads_off, body.ablation)
+    return answer(
+        AttributeResponse(
+            model=served.name,
+            tokens=text_bytes(body.text),
+            heads_off=heads_off,
+            ablation=body.ablation,
+            position=a.position,
+            target=a.target,
+            target_text=tokenizer.label(a.target),
+            logit=a.logit,
+            norm_scale=a.scale,
+            embedding=a.embedding,
+            heads=a.heads.tolist(),
+            mlps=a.mlps.tolist(),
+            total=a.total,
+            residual_error=a.error,
+            top=[Contribution(kind=c.kind, layer=c.layer, head=c.head, logit=c.logit) for c in a.top(body.top)],
+        )
+    )
+
+
+@router.post("/v1/ablate", response_model=AblateResponse, responses=ERROR_RESPONSES)
+async def ablate(body: AblateRequest, models: ModelsDep):
+    """Each byte's loss with every head, and with heads_off switched off; the change in bits per byte."""
+    served, ids, heads_off = checked(body, models)
+    if len(ids) < 2:
+        raise APIError(400, "text is 1 byte; a loss needs at least 2 (the first byte has no prediction)", param="text")
+    out = await on_worker(served, served.llm.ablate, bytes(ids), heads_off, body.ablation)
+    return answer(
+        AblateResponse(
+            model=served.name,
+            tokens=text_bytes(body.text),
+            heads_off=heads_off,
+            ablation=body.ablation,
+            loss_bits=[None, *out.bits.tolist()],
+            loss_bits_ablated=[None, *out.bits_ablated.tolist()],
+            bits_per_byte=out.bits_per_byte,
+            bits_per_byte_ablated=out.bits_per_byte_ablated,
+            change_bits_per_byte=out.change,
+        )
+    )

@@ -1,0 +1,71 @@
+"""`tinyllm explain`, `lens`, `attribute` and `ablate`: subprocesses against a real server, printing what the API
+answers."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import httpx
+
+from server.process import ROOT
+
+TEXT = "The cat sat"
+
+
+def tinyllm(server, *args: str) -> tuple[int, str, str]:
+    env = {**os.environ, "TINYLLM_URL": server.url, "PYTHONIOENCODING": "utf-8"}
+    env.pop("TINYLLM_API_KEY", None)
+    p = subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=ROOT, env=env, capture_output=True, timeout=120)
+    return p.returncode, p.stdout.decode("utf-8"), p.stderr.decode("utf-8")
+
+
+def api(server, path: str, **body) -> dict:
+    r = httpx.post(f"{server.url}{path}", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_explain_prints_a_row_per_visible_byte(server):
+    rc, out, err = tinyllm(server, "explain", TEXT, "--layer", "1", "--head", "0", "--query", "6")
+    assert rc == 0, err
+    expected = api(server, "/v1/attention/explain", text=TEXT, layer=1, head=0, query=6)
+    rows = [re.findall(r"-?\d+\.\d+", line) for line in out.splitlines() if re.match(r"^\s+\d+\s+'", line)]
+    assert len(rows) == 7  # bytes 0..6: q·k, ÷√d_k and the weight of each
+    assert [float(weight) for _, _, weight in rows] == [round(w, 4) for w in expected["weights"][:7]]
+    assert [float(raw) for raw, _, _ in rows] == [round(s, 3) for s in expected["raw_scores"][:7]]
+    assert "bytes 7..10 come later: masked" in out and "checks (max abs difference)" in out
+    rc, last, _ = tinyllm(server, "explain", TEXT, "--layer", "1", "--head", "0")  # the last byte by default
+    assert rc == 0 and "query byte 10 't'" in last
+
+
+def test_lens_attribute_and_ablate(server):
+    rc, out, err = tinyllm(server, "lens", TEXT)
+    assert rc == 0, err
+    lens = api(server, "/v1/lens", text=TEXT, top_k=1)
+    lines = out.splitlines()
+    assert lines[0].startswith("text") and "The\u2423cat\u2423sat" in lines[0]
+    assert [line.split()[0] for line in lines[1:-1]] == lens["stages"]
+    assert lines[-2].endswith(f"{lens['bits_per_byte'][-1]:.3f}")
+
+    rc, out, err = tinyllm(server, "attribute", TEXT, "--position", "10", "--target", "e", "--top", "3")
+    assert rc == 0, err
+    push = api(server, "/v1/attribute", text=TEXT, position=10, target=ord("e"), top=3)
+    assert f"the logit of 'e' (byte 101) is {push['logit']:.4f}" in out
+    assert len(out.splitlines()) == 2 + 3
+
+    rc, out, err = tinyllm(server, "ablate", TEXT, "--heads-off", "1.1", "--heads-off", "0.0", "--ablation", "mean")
+    assert rc == 0, err
+    off = api(server, "/v1/ablate", text=TEXT, heads_off=[[1, 1], [0, 0]], ablation="mean")
+    assert out.startswith(f"heads off: 1.1, 0.0 (mean): {off['bits_per_byte_ablated']:.4f} bits/byte")
+
+
+def test_bad_heads_and_indices(server):
+    rc, _, err = tinyllm(server, "ablate", TEXT, "--heads-off", "1-1")
+    assert rc == 2 and "not LAYER.HEAD" in err
+    rc, _, err = tinyllm(server, "explain", TEXT, "--layer", "9", "--head", "0")
+    assert rc == 1 and "layer [9] out of range" in err
+    rc, _, err = tinyllm(server, "ablate", TEXT, "--heads-off", "0.1", "--heads-off", "0.1")
+    assert rc == 1 and "named twice" in err
