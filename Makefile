@@ -8,17 +8,24 @@ BIN := .venv/bin
 
 setup: .venv/.installed
 
-.venv/.installed: pyproject.toml
+# The native step (model/native/) is compiled here, against the torch just installed: --no-build-isolation, so
+# that pip fetches no other torch to build with. setuptools is upgraded first: the venv's may be too old to
+# build an editable install from pyproject.toml.
+.venv/.installed: pyproject.toml setup.py model/native/step.cpp model/native/kernels.h
 	$(PYTHON) -m venv .venv
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q "setuptools>=68"
+	$(BIN)/pip install -q --no-build-isolation -e ".[dev]"
+	$(BIN)/python -c "from model.native import step; print('native step:', step.UNAVAILABLE or 'built')"
 	touch $@
 
 # lm-evaluation-harness for the tests only (tests/test_lm_eval.py): too heavy for `make serve`.
 eval: .venv/.eval-installed
 
+# The eval extra's requirements, read from pyproject.toml (reinstalling the project would compile the step again).
 .venv/.eval-installed: .venv/.installed
-	$(BIN)/pip install -q -e ".[dev,eval]"
+	$(BIN)/python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['eval'], sep='\n')" > .venv/eval-requirements.txt
+	$(BIN)/pip install -q -r .venv/eval-requirements.txt
 	touch $@
 
 serve: setup

@@ -20,7 +20,8 @@ else:
         CppExtension(
             "model.native._step",
             ["model/native/step.cpp"],
-            # No -march: one binary for every x86-64 CPU; the AVX2 kernels are chosen at run time.
+            depends=["model/native/kernels.h"],
+            # No -march: one binary for every x86-64 CPU; the AVX2 or VNNI kernels are chosen at run time.
             # -ffp-contract=off: no fused multiply-adds, so every kernel path rounds alike (see step.cpp).
             extra_compile_args=["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"],
             extra_link_args=["-fopenmp"],

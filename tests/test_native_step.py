@@ -16,7 +16,7 @@ from model.native import step as native
 from model.runner import Runner
 from model.sampling import SamplingParams
 from server.process import ROOT, running_server
-from support import random_ids, sharp_model
+from support import random_ids, sharp_model, tiny_model
 
 pytestmark = pytest.mark.skipif(native.UNAVAILABLE is not None, reason=str(native.UNAVAILABLE))
 
@@ -121,15 +121,19 @@ def test_prefill_chunks_do_not_change_a_bit(form):
         assert all(torch.equal(a, b) for a, b in zip(cache.k + cache.v, caches[0].k + caches[0].v))
 
 
-@pytest.mark.skipif(native.UNAVAILABLE is None and not native._step.has_avx2(), reason="this CPU has no AVX2")
 @pytest.mark.parametrize("form", native.FORMS)
-def test_the_avx2_and_scalar_kernels_compute_the_same_bits(form):
-    model = sharp_model()
+def test_every_kernel_path_computes_the_same_bits(form):
+    """Scalar, AVX2 and VNNI where this CPU has them, on a model with 64-wide groups and odd batch sizes."""
+    model = tiny_model(seed=4, d_model=64, mlp_hidden=128, n_head=4)
     ids = random_ids(3, 45, seed=3)
-    avx2 = native.NativeStep(model, form, kernels="avx2")
-    scalar = native.NativeStep(model, form, kernels="scalar")
-    assert (avx2.kernels, scalar.kernels) == ("avx2", "scalar")
-    assert torch.equal(avx2.logits(ids), scalar.logits(ids))
+    paths = native.kernels_here()
+    assert "scalar" in paths
+    steps = {k: native.NativeStep(model, form, kernels=k) for k in paths}
+    assert [s.kernels for s in steps.values()] == paths
+    logits = {k: s.logits(ids) for k, s in steps.items()}
+    for k in paths:
+        assert torch.equal(logits[k], logits["scalar"]), k
+    assert native.NativeStep(model, form).kernels == paths[0], "auto takes the fastest"
 
 
 def test_native_and_torch_paths_share_the_cache_both_ways(shakespeare):

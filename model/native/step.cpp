@@ -5,19 +5,10 @@
 // before any entry attends, so an entry attends to the positions of its row up to its own, whether those
 // were written by an earlier call or by this one.
 //
-// The arithmetic contract (why a request's bytes never depend on its neighbours, the thread count or the CPU):
-// - Every number an entry produces is computed from that entry's inputs alone, by one thread, in an order that
-//   is fixed by the shapes of the model: work is split between threads by output rows (and by entry and head
-//   in attention), never along a reduction.
-// - A float dot product of length n sums its first n - n % 32 terms in 32 lanes (lane i % 32), reduces the
-//   lanes in the fixed tree of reduce32(), then adds the rest in order. Products and sums are separate
-//   roundings: the file is compiled with -ffp-contract=off and no kernel uses a fused multiply-add.
-// - An int8 dot product sums int8 x int8 products per group in int32 (exact in any order), 8 lanes of it
-//   (lane j holds the products at offsets 4j..4j+3 of every 32 bytes), converts each lane to float, scales
-//   it by (activation scale x weight scale) and adds it to that lane's float sum, group after group; the
-//   lanes are then reduced by reduce8().
-// - Everything else (norms, RoPE, softmax, SiLU, quantizing activations) is plain scalar code.
-// The AVX2 kernels follow the same orders as the scalar ones, so both give the same bits (tests check it).
+// Every number an entry produces is computed from that entry's inputs alone, by one thread, in an order that is
+// fixed by the shapes of the model: work is split between threads by output rows (blocks of 4) and, in
+// attention, by entry and head; never along a reduction. So a request's bytes do not depend on its neighbours
+// or on the thread count; kernels.h states how its loops also give the same bits on every CPU.
 
 #include <torch/extension.h>
 
@@ -29,233 +20,80 @@
 #include <string>
 #include <vector>
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#define TINYLLM_X86 1
-#endif
+#include "kernels.h"
+
+using namespace tinyllm;
 
 namespace {
 
-// Bumped whenever the arithmetic above changes: it is part of the server's system_fingerprint.
+// Bumped whenever the arithmetic changes: it is part of the server's system_fingerprint.
 constexpr int ARITHMETIC_VERSION = 1;
-
-// ------------------------------------------------------------------ scalar kernels (the reference orders)
-
-inline float reduce8(const float* l) {
-  float a0 = l[0] + l[4], a1 = l[1] + l[5], a2 = l[2] + l[6], a3 = l[3] + l[7];
-  return (a0 + a2) + (a1 + a3);
-}
-
-inline float reduce32(const float* l) {
-  float l8[8];
-  for (int j = 0; j < 8; j++) l8[j] = (l[j] + l[8 + j]) + (l[16 + j] + l[24 + j]);
-  return reduce8(l8);
-}
-
-float dot_f32_scalar(const float* a, const float* b, int64_t n) {
-  const int64_t body = n - n % 32;
-  float lanes[32] = {0};
-  for (int64_t i = 0; i < body; i += 32)
-    for (int j = 0; j < 32; j++) lanes[j] += a[i + j] * b[i + j];
-  float s = reduce32(lanes);
-  for (int64_t i = body; i < n; i++) s += a[i] * b[i];
-  return s;
-}
-
-// Activations quantized per group (QuantizedRows) and one int8 weight matrix with a scale per group.
-struct Q8Operands {
-  const int8_t* x;    // (entries, n) int8 activations
-  const uint8_t* ax;  // their absolute values
-  const float* xd;    // (entries, n / group) activation scales
-  const int8_t* w;    // (rows, n) int8 weights
-  const float* wd;    // (rows, n / group) weight scales
-  int64_t n, group;
-};
-
-// out[r * C + c] = x[e0 + c] . w[n0 + r] for an R x C tile: each output alone, in the order the contract fixes.
-template <int R, int C>
-void q8_tile_scalar(const Q8Operands& op, int64_t n0, int64_t e0, float* out) {
-  const int64_t groups = op.n / op.group;
-  for (int r = 0; r < R; r++) {
-    for (int c = 0; c < C; c++) {
-      const int8_t* x = op.x + (e0 + c) * op.n;
-      const int8_t* w = op.w + (n0 + r) * op.n;
-      float lanes[8] = {0};
-      for (int64_t g = 0; g < groups; g++) {
-        int32_t isum[8] = {0};
-        for (int64_t k = g * op.group; k < (g + 1) * op.group; k += 32)
-          for (int j = 0; j < 8; j++)
-            for (int t = 0; t < 4; t++) isum[j] += int32_t(x[k + 4 * j + t]) * int32_t(w[k + 4 * j + t]);
-        const float s = op.xd[(e0 + c) * groups + g] * op.wd[(n0 + r) * groups + g];
-        for (int j = 0; j < 8; j++) lanes[j] += float(isum[j]) * s;
-      }
-      out[r * C + c] = reduce8(lanes);
-    }
-  }
-}
-
-// ------------------------------------------------------------------ AVX2 kernels (same orders, same bits)
-
-#ifdef TINYLLM_X86
-__attribute__((target("avx2"))) inline float hsum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));  // l0+l4, l1+l5, l2+l6, l3+l7
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));                                           // (l0+l4)+(l2+l6), (l1+l5)+(l3+l7)
-  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-  return _mm_cvtss_f32(s);
-}
-
-__attribute__((target("avx2"))) float dot_f32_avx2(const float* a, const float* b, int64_t n) {
-  const int64_t body = n - n % 32;
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(),
-         acc3 = _mm256_setzero_ps();
-  for (int64_t i = 0; i < body; i += 32) {
-    acc0 = _mm256_add_ps(acc0, _mm256_mul_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
-    acc1 = _mm256_add_ps(acc1, _mm256_mul_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8)));
-    acc2 = _mm256_add_ps(acc2, _mm256_mul_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16)));
-    acc3 = _mm256_add_ps(acc3, _mm256_mul_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24)));
-  }
-  float s = hsum8(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
-  for (int64_t i = body; i < n; i++) s += a[i] * b[i];
-  return s;
-}
-
-// The same tile with AVX2: each weight and activation vector is loaded once for the whole tile.
-template <int R, int C>
-__attribute__((target("avx2"))) void q8_tile_avx2(const Q8Operands& op, int64_t n0, int64_t e0, float* out) {
-  const int64_t groups = op.n / op.group;
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256 lanes[R][C];
-  for (int r = 0; r < R; r++)
-    for (int c = 0; c < C; c++) lanes[r][c] = _mm256_setzero_ps();
-  for (int64_t g = 0; g < groups; g++) {
-    __m256i isum[R][C];
-    for (int r = 0; r < R; r++)
-      for (int c = 0; c < C; c++) isum[r][c] = _mm256_setzero_si256();
-    for (int64_t k = g * op.group; k < (g + 1) * op.group; k += 32) {
-      __m256i xv[C], av[C];
-      for (int c = 0; c < C; c++) {
-        xv[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(op.x + (e0 + c) * op.n + k));
-        av[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(op.ax + (e0 + c) * op.n + k));
-      }
-      for (int r = 0; r < R; r++) {
-        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(op.w + (n0 + r) * op.n + k));
-        for (int c = 0; c < C; c++) {
-          // |x| * (w with x's sign) = x * w; pairs of them fit int16 (127 * 127 * 2 < 32767), quads int32.
-          const __m256i pairs = _mm256_maddubs_epi16(av[c], _mm256_sign_epi8(wv, xv[c]));
-          isum[r][c] = _mm256_add_epi32(isum[r][c], _mm256_madd_epi16(pairs, ones));
-        }
-      }
-    }
-    for (int r = 0; r < R; r++)
-      for (int c = 0; c < C; c++) {
-        const float s = op.xd[(e0 + c) * groups + g] * op.wd[(n0 + r) * groups + g];
-        lanes[r][c] = _mm256_add_ps(lanes[r][c], _mm256_mul_ps(_mm256_cvtepi32_ps(isum[r][c]), _mm256_set1_ps(s)));
-      }
-  }
-  for (int r = 0; r < R; r++)
-    for (int c = 0; c < C; c++) out[r * C + c] = hsum8(lanes[r][c]);
-}
-#endif
-
-using DotF32 = float (*)(const float*, const float*, int64_t);
-using Q8Tile = void (*)(const Q8Operands&, int64_t, int64_t, float*);
-
-// The tiles int8 products are computed in: 4 weight rows x 1 entry (a step of one sequence), 2 x 2 (batches),
-// and 1 x 1 for what is left at the edges. All give the same bits for the same (row, entry).
-struct Kernels {
-  std::string name;
-  DotF32 dot_f32;
-  Q8Tile q8_4x1, q8_2x2, q8_1x1;
-};
-
-bool has_avx2() {
-#ifdef TINYLLM_X86
-  return __builtin_cpu_supports("avx2");
-#else
-  return false;
-#endif
-}
-
-Kernels kernels_named(const std::string& name) {
-  const std::string chosen = name == "auto" ? (has_avx2() ? "avx2" : "scalar") : name;
-#ifdef TINYLLM_X86
-  if (chosen == "avx2") {
-    TORCH_CHECK(has_avx2(), "this CPU has no AVX2: use the scalar kernels");
-    return {"avx2", dot_f32_avx2, q8_tile_avx2<4, 1>, q8_tile_avx2<2, 2>, q8_tile_avx2<1, 1>};
-  }
-#endif
-  TORCH_CHECK(chosen == "scalar", "unknown kernels '", name, "' (auto, avx2 or scalar)");
-  return {"scalar", dot_f32_scalar, q8_tile_scalar<4, 1>, q8_tile_scalar<2, 2>, q8_tile_scalar<1, 1>};
-}
 
 // ------------------------------------------------------------------ activations and weights
 
-// Activations of `rows` entries, quantized per group of `group` values: q = round(x / d), d = max|x| / 127.
+// Activations of `rows` entries, quantized per group of `group` values (Kernels::quantize).
 struct QuantizedRows {
   std::vector<int8_t> q;
-  std::vector<uint8_t> abs;
+  std::vector<uint8_t> abs, plus;
   std::vector<float> scale;
-  int64_t k = 0, groups = 0;
 
-  void quantize(const float* x, int64_t rows, int64_t k_, int64_t group) {
-    k = k_, groups = k_ / group;
-    q.resize(rows * k), abs.resize(rows * k), scale.resize(rows * groups);
-    for (int64_t r = 0; r < rows; r++) {
+  Q8Activations quantize(const Kernels& kern, const float* x, int64_t rows, int64_t k, int64_t group) {
+    const int64_t groups = k / group;
+    q.resize(rows * k), abs.resize(rows * k), plus.resize(rows * k), scale.resize(rows * groups);
+    for (int64_t r = 0; r < rows; r++)
       for (int64_t g = 0; g < groups; g++) {
-        const float* v = x + r * k + g * group;
-        float amax = 0.0f;
-        for (int64_t i = 0; i < group; i++) amax = std::max(amax, std::fabs(v[i]));
-        const float d = amax / 127.0f;
-        const float inv = d != 0.0f ? 1.0f / d : 0.0f;
-        scale[r * groups + g] = d;
-        for (int64_t i = 0; i < group; i++) {
-          const float rounded = std::nearbyint(v[i] * inv);  // ties to even, as torch.round
-          const int8_t qi = int8_t(std::min(127.0f, std::max(-127.0f, rounded)));
-          q[r * k + g * group + i] = qi;
-          abs[r * k + g * group + i] = uint8_t(qi < 0 ? -qi : qi);
-        }
+        const int64_t at = r * k + g * group;
+        scale[r * groups + g] = kern.quantize(x + at, group, q.data() + at, abs.data() + at, plus.data() + at);
       }
-    }
+    return {q.data(), abs.data(), plus.data(), scale.data(), k, group};
   }
 };
 
-// One weight matrix (out, in) in the step's form: float32, or int8 with a float32 scale per group of inputs.
+// One weight matrix (out, in) in the step's form: float32, or int8 with a float32 scale per group of inputs,
+// repacked for the kernels (Q8Weights).
 struct Linear {
-  int64_t out = 0, in = 0, group = 0;
-  at::Tensor weight;  // float32 (out, in), or int8 (out, in)
-  at::Tensor scale;   // int8 only: float32 (out, in / group)
+  int64_t out = 0, in = 0;
+  at::Tensor weight;  // float32 (out, in)
+  // int8: rows in blocks of 4 (zero rows pad the last), per block and group the 4 scales and weight sums
+  int64_t group = 0, blocks = 0;
+  std::vector<int8_t> q;
+  std::vector<float> scale;
+  std::vector<int32_t> sum;
+
+  void pack_int8(const at::Tensor& q8, const at::Tensor& scales, int64_t group_) {
+    out = q8.size(0), in = q8.size(1), group = group_, blocks = (out + 3) / 4;
+    const int64_t groups = in / group;
+    q.assign(blocks * 4 * in, 0), scale.assign(blocks * groups * 4, 0.0f), sum.assign(blocks * groups * 4, 0);
+    const int8_t* src = q8.data_ptr<int8_t>();
+    const float* sc = scales.data_ptr<float>();
+    std::copy(src, src + out * in, q.begin());
+    for (int64_t n = 0; n < out; n++)
+      for (int64_t g = 0; g < groups; g++) {
+        const int64_t at = ((n / 4) * groups + g) * 4 + n % 4;
+        scale[at] = sc[n * groups + g];
+        for (int64_t k = g * group; k < (g + 1) * group; k++) sum[at] += src[n * in + k];
+      }
+  }
+
+  Q8Weights int8() const { return {q.data(), scale.data(), sum.data(), in, group}; }
 };
 
 int64_t grain(int64_t per_item_work) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, per_item_work)); }
 
-// out[e, n] = x[e] . W[n] for `rows` entries. Threads split the output rows n; each weight row is read once for
-// all entries.
+// out[e, n] = x[e] . W[n] for `rows` entries. Threads split the output rows, in blocks of 4; each block of
+// weights is read once for all entries.
 void matmul(const Linear& L, const Kernels& kern, const float* x, int64_t rows, float* out, QuantizedRows& xq) {
-  if (L.scale.defined()) {
-    xq.quantize(x, rows, L.in, L.group);
-    const Q8Operands op{xq.q.data(), xq.abs.data(),         xq.scale.data(), L.weight.data_ptr<int8_t>(),
-                        L.scale.data_ptr<float>(), L.in, L.group};
-    // Threads take blocks of 4 output rows, so that the tiles are the same however the rows are split.
-    at::parallel_for(0, (L.out + 3) / 4, grain(4 * L.in * rows), [&](int64_t begin, int64_t end) {
-      float tile[4];
-      for (int64_t n0 = 4 * begin; n0 < std::min(4 * end, L.out); n0 += 4) {
-        const int64_t nn = std::min<int64_t>(4, L.out - n0);
-        if (rows == 1 && nn == 4) {
-          kern.q8_4x1(op, n0, 0, tile);
-          for (int r = 0; r < 4; r++) out[n0 + r] = tile[r];
-          continue;
-        }
+  if (L.group) {
+    const Q8Activations xa = xq.quantize(kern, x, rows, L.in, L.group);
+    const Q8Weights w = L.int8();
+    at::parallel_for(0, L.blocks, grain(4 * L.in * rows), [&](int64_t begin, int64_t end) {
+      float tile[8];
+      for (int64_t block = begin; block < end; block++) {
+        const int64_t n0 = 4 * block, nn = std::min<int64_t>(4, L.out - n0);
         for (int64_t e0 = 0; e0 < rows; e0 += 2) {
-          for (int64_t n = n0; n < n0 + nn; n += 2) {
-            if (e0 + 1 < rows && n + 1 < n0 + nn) {
-              kern.q8_2x2(op, n, e0, tile);
-              out[e0 * L.out + n] = tile[0], out[(e0 + 1) * L.out + n] = tile[1];
-              out[e0 * L.out + n + 1] = tile[2], out[(e0 + 1) * L.out + n + 1] = tile[3];
-            } else {
-              for (int64_t e = e0; e < std::min(e0 + 2, rows); e++)
-                for (int64_t m = n; m < std::min(n + 2, n0 + nn); m++) kern.q8_1x1(op, m, e, &out[e * L.out + m]);
-            }
-          }
+          const int64_t ne = std::min<int64_t>(2, rows - e0);
+          kern.q8[ne - 1][L.group / 32 - 1](w, xa, block, e0, tile);
+          for (int64_t c = 0; c < ne; c++) std::copy(tile + 4 * c, tile + 4 * c + nn, out + (e0 + c) * L.out + n0);
         }
       }
     });
@@ -314,15 +152,17 @@ class Step {
     for (auto& t : norms) norms_.push_back(check(t, at::kFloat, "norm weight"));
     for (size_t i = 0; i < weights.size(); i++) {
       Linear L;
-      L.weight = check(weights[i], q8 ? at::kChar : at::kFloat, "weight");
-      L.out = L.weight.size(0), L.in = L.weight.size(1);
+      check(weights[i], q8 ? at::kChar : at::kFloat, "weight");
       if (q8) {
-        L.group = group;
-        TORCH_CHECK(group % 32 == 0 && L.in % group == 0, "int8 groups must be a multiple of 32 dividing ", L.in);
-        L.scale = check(scales[i], at::kFloat, "scale");
-        TORCH_CHECK(L.scale.size(0) == L.out && L.scale.size(1) == L.in / group, "scale shape");
+        const int64_t in = weights[i].size(1);
+        TORCH_CHECK((group == 32 || group == 64) && in % group == 0, "int8 groups must be 32 or 64 and divide ", in);
+        check(scales[i], at::kFloat, "scale");
+        TORCH_CHECK(scales[i].size(0) == weights[i].size(0) && scales[i].size(1) == in / group, "scale shape");
+        L.pack_int8(weights[i], scales[i], group);
+      } else {
+        L.weight = weights[i], L.out = L.weight.size(0), L.in = L.weight.size(1);
       }
-      linears_.push_back(L);
+      linears_.push_back(std::move(L));
     }
     check(embed_, at::kFloat, "embedding");
     check(cos_, at::kFloat, "rope cos");
@@ -427,9 +267,8 @@ class Step {
           float* out = att.data() + e * d + head * hs;
           std::fill(out, out + hs, 0.0f);
           for (int64_t j = 0; j < n_keys; j++) {
-            const float p = scores[j] * inv_total;
-            scores[j] = p;
-            for (int64_t i = 0; i < hs; i++) out[i] += p * values[j * hs + i];
+            scores[j] *= inv_total;
+            kern_.axpy(out, scores[j], values + j * hs, hs);
           }
           if (attn_slot[e] >= 0) {
             const int64_t keys_out = attention_out.size(3);
@@ -482,7 +321,7 @@ class Step {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "TinyLLM's native forward step (model/native/step.cpp)";
   m.attr("ARITHMETIC_VERSION") = ARITHMETIC_VERSION;
-  m.def("has_avx2", &has_avx2, "whether this CPU runs the AVX2 kernels");
+  m.def("cpu_has", &cpu_has, "whether this CPU runs the kernels named (scalar, avx2, vnni)");
   pybind11::class_<Step>(m, "Step")
       .def(pybind11::init<int64_t, int64_t, int64_t, int64_t, double, const std::string&, int64_t, const std::string&,
                           at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,

@@ -28,7 +28,7 @@ else:
     UNAVAILABLE = None
 
 FORMS = ("float32", "int8")
-KERNELS = ("auto", "avx2", "scalar")
+KERNELS = ("vnni", "avx2", "scalar")  # the kernel paths (model/native/kernels.h), fastest first
 
 
 def why_not(model: Transformer, form: str) -> str | None:
@@ -48,8 +48,14 @@ def arithmetic_version() -> int:
     return _step.ARITHMETIC_VERSION
 
 
+def kernels_here() -> list[str]:
+    """The kernel paths this CPU runs."""
+    return [k for k in KERNELS if _step.cpu_has(k)]
+
+
 class NativeStep:
-    """`model` in weight form `form`, for the native step. kernels: auto (AVX2 where the CPU has it), avx2, scalar."""
+    """`model` in weight form `form`, for the native step. kernels: auto (the fastest this CPU runs), or one of
+    KERNELS; they all compute the same bits."""
 
     def __init__(self, model: Transformer, form: str, kernels: str = "auto"):
         if (why := why_not(model, form)) is not None:

@@ -1,0 +1,298 @@
+// The native step's inner loops, for every CPU: scalar code (the reference, any CPU), AVX2, and AVX-512 VNNI.
+//
+// The arithmetic contract: every kernel path computes the same bits, so a request's bytes do not depend on the
+// CPU's vector unit (tests compare the paths bitwise).
+// - A float dot product of length n sums its first n - n % 32 terms in 32 lanes (lane i % 32), reduces the
+//   lanes in the fixed tree of reduce32(), then adds the rest in order. Products and sums are separate
+//   roundings: the extension is compiled with -ffp-contract=off and no kernel uses a fused multiply-add.
+// - axpy (out += p * v) and every other element-wise loop rounds each element once per operation, as scalar code.
+// - An int8 dot product sums the int8 x int8 products of each group of inputs exactly, in int32 (any order
+//   gives the same integer), then, group after group: acc = acc + float(sum) * (activation scale * weight scale).
+//   AVX2 multiplies |x| by w with x's sign (vpmaddubsw); VNNI multiplies x + 128 by w (vpdpbusd) and subtracts
+//   128 * sum(w): both are the exact integer of the scalar loop.
+
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include <c10/util/Exception.h>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define TINYLLM_X86 1
+#endif
+
+namespace tinyllm {
+
+// Activations of some entries quantized per group, in the forms the kernels read.
+struct Q8Activations {
+  const int8_t* q;       // (entries, n): round(x / scale)
+  const uint8_t* abs;    // |q|, for AVX2
+  const uint8_t* plus;   // q + 128, for VNNI
+  const float* scale;    // (entries, n / group)
+  int64_t n, group;
+};
+
+// An int8 weight matrix in blocks of 4 output rows (the last block padded with zero rows); per block and group
+// the 4 rows' scales side by side, and the sums of their weights (for VNNI's offset).
+struct Q8Weights {
+  const int8_t* q;      // (blocks * 4, n)
+  const float* scale;   // (blocks, n / group, 4)
+  const int32_t* sum;   // (blocks, n / group, 4)
+  int64_t n, group;
+};
+
+// out[c * 4 + r] = x[e0 + c] . w[4 * block + r] for r < 4, c < C.
+using Q8Block = void (*)(const Q8Weights&, const Q8Activations&, int64_t block, int64_t e0, float* out);
+using DotF32 = float (*)(const float*, const float*, int64_t);
+using Quantize = float (*)(const float*, int64_t, int8_t*, uint8_t*, uint8_t*);
+using Axpy = void (*)(float*, float, const float*, int64_t);
+
+// ------------------------------------------------------------------ scalar: the reference orders
+
+inline float reduce8(const float* l) {
+  float a0 = l[0] + l[4], a1 = l[1] + l[5], a2 = l[2] + l[6], a3 = l[3] + l[7];
+  return (a0 + a2) + (a1 + a3);
+}
+
+inline float reduce32(const float* l) {
+  float l8[8];
+  for (int j = 0; j < 8; j++) l8[j] = (l[j] + l[8 + j]) + (l[16 + j] + l[24 + j]);
+  return reduce8(l8);
+}
+
+inline float dot_f32_scalar(const float* a, const float* b, int64_t n) {
+  const int64_t body = n - n % 32;
+  float lanes[32] = {0};
+  for (int64_t i = 0; i < body; i += 32)
+    for (int j = 0; j < 32; j++) lanes[j] += a[i + j] * b[i + j];
+  float s = reduce32(lanes);
+  for (int64_t i = body; i < n; i++) s += a[i] * b[i];
+  return s;
+}
+
+inline void axpy_scalar(float* out, float p, const float* v, int64_t n) {
+  for (int64_t i = 0; i < n; i++) out[i] += p * v[i];
+}
+
+// One group of n activations (a multiple of 32) to int8: q = round(x / d) (half to even, as torch.round: adding
+// and taking away 1.5 * 2^23 leaves no fraction), d = max|x| / 127; also |q| and q + 128. Returns d.
+inline float quantize_scalar(const float* x, int64_t n, int8_t* q, uint8_t* abs, uint8_t* plus) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < n; i++) amax = std::max(amax, std::fabs(x[i]));
+  const float d = amax / 127.0f;
+  const float inv = d != 0.0f ? 1.0f / d : 0.0f;
+  for (int64_t i = 0; i < n; i++) {
+    const float rounded = std::min(127.0f, std::max(-127.0f, (x[i] * inv + 12582912.0f) - 12582912.0f));
+    q[i] = int8_t(rounded), abs[i] = uint8_t(q[i] < 0 ? -q[i] : q[i]), plus[i] = uint8_t(q[i] + 128);
+  }
+  return d;
+}
+
+template <int C, int CHUNKS>
+void q8_block_scalar(const Q8Weights& w, const Q8Activations& x, int64_t block, int64_t e0, float* out) {
+  const int64_t groups = w.n / w.group;  // w.group == 32 * CHUNKS
+  for (int c = 0; c < C; c++) {
+    for (int r = 0; r < 4; r++) {
+      const int8_t* wr = w.q + (4 * block + r) * w.n;
+      const int8_t* xc = x.q + (e0 + c) * w.n;
+      float acc = 0.0f;
+      for (int64_t g = 0; g < groups; g++) {
+        int32_t sum = 0;
+        for (int64_t k = g * w.group; k < (g + 1) * w.group; k++) sum += int32_t(xc[k]) * int32_t(wr[k]);
+        const float scale = x.scale[(e0 + c) * groups + g] * w.scale[(block * groups + g) * 4 + r];
+        acc = acc + float(sum) * scale;
+      }
+      out[c * 4 + r] = acc;
+    }
+  }
+}
+
+// ------------------------------------------------------------------ AVX2
+
+#ifdef TINYLLM_X86
+__attribute__((target("avx2"))) inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));  // l0+l4, l1+l5, l2+l6, l3+l7
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));                                           // (l0+l4)+(l2+l6), (l1+l5)+(l3+l7)
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
+__attribute__((target("avx2"))) inline float dot_f32_avx2(const float* a, const float* b, int64_t n) {
+  const int64_t body = n - n % 32;
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(),
+         acc3 = _mm256_setzero_ps();
+  for (int64_t i = 0; i < body; i += 32) {
+    acc0 = _mm256_add_ps(acc0, _mm256_mul_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
+    acc1 = _mm256_add_ps(acc1, _mm256_mul_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8)));
+    acc2 = _mm256_add_ps(acc2, _mm256_mul_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16)));
+    acc3 = _mm256_add_ps(acc3, _mm256_mul_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24)));
+  }
+  float s = hsum8(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+  for (int64_t i = body; i < n; i++) s += a[i] * b[i];
+  return s;
+}
+
+__attribute__((target("avx2"))) inline void axpy_avx2(float* out, float p, const float* v, int64_t n) {
+  const int64_t body = n - n % 8;
+  const __m256 pv = _mm256_set1_ps(p);
+  for (int64_t i = 0; i < body; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_loadu_ps(out + i), _mm256_mul_ps(pv, _mm256_loadu_ps(v + i))));
+  for (int64_t i = body; i < n; i++) out[i] += p * v[i];
+}
+
+__attribute__((target("avx2"))) inline float quantize_avx2(const float* x, int64_t n, int8_t* q, uint8_t* abs,
+                                                           uint8_t* plus) {
+  const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+  __m256 vmax = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n; i += 8) vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign_bit, _mm256_loadu_ps(x + i)));
+  float lanes[8];
+  _mm256_storeu_ps(lanes, vmax);
+  float amax = 0.0f;
+  for (float l : lanes) amax = std::max(amax, l);  // a maximum is the same in any order
+  const float d = amax / 127.0f;
+  const float inv = d != 0.0f ? 1.0f / d : 0.0f;
+  const __m256 vinv = _mm256_set1_ps(inv), magic = _mm256_set1_ps(12582912.0f);
+  const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+  for (int64_t i = 0; i < n; i += 32) {
+    __m256i part[4];
+    for (int j = 0; j < 4; j++) {
+      const __m256 scaled = _mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * j), vinv);
+      const __m256 rounded = _mm256_sub_ps(_mm256_add_ps(scaled, magic), magic);
+      part[j] = _mm256_cvtps_epi32(_mm256_min_ps(hi, _mm256_max_ps(lo, rounded)));  // exact: already integers
+    }
+    // int32 -> int8 keeping the order (the packs work within 128-bit lanes; the permute puts them back)
+    __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(part[0], part[1]), _mm256_packs_epi32(part[2], part[3]));
+    packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), packed);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(abs + i), _mm256_abs_epi8(packed));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(plus + i), _mm256_xor_si256(packed, _mm256_set1_epi8(-128)));
+  }
+  return d;
+}
+
+// The exact int32 sums of 4 rows' 8-lane accumulators, as [row 0, row 1, row 2, row 3].
+__attribute__((target("avx2"))) inline __m128i hsum_rows(__m256i s0, __m256i s1, __m256i s2, __m256i s3) {
+  const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(s0, s1), _mm256_hadd_epi32(s2, s3));
+  return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+// acc (one entry, 4 rows) + float(sums) * (entry's scale * rows' scales): the contract's step, 4 rows at once.
+__attribute__((target("avx2"))) inline __m128 scale_add(__m128 acc, __m128i sums, float xscale, const float* wscale) {
+  const __m128 scale = _mm_mul_ps(_mm_set1_ps(xscale), _mm_loadu_ps(wscale));
+  return _mm_add_ps(acc, _mm_mul_ps(_mm_cvtepi32_ps(sums), scale));
+}
+
+template <int C, int CHUNKS>
+__attribute__((target("avx2"))) void q8_block_avx2(const Q8Weights& w, const Q8Activations& x, int64_t block,
+                                                   int64_t e0, float* out) {
+  const int64_t groups = w.n / w.group;  // w.group == 32 * CHUNKS
+  const __m256i ones = _mm256_set1_epi16(1);
+  const int8_t* wq = w.q + 4 * block * w.n;
+  __m128 acc[C];
+  for (int c = 0; c < C; c++) acc[c] = _mm_setzero_ps();
+  for (int64_t g = 0; g < groups; g++) {
+    __m256i sum[4][C];
+    for (int r = 0; r < 4; r++)
+      for (int c = 0; c < C; c++) sum[r][c] = _mm256_setzero_si256();
+    for (int64_t k = g * w.group; k < g * w.group + 32 * CHUNKS; k += 32) {
+      __m256i xq[C], xa[C];
+      for (int c = 0; c < C; c++) {
+        xq[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + (e0 + c) * w.n + k));
+        xa[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.abs + (e0 + c) * w.n + k));
+      }
+      for (int r = 0; r < 4; r++) {
+        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq + r * w.n + k));
+        for (int c = 0; c < C; c++) {
+          // |x| * (w with x's sign) = x * w; pairs of them fit int16 (127 * 127 * 2 < 32767), quads int32.
+          const __m256i pairs = _mm256_maddubs_epi16(xa[c], _mm256_sign_epi8(wv, xq[c]));
+          sum[r][c] = _mm256_add_epi32(sum[r][c], _mm256_madd_epi16(pairs, ones));
+        }
+      }
+    }
+    for (int c = 0; c < C; c++)
+      acc[c] = scale_add(acc[c], hsum_rows(sum[0][c], sum[1][c], sum[2][c], sum[3][c]),
+                         x.scale[(e0 + c) * groups + g], w.scale + (block * groups + g) * 4);
+  }
+  for (int c = 0; c < C; c++) _mm_storeu_ps(out + c * 4, acc[c]);
+}
+
+// ------------------------------------------------------------------ AVX-512 VNNI (on 256-bit vectors)
+
+template <int C, int CHUNKS>
+__attribute__((target("avx2,avx512f,avx512vl,avx512vnni"))) void q8_block_vnni(const Q8Weights& w,
+                                                                              const Q8Activations& x, int64_t block,
+                                                                              int64_t e0, float* out) {
+  const int64_t groups = w.n / w.group;  // w.group == 32 * CHUNKS
+  const int8_t* wq = w.q + 4 * block * w.n;
+  __m128 acc[C];
+  for (int c = 0; c < C; c++) acc[c] = _mm_setzero_ps();
+  for (int64_t g = 0; g < groups; g++) {
+    __m256i sum[4][C];
+    for (int r = 0; r < 4; r++)
+      for (int c = 0; c < C; c++) sum[r][c] = _mm256_setzero_si256();
+    for (int64_t k = g * w.group; k < g * w.group + 32 * CHUNKS; k += 32) {
+      __m256i xp[C];
+      for (int c = 0; c < C; c++)
+        xp[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.plus + (e0 + c) * w.n + k));
+      for (int r = 0; r < 4; r++) {
+        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq + r * w.n + k));
+        for (int c = 0; c < C; c++) sum[r][c] = _mm256_dpbusd_epi32(sum[r][c], xp[c], wv);  // (x + 128) * w
+      }
+    }
+    const __m128i sums_w = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.sum + (block * groups + g) * 4));
+    const __m128i offset = _mm_slli_epi32(sums_w, 7);  // 128 * sum(w)
+    for (int c = 0; c < C; c++) {
+      const __m128i sums = _mm_sub_epi32(hsum_rows(sum[0][c], sum[1][c], sum[2][c], sum[3][c]), offset);
+      acc[c] = scale_add(acc[c], sums, x.scale[(e0 + c) * groups + g], w.scale + (block * groups + g) * 4);
+    }
+  }
+  for (int c = 0; c < C; c++) _mm_storeu_ps(out + c * 4, acc[c]);
+}
+#endif
+
+// ------------------------------------------------------------------ choosing a path
+
+// The kernels of one path: int8 blocks for 1 and 2 entries at a time, for groups of 32 and 64 inputs
+// (q8[entries - 1][group / 32 - 1]); float dot products, axpy; quantizing a group of activations.
+struct Kernels {
+  std::string name;
+  DotF32 dot_f32;
+  Axpy axpy;
+  Quantize quantize;
+  Q8Block q8[2][2];
+};
+
+inline bool cpu_has(const std::string& name) {
+#ifdef TINYLLM_X86
+  if (name == "avx2") return __builtin_cpu_supports("avx2");
+  if (name == "vnni")
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512vnni");
+#endif
+  return name == "scalar";
+}
+
+// "auto" is the fastest path this CPU runs: vnni, avx2, else scalar.
+inline Kernels kernels_named(const std::string& name) {
+  std::string chosen = name;
+  if (name == "auto") chosen = cpu_has("vnni") ? "vnni" : cpu_has("avx2") ? "avx2" : "scalar";
+  TORCH_CHECK(chosen == "scalar" || chosen == "avx2" || chosen == "vnni", "unknown kernels '", name,
+              "' (auto, vnni, avx2 or scalar)");
+  TORCH_CHECK(cpu_has(chosen), "this CPU cannot run the ", chosen, " kernels");
+#ifdef TINYLLM_X86
+  if (chosen == "vnni")
+    return {"vnni", dot_f32_avx2, axpy_avx2, quantize_avx2,
+            {{q8_block_vnni<1, 1>, q8_block_vnni<1, 2>}, {q8_block_vnni<2, 1>, q8_block_vnni<2, 2>}}};
+  if (chosen == "avx2")
+    return {"avx2", dot_f32_avx2, axpy_avx2, quantize_avx2,
+            {{q8_block_avx2<1, 1>, q8_block_avx2<1, 2>}, {q8_block_avx2<2, 1>, q8_block_avx2<2, 2>}}};
+#endif
+  return {"scalar", dot_f32_scalar, axpy_scalar, quantize_scalar,
+          {{q8_block_scalar<1, 1>, q8_block_scalar<1, 2>}, {q8_block_scalar<2, 1>, q8_block_scalar<2, 2>}}};
+}
+
+}  // namespace tinyllm
