@@ -5,7 +5,10 @@
 // - A float dot product of length n sums its first n - n % 32 terms in 32 lanes (lane i % 32), reduces the
 //   lanes in the fixed tree of reduce32(), then adds the rest in order. Products and sums are separate
 //   roundings: the extension is compiled with -ffp-contract=off and no kernel uses a fused multiply-add.
-// - axpy (out += p * v) and every other element-wise loop rounds each element once per operation, as scalar code.
+// - Attention, one query over its keys: each score q.k sums in 8 lanes (lane i % 8), reduced as
+//   ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)), the rest in order, times 1/sqrt(head_dim); the softmax is
+//   scalar (expf, sums in key order); each output element sums probability * value in key order.
+// - Every other element-wise loop rounds each element once per operation, as scalar code.
 // - An int8 dot product sums the int8 x int8 products of each group of inputs exactly, in int32 (any order
 //   gives the same integer), then, group after group: acc = acc + float(sum) * (activation scale * weight scale).
 //   AVX2 multiplies |x| by w with x's sign (vpmaddubsw); VNNI multiplies x + 128 by w (vpdpbusd) and subtracts
@@ -48,8 +51,10 @@ struct Q8Weights {
 // out[c * 4 + r] = x[e0 + c] . w[4 * block + r] for r < 4, c < C.
 using Q8Block = void (*)(const Q8Weights&, const Q8Activations&, int64_t block, int64_t e0, float* out);
 using DotF32 = float (*)(const float*, const float*, int64_t);
+// One query's attention over n keys and values ((n, hs) rows); probs and out get n and hs floats.
+using Attend = void (*)(const float* q, const float* keys, const float* values, int64_t n, int64_t hs, float scale,
+                        float* probs, float* out);
 using Quantize = float (*)(const float*, int64_t, int8_t*, uint8_t*, uint8_t*);
-using Axpy = void (*)(float*, float, const float*, int64_t);
 
 // ------------------------------------------------------------------ scalar: the reference orders
 
@@ -74,8 +79,33 @@ inline float dot_f32_scalar(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-inline void axpy_scalar(float* out, float p, const float* v, int64_t n) {
-  for (int64_t i = 0; i < n; i++) out[i] += p * v[i];
+inline float score_scalar(const float* q, const float* k, int64_t hs) {
+  const int64_t body = hs - hs % 8;
+  float l[8] = {0};
+  for (int64_t i = 0; i < body; i += 8)
+    for (int j = 0; j < 8; j++) l[j] += q[i + j] * k[i + j];
+  float s = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+  for (int64_t i = body; i < hs; i++) s += q[i] * k[i];
+  return s;
+}
+
+// probs[j] = softmax_j(scores), in place: scalar on every path.
+inline void softmax(float* probs, int64_t n) {
+  float top = -INFINITY;
+  for (int64_t j = 0; j < n; j++) top = std::max(top, probs[j]);
+  float total = 0.0f;
+  for (int64_t j = 0; j < n; j++) total += (probs[j] = std::exp(probs[j] - top));
+  const float inv = 1.0f / total;
+  for (int64_t j = 0; j < n; j++) probs[j] *= inv;
+}
+
+inline void attend_scalar(const float* q, const float* keys, const float* values, int64_t n, int64_t hs, float scale,
+                          float* probs, float* out) {
+  for (int64_t j = 0; j < n; j++) probs[j] = score_scalar(q, keys + j * hs, hs) * scale;
+  softmax(probs, n);
+  std::fill(out, out + hs, 0.0f);
+  for (int64_t j = 0; j < n; j++)
+    for (int64_t i = 0; i < hs; i++) out[i] += probs[j] * values[j * hs + i];
 }
 
 // One group of n activations (a multiple of 32) to int8: q = round(x / d) (half to even, as torch.round: adding
@@ -136,12 +166,47 @@ __attribute__((target("avx2"))) inline float dot_f32_avx2(const float* a, const 
   return s;
 }
 
-__attribute__((target("avx2"))) inline void axpy_avx2(float* out, float p, const float* v, int64_t n) {
-  const int64_t body = n - n % 8;
-  const __m256 pv = _mm256_set1_ps(p);
-  for (int64_t i = 0; i < body; i += 8)
-    _mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_loadu_ps(out + i), _mm256_mul_ps(pv, _mm256_loadu_ps(v + i))));
-  for (int64_t i = body; i < n; i++) out[i] += p * v[i];
+// Eight keys' scores at once: each key's 8 lanes, then a transposing pairwise sum in the contract's tree.
+__attribute__((target("avx2"))) inline __m256 scores8(const float* q, const float* k, int64_t hs) {
+  __m256 acc[8];
+  for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < hs; i += 8) {
+    const __m256 qv = _mm256_loadu_ps(q + i);
+    for (int j = 0; j < 8; j++) acc[j] = _mm256_add_ps(acc[j], _mm256_mul_ps(qv, _mm256_loadu_ps(k + j * hs + i)));
+  }
+  // hadd pairs lanes (l0+l1, l2+l3) within halves; twice more gives (l0+l1)+(l2+l3) per key and half
+  const __m256 h0 = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+  const __m256 h1 = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
+  const __m128 s0 = _mm_add_ps(_mm256_castps256_ps128(h0), _mm256_extractf128_ps(h0, 1));  // keys 0..3
+  const __m128 s1 = _mm_add_ps(_mm256_castps256_ps128(h1), _mm256_extractf128_ps(h1, 1));  // keys 4..7
+  return _mm256_set_m128(s1, s0);
+}
+
+__attribute__((target("avx2"))) inline void attend_avx2(const float* q, const float* keys, const float* values,
+                                                       int64_t n, int64_t hs, float scale, float* probs, float* out) {
+  int64_t j = 0;
+  if (hs % 8 == 0)
+    for (; j + 8 <= n; j += 8) _mm256_storeu_ps(probs + j, _mm256_mul_ps(scores8(q, keys + j * hs, hs), _mm256_set1_ps(scale)));
+  for (; j < n; j++) probs[j] = score_scalar(q, keys + j * hs, hs) * scale;
+  softmax(probs, n);
+  // out, 64 floats at a time in registers, summed over the keys in order
+  const int64_t body = hs - hs % 8;
+  for (int64_t i0 = 0; i0 < body; i0 += 64) {
+    const int m = int(std::min<int64_t>(64, body - i0) / 8);
+    __m256 acc[8];
+    for (int c = 0; c < 8; c++) acc[c] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < n; k++) {
+      const __m256 p = _mm256_set1_ps(probs[k]);
+      const float* v = values + k * hs + i0;
+      for (int c = 0; c < m; c++) acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(p, _mm256_loadu_ps(v + 8 * c)));
+    }
+    for (int c = 0; c < m; c++) _mm256_storeu_ps(out + i0 + 8 * c, acc[c]);
+  }
+  for (int64_t i = body; i < hs; i++) {
+    float s = 0.0f;
+    for (int64_t k = 0; k < n; k++) s += probs[k] * values[k * hs + i];
+    out[i] = s;
+  }
 }
 
 __attribute__((target("avx2"))) inline float quantize_avx2(const float* x, int64_t n, int8_t* q, uint8_t* abs,
@@ -257,11 +322,11 @@ __attribute__((target("avx2,avx512f,avx512vl,avx512vnni"))) void q8_block_vnni(c
 // ------------------------------------------------------------------ choosing a path
 
 // The kernels of one path: int8 blocks for 1 and 2 entries at a time, for groups of 32 and 64 inputs
-// (q8[entries - 1][group / 32 - 1]); float dot products, axpy; quantizing a group of activations.
+// (q8[entries - 1][group / 32 - 1]); float dot products; one query's attention; quantizing activations.
 struct Kernels {
   std::string name;
   DotF32 dot_f32;
-  Axpy axpy;
+  Attend attend;
   Quantize quantize;
   Q8Block q8[2][2];
 };
@@ -285,13 +350,13 @@ inline Kernels kernels_named(const std::string& name) {
   TORCH_CHECK(cpu_has(chosen), "this CPU cannot run the ", chosen, " kernels");
 #ifdef TINYLLM_X86
   if (chosen == "vnni")
-    return {"vnni", dot_f32_avx2, axpy_avx2, quantize_avx2,
+    return {"vnni", dot_f32_avx2, attend_avx2, quantize_avx2,
             {{q8_block_vnni<1, 1>, q8_block_vnni<1, 2>}, {q8_block_vnni<2, 1>, q8_block_vnni<2, 2>}}};
   if (chosen == "avx2")
-    return {"avx2", dot_f32_avx2, axpy_avx2, quantize_avx2,
+    return {"avx2", dot_f32_avx2, attend_avx2, quantize_avx2,
             {{q8_block_avx2<1, 1>, q8_block_avx2<1, 2>}, {q8_block_avx2<2, 1>, q8_block_avx2<2, 2>}}};
 #endif
-  return {"scalar", dot_f32_scalar, axpy_scalar, quantize_scalar,
+  return {"scalar", dot_f32_scalar, attend_scalar, quantize_scalar,
           {{q8_block_scalar<1, 1>, q8_block_scalar<1, 2>}, {q8_block_scalar<2, 1>, q8_block_scalar<2, 2>}}};
 }
 

@@ -253,23 +253,9 @@ class Step {
         std::vector<float> scores(max_len);
         for (int64_t item = begin; item < end; item++) {
           const int64_t e = item / H, head = item % H, n_keys = pos[e] + 1;
-          const float* q = qkv.data() + e * 3 * d + head * hs;
-          const float* keys = kc + (row[e] * H + head) * max_len * hs;
-          const float* values = vc + (row[e] * H + head) * max_len * hs;
-          float top = -INFINITY;
-          for (int64_t j = 0; j < n_keys; j++) {
-            scores[j] = kern_.dot_f32(q, keys + j * hs, hs) * inv_sqrt_hs;
-            top = std::max(top, scores[j]);
-          }
-          float total = 0.0f;
-          for (int64_t j = 0; j < n_keys; j++) total += (scores[j] = std::exp(scores[j] - top));
-          const float inv_total = 1.0f / total;
-          float* out = att.data() + e * d + head * hs;
-          std::fill(out, out + hs, 0.0f);
-          for (int64_t j = 0; j < n_keys; j++) {
-            scores[j] *= inv_total;
-            kern_.axpy(out, scores[j], values + j * hs, hs);
-          }
+          const int64_t at = (row[e] * H + head) * max_len * hs;  // cache[row, head, 0, :]
+          kern_.attend(qkv.data() + e * 3 * d + head * hs, kc + at, vc + at, n_keys, hs, inv_sqrt_hs, scores.data(),
+                       att.data() + e * d + head * hs);
           if (attn_slot[e] >= 0) {
             const int64_t keys_out = attention_out.size(3);
             float* dst = attn_out + ((attn_slot[e] * n_layer_ + l) * H + head) * keys_out;
