@@ -3,6 +3,7 @@
 from model import TinyLLM
 llm = TinyLLM.load("checkpoints/shakespeare")          # device="auto": CUDA if present, else CPU
 print(llm.generate("ROMEO:", max_new_tokens=100, temperature=0.8, seed=1).text)
+out = llm.generate("ROMEO:", heads_off=[(0, 4)], explain=True)   # without head 0.4; out.steps[i].explain.top(5)
 maps = llm.attention("To be, or not to be")            # (n_layer, n_head, T, T) probabilities
 step = llm.explain("The cat sat on the mat", layer=2, head=1, query=21)   # one head, step by step
 lens = llm.logit_lens("The cat sat on the mat")        # the next byte after every layer
@@ -92,7 +93,7 @@ class TinyLLM:
     def runner(self) -> Runner:
         """A one-sequence runner for this object's own calls (the server's engine makes its own)."""
         if self._runner is None:
-            self._runner = Runner(self.model, max_batch=1, form=self.form)
+            self._runner = Runner(self.model, max_batch=1, form=self.form, exact_rows=1)
         return self._runner
 
     def generate(
@@ -106,9 +107,15 @@ class TinyLLM:
         seed: int | None = None,
         stop: list[str] = (),
         utf8: str = "valid",
+        heads_off: list[Head] = (),
+        explain: bool = False,
     ) -> Generation:
         """Generate up to max_new_tokens bytes after the prompt; temperature 0 is greedy. utf8: "valid" (only
-        bytes that keep the text valid UTF-8, never a character cut by max_new_tokens) or "any" (the raw model)."""
+        bytes that keep the text valid UTF-8, never a character cut by max_new_tokens) or "any" (the raw model).
+
+        heads_off: (layer, head) pairs whose outputs are zeroed; explain: each step's `.explain` is the
+        attribution of its byte's logit (model.attribution.Attribution: `.top(n)`, `.heads`, `.logit`). Either runs
+        the exact model one token at a time (model.trace.cached_step) instead of the generation step."""
         ids = list(prompt) if isinstance(prompt, bytes) else self.tokenizer.encode(prompt)
         if utf8 not in ("valid", "any"):
             raise ValueError(f'utf8 must be "valid" or "any", got {utf8!r}')
@@ -121,7 +128,7 @@ class TinyLLM:
         )
         out, steps = [], []
         assembler = TextAssembler([s.encode("utf-8") for s in stop if s])  # the server's stop-string rules
-        tokens = generate(self.runner, ids, max_new_tokens, params, seed)
+        tokens = generate(self.runner, ids, max_new_tokens, params, seed, heads_off=heads_off, explain=explain)
         while True:
             try:
                 step = next(tokens)

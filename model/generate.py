@@ -78,22 +78,31 @@ def generate(
     params: SamplingParams = SamplingParams(),
     seed: int | None = None,
     need_weights: bool = False,
+    heads_off: list[tuple[int, int]] = (),
+    explain: bool = False,
 ) -> Generator[TokenOutput, None, FinishReason]:
     """Yield sampled tokens one at a time, until max_new_tokens or the context is full; return why it ended.
-    Uses cache row 0.
+    Uses cache row 0, or with heads_off or explain the runner's first exact row (the exact model, one token at a
+    time: Runner.prefill_exact).
 
     With need_weights, each token carries every layer's attention row (n_head, keys) of the query that
-    produced it: over the prompt and the tokens generated before it.
+    produced it: over the prompt and the tokens generated before it. With explain, the pushes on its logit.
     """
     cfg = runner.config
     if not prompt:
         raise ValueError("the prompt must have at least one byte")
     seed = random_seed() if seed is None else seed
-    everything = (list(range(cfg.n_layer)), list(range(cfg.n_head)))
-    seq = Sequence(list(prompt), len(prompt), params, seed, attention=everything if need_weights else None)
+    everything = (list(range(cfg.n_layer)), list(range(cfg.n_head))) if need_weights else None
+    seq = Sequence(
+        list(prompt), len(prompt), params, seed, attention=everything, heads_off=list(heads_off), explain=explain
+    )
     if reason := finish_reason(0, max_new_tokens, len(prompt), cfg.context_length):
         return reason
-    out = runner.prefill(seq, row=0, start=0, end=len(prompt))
+    if seq.exact:
+        row = runner.exact_row(0)
+        out = runner.prefill_exact(seq, row, 0, len(prompt))
+    else:
+        out = runner.prefill(seq, row=0, start=0, end=len(prompt))
     while True:
         if out is None:
             raise RuntimeError("sampling failed (see the log)")
@@ -103,4 +112,4 @@ def generate(
         seq.append(out.token)
         if reason := finish_reason(seq.generated, max_new_tokens, len(seq.tokens), cfg.context_length):
             return reason
-        out = runner.decode([seq])[0]
+        out = runner.decode_exact(seq, row) if seq.exact else runner.decode([seq])[0]

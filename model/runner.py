@@ -9,6 +9,9 @@ through a runner; neither touches the model's tensors or the cache.
 - `score(ids, top_n)`: each byte's log-probability given the ones before it (prompt scoring).
 - `attention(ids)`: attention maps of every layer and head (the explicit softmax path).
 - `move(src, dst, length)`: copy a row of the cache (the engine keeps its sequences in rows 0..n-1).
+- `prefill_exact`, `decode_exact`: one sequence at a time in the exact model with heads switched off and each token
+  explained (model.trace.cached_step, model.attribution.split_step), in rows of its own (`exact_row(i)`), never
+  in a batch: for sequences that switch heads off or ask why each byte was chosen.
 
 Generation (prefill and decode) runs in one of two steps:
 - the native step (model/native/): float32 or int8 weights on a CPU, batch-invariant: a sequence's keys,
@@ -22,12 +25,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from model import utf8, weight_forms
+from model import trace, utf8, weight_forms
+from model.attribution import Attribution, split_step
 from model.kv_cache import KVCache
 from model.model import CacheSlots, Transformer
 from model.native import step as native
@@ -48,6 +52,8 @@ class Sequence:
     seed: int = 0  # with the generation step, all a draw depends on (model.sampling.exponential_noise)
     top_logprobs: int = 0  # alternatives to report with each token
     attention: tuple[list[int], list[int]] | None = None  # (layers, heads) whose attention rows to report
+    heads_off: list[trace.Head] = field(default_factory=list)  # heads switched off (zeros): the exact model
+    explain: bool = False  # split each chosen byte's logit by what pushed it (model.attribution): the exact model
     utf8_state: int = utf8.START  # of the tokens so far (model.utf8); kept by append()
 
     def __post_init__(self):
@@ -60,6 +66,11 @@ class Sequence:
     @property
     def generated(self) -> int:
         return len(self.tokens) - self.n_prompt
+
+    @property
+    def exact(self) -> bool:
+        """Whether it runs in the exact model, alone (prefill_exact, decode_exact) rather than in the batched step."""
+        return bool(self.heads_off) or self.explain
 
     def append(self, token: int) -> None:
         self.tokens.append(token)
@@ -80,6 +91,7 @@ class TokenOutput:
     logprobs: torch.Tensor  # (vocab,) float32 on the CPU: log-softmax of the raw logits
     top_logprobs: list[tuple[int, float]]  # the most likely tokens, most likely first
     attention: list[torch.Tensor] | None  # per chosen layer (chosen heads, keys): the row that chose it
+    explain: Attribution | None = None  # with Sequence.explain: the pushes on its logit where it was chosen
 
     @property
     def logprob(self) -> float:
@@ -90,10 +102,17 @@ class Runner:
     """model: the exact float32 (or, on a GPU, bfloat16) model, for prompt scoring and attention maps. Generation
     runs in weight form `form` (model.weight_forms), in the native step where it can (native=True, a CPU, a form
     it has), else in the torch step; `why_torch` says why not. kernels: the native step's (auto, avx2, scalar).
+    exact_rows: cache rows for sequences that run in the exact model (after the prefill row).
     """
 
     def __init__(
-        self, model: Transformer, max_batch: int = 1, form: str = "float32", native_step: bool = True, kernels="auto"
+        self,
+        model: Transformer,
+        max_batch: int = 1,
+        form: str = "float32",
+        native_step: bool = True,
+        kernels="auto",
+        exact_rows: int = 0,
     ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
@@ -102,10 +121,11 @@ class Runner:
         self.dtype = model.lm_head.weight.dtype
         self.max_batch = max_batch
         self.prefill_row = max_batch  # one row past the decoded ones, where prompts are prefilled
+        self.exact_rows = exact_rows
         self.why_torch = native.why_not(model, form) if native_step else "the torch step was asked for"
         self.native = native.NativeStep(model, form, kernels) if self.why_torch is None else None
         self.decoder = weight_forms.decoder(model, form) if self.native is None else None
-        self.cache = KVCache(self.config, max_batch + 1, self.dtype, self.device)
+        self.cache = KVCache(self.config, max_batch + 1 + exact_rows, self.dtype, self.device)
 
     # ------------------------------------------------------------ what serves
 
@@ -199,6 +219,31 @@ class Runner:
             logits = self.decoder(tokens.to(self.device).unsqueeze(1), cache=self.cache, slots=slots)[0][:, -1]
         return self._choose(seqs, logits, rows)
 
+    def exact_row(self, i: int) -> int:
+        """The cache row of exact sequence i (0..exact_rows-1)."""
+        if not 0 <= i < self.exact_rows:
+            raise ValueError(f"exact row {i} out of range: this runner has {self.exact_rows} (Runner(exact_rows=...))")
+        return self.max_batch + 1 + i
+
+    @torch.inference_mode()
+    def prefill_exact(self, seq: Sequence, row: int, start: int, end: int) -> TokenOutput | None:
+        """prefill() in the exact model, seq.heads_off switched off, into an exact row; with seq.explain, the chosen
+        token carries the pushes on its logit (TokenOutput.explain)."""
+        last = end == len(seq.tokens)
+        need_weights = last and seq.attention is not None
+        step = trace.cached_step(self.model, seq.tokens[start:end], start, self.cache, row, seq.heads_off, need_weights)
+        if not last:
+            return None
+        out = self._choose([seq], step.logits[None], [step.attention])[0]
+        if out is not None and seq.explain:
+            out.explain = split_step(self.model, step, end - 1, out.token)
+        return out
+
+    def decode_exact(self, seq: Sequence, row: int) -> TokenOutput | None:
+        """One token for one sequence in the exact model (its last token through prefill_exact)."""
+        n = len(seq.tokens)
+        return self.prefill_exact(seq, row, n - 1, n)
+
     def _choose(self, seqs: list[Sequence], logits: torch.Tensor, attention) -> list[TokenOutput | None]:
         """Sample each sequence's next token from its logits row (B, vocab), all rows at once.
 
@@ -257,10 +302,15 @@ class Runner:
     # ------------------------------------------------------------ whole texts, no cache
 
     @torch.inference_mode()
-    def score(self, ids: list[int], top_n: int = 0) -> list[Scored]:
+    def score(
+        self, ids: list[int], top_n: int = 0, heads_off: list[trace.Head] = (), ablation: trace.Ablation = "zero"
+    ) -> list[Scored]:
         """Each byte of ids with its log-probability given the bytes before it (the first has none) and,
-        with top_n, the top_n most likely bytes at its position."""
-        logits, _ = self.model(torch.tensor([ids], device=self.device))  # (1, T, vocab)
+        with top_n, the top_n most likely bytes at its position; with heads_off, of the model without them."""
+        if heads_off:
+            logits = trace.run(self.model, ids, heads_off, ablation).logits[None]  # (1, T, vocab)
+        else:
+            logits, _ = self.model(torch.tensor([ids], device=self.device))  # (1, T, vocab)
         logprobs = F.log_softmax(logits[0, :-1].float(), dim=-1).cpu()  # (T-1, vocab): row t predicts byte t+1
         chosen = logprobs.gather(-1, torch.tensor(ids[1:]).unsqueeze(-1)).squeeze(-1).tolist()
         top_values, top_ids = torch.topk(logprobs, top_n, dim=-1) if top_n else (None, None)
@@ -286,3 +336,5 @@ class Runner:
         seq = Sequence(list(range(8)), 8, SamplingParams(temperature=0), seed=random_seed())
         self.prefill(seq, self.prefill_row, 0, 8)
         self.decode([seq] * min(2, self.max_batch))
+        if self.exact_rows:
+            self.prefill_exact(Sequence(seq.tokens, 8, seq.params, seq.seed, explain=True), self.exact_row(0), 0, 8)

@@ -19,6 +19,11 @@ The tools read a trace: model.explain (one head step by step), model.lens (the l
 (direct logit attribution), model.ablation (the loss without some heads). `RecentRuns` keeps the last traces,
 so looking at another head or byte of the same text costs no forward pass. The serving path (model.model,
 model.runner) is not touched and pays nothing for any of this.
+
+`cached_step(model, ids, start, cache, row, heads_off)` is the same block-by-block pass over a chunk of one growing
+sequence, its keys and values in a row of the KV cache: the runner's exact generation (heads switched off with
+zeros, each token explained). It keeps, at the chunk's last position, what model.attribution.split_logits reads. A
+mean over a text that is still growing is not defined, so it switches heads off with zeros only.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from model.config import ModelConfig
-from model.model import Attention, Transformer, apply_rope
+from model.kv_cache import KVCache
+from model.model import Attention, CacheSlots, Transformer, apply_rope, cached_attention
 
 Ablation = Literal["zero", "mean"]
 Head = tuple[int, int]  # (layer, head)
@@ -75,6 +81,16 @@ def heads_off_problem(cfg: ModelConfig, heads_off: Sequence[Head]) -> str | None
     return None
 
 
+def heads_by_layer(cfg: ModelConfig, heads_off: Sequence[Head]) -> dict[int, list[int]]:
+    """The heads to switch off, grouped by layer; ValueError when the model does not have them."""
+    if problem := heads_off_problem(cfg, heads_off):
+        raise ValueError(problem)
+    off: dict[int, list[int]] = {}
+    for layer, head in heads_off:
+        off.setdefault(layer, []).append(head)
+    return off
+
+
 def check_text(cfg: ModelConfig, ids: Sequence[int]) -> None:
     if not 0 < len(ids) <= cfg.context_length:
         raise ValueError(f"text has {len(ids)} bytes; 1..{cfg.context_length} fit")
@@ -92,14 +108,10 @@ def run(
     others the fused kernel (as the plain model does)."""
     cfg = model.config
     check_text(cfg, ids)
-    if problem := heads_off_problem(cfg, heads_off):
-        raise ValueError(problem)
+    off = heads_by_layer(cfg, heads_off)
     if ablation not in ("zero", "mean"):
         raise ValueError(f'ablation must be "zero" or "mean", got {ablation!r}')
     heads_off = [(layer, head) for layer, head in heads_off]
-    off: dict[int, list[int]] = {}
-    for layer, head in heads_off:
-        off.setdefault(layer, []).append(head)
 
     device = model.lm_head.weight.device
     idx = torch.tensor([list(ids)], device=device)  # (1, T)
@@ -131,15 +143,26 @@ def run(
 def head_outputs(attn: Attention, x: torch.Tensor, cos, sin, mask: torch.Tensor | None):
     """Attention.forward's whole-text path up to the heads' outputs, before W_O: (B, nh, T, hs); with a (T, T)
     causal mask, by the explicit masked softmax, also returning the probabilities (B, nh, T, T)."""
+    q, k, v = project(attn, x, cos, sin)
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True), None
+    return mix(q, k, v, mask)
+
+
+def project(attn: Attention, x: torch.Tensor, cos, sin):
+    """The queries, keys and values of x (B, T, C), RoPE applied: (B, nh, T, hs) each."""
     B, T, C = x.shape
     # (B, T, C) -> (B, T, nh, hs) -> (B, nh, T, hs)
     q = attn.q_proj(x).view(B, T, attn.n_head, attn.head_dim).transpose(1, 2)
     k = attn.k_proj(x).view(B, T, attn.n_head, attn.head_dim).transpose(1, 2)
     v = attn.v_proj(x).view(B, T, attn.n_head, attn.head_dim).transpose(1, 2)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    if mask is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True), None
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(attn.head_dim)  # (B, nh, T, T)
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+
+def mix(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor):
+    """The explicit masked softmax (Attention.forward's need_weights path): the heads' outputs (B, nh, T, hs) and
+    the probabilities (B, nh, T, T_key); mask: True where a query may read a key, broadcast to (B, nh, T, T_key)."""
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, nh, T, T_key)
     probs = F.softmax(scores.float().masked_fill(~mask, float("-inf")), dim=-1)
     return probs.to(v.dtype) @ v, probs
 
@@ -180,3 +203,63 @@ def attention_maps(
     """Runner.attention's maps with heads switched off: (n_layer, n_head, T, T), float32 on the CPU."""
     trace = run(model, ids, heads_off, ablation, weights_of=range(model.config.n_layer))
     return torch.stack([trace.probs[i] for i in range(model.config.n_layer)]).cpu()
+
+
+@dataclass
+class Step:
+    """What cached_step kept at its chunk's last position: its logits, and the writes into the residual stream there
+    that model.attribution.split_logits splits them by. C: d_model, nh: heads, hs: head_dim."""
+
+    logits: torch.Tensor  # (vocab,)
+    embedding: torch.Tensor  # (C,)
+    z: list[torch.Tensor]  # per block: (nh, hs), each head's output before W_O (zeros where switched off)
+    mlp: list[torch.Tensor]  # per block: (C,), what its MLP adds
+    final: torch.Tensor  # (C,), the stream after the last block
+    attention: torch.Tensor | None  # (n_layer, nh, keys): the position's attention probabilities, when asked
+
+
+@torch.inference_mode()
+def cached_step(
+    model: Transformer,
+    ids: Sequence[int],
+    start: int,
+    cache: KVCache,
+    row: int,
+    heads_off: Sequence[Head] = (),
+    need_weights: bool = False,
+) -> Step:
+    """Positions start..start+len(ids)-1 of one sequence through the exact model, heads_off switched off (zeros):
+    their keys and values go into cache row `row`, whose positions before `start` hold the earlier ones. With
+    need_weights, the explicit softmax, keeping the last position's probabilities; else the fused kernel."""
+    cfg = model.config
+    off = heads_by_layer(cfg, heads_off)
+    end = start + len(ids)
+    if not 0 <= start < end <= cfg.context_length:
+        raise ValueError(f"positions {start}..{end - 1} are not in the context (0..{cfg.context_length - 1})")
+    device = model.lm_head.weight.device
+    idx = torch.tensor([list(ids)], device=device)  # (1, T)
+    T = idx.shape[1]
+    slots = CacheSlots(row, torch.arange(start, end, device=device).unsqueeze(0))  # (1, T)
+    x = model.embed_tokens(idx)  # (1, T, C)
+    cos = model.rope_cos[slots.positions].unsqueeze(1).to(x.dtype)  # (1, 1, T, hs)
+    sin = model.rope_sin[slots.positions].unsqueeze(1).to(x.dtype)
+    embedding, z, mlps, probs = x[0, -1], [], [], []
+    for i, block in enumerate(model.layers):
+        attn = block.self_attn
+        q, k, v = project(attn, block.input_layernorm(x), cos, sin)
+        if need_weights:
+            keys, values = slots.write_and_read(cache.layer(i), k, v)  # (1, nh, end, hs)
+            y, p = mix(q, keys, values, slots.mask())
+            probs.append(p[0, :, -1])  # (nh, end)
+        else:
+            y = cached_attention(q, k, v, cache.layer(i), slots)  # (1, nh, T, hs)
+        if i in off:
+            y = switch_off(y, off[i], "zero")
+        x = x + attn.o_proj(y.transpose(1, 2).reshape(1, T, cfg.d_model))  # (1, nh, T, hs) -> (1, T, C)
+        mlp = block.mlp(block.post_attention_layernorm(x))
+        x = x + mlp
+        z.append(y[0, :, -1])
+        mlps.append(mlp[0, -1])
+    final = x[0, -1]
+    logits = model.lm_head(model.norm(final))
+    return Step(logits, embedding, z, mlps, final, torch.stack(probs) if need_weights else None)

@@ -1,6 +1,7 @@
 """`tinyllm`: a command-line client for a running TinyLLM server, on httpx.
 
     tinyllm generate "ROMEO:" --max-new-tokens 200 --temperature 0.8 --seed 1   # streams to the terminal
+    tinyllm generate "ROMEO:" --heads-off 0.4 --heads-off 0.3                   # without some heads
     tinyllm attention "To be, or not to be" --layer 0 --head 1 --png attn.png
     tinyllm attention "To be" --layer 0 --head 1          # per byte: the byte it attends to most
     tinyllm model
@@ -82,6 +83,8 @@ def cmd_generate(args) -> None:
     }
     if args.seed is not None:
         body["seed"] = args.seed
+    if args.heads_off:
+        body["heads_off"] = args.heads_off
     out = sys.stdout
     with client(args) as c, c.stream("POST", "/v1/generate", json=body) as response:
         check(response)
@@ -232,6 +235,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, help="same seed and parameters give the same text")
     g.add_argument("--stop", action="append", default=[], help="a string that ends generation (repeatable)")
     g.add_argument("--echo", action="store_true", help="print the prompt before the continuation")
+    g.add_argument(
+        "--heads-off", type=head_pair, action="append", default=[], metavar="L.H", help="switch a head off (repeatable)"
+    )
     g.set_defaults(run=cmd_generate)
 
     a = sub.add_parser("attention", help="attention of one layer and head: a summary, a PNG heatmap, or a .npy array")

@@ -2,8 +2,11 @@
 
 Each loop the worker (1) runs queued whole-text calls (attention maps, prompt scoring), (2) drops
 cancelled and timed-out jobs, (3) prefills one chunk of one waiting prompt into the runner's prefill row,
-and (4) decodes one token for every active job in one batched step. Active jobs always sit in cache rows
-0..n-1 (a finished one's row is refilled by moving the last one down), so a step reads rows in a block.
+(4) decodes one token for every active job in one batched step, and (5) advances each exact job (heads switched
+off, tokens explained) by one prompt chunk or one token in the exact model. Active jobs always sit in cache rows
+0..n-1 (a finished one's row is refilled by moving the last one down), so a step reads rows in a block. Exact jobs
+never join that batch: each has a cache row of its own (the runner's exact rows) and a queue of its own, so what
+the other jobs get does not change with them.
 
 Requests talk to the worker through asyncio queues; the engine imports nothing from the HTTP layer and
 touches no tensor: everything about the model goes through the runner.
@@ -38,6 +41,9 @@ class Engine:
         self.calls: collections.deque[tuple[Callable, concurrent.futures.Future]] = collections.deque()
         self.prefilling: Job | None = None
         self.active: list[Job] = []  # active[i] sits in cache row i
+        self.exact_waiting: collections.deque[Job] = collections.deque()
+        self.exact: list[Job] = []  # each in its own cache row, job.slot
+        self.free_exact_rows = [runner.exact_row(i) for i in range(runner.exact_rows)]
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.ready = threading.Event()
@@ -57,20 +63,24 @@ class Engine:
 
     @property
     def queue_length(self) -> int:
-        return len(self.waiting)
+        return len(self.waiting) + len(self.exact_waiting)
 
     @property
     def active_count(self) -> int:
-        return len(self.active) + (self.prefilling is not None)
+        return len(self.active) + (self.prefilling is not None) + len(self.exact)
 
     def submit(self, req: EngineRequest) -> Job:
         """Queue a request; iterate the returned job's events(). Raises QueueFull when the queue is full."""
         job = Job(req, asyncio.get_running_loop(), self)
         with self.lock:
-            free_slots = self.max_batch - len(self.active) - (self.prefilling is not None)
-            if len(self.waiting) >= self.max_queue + max(0, free_slots):
-                raise QueueFull(f"all {self.max_batch} slots are busy and {len(self.waiting)} requests are waiting")
-            self.waiting.append(job)
+            if job.seq.exact:
+                waiting, slots, free_slots = self.exact_waiting, self.runner.exact_rows, len(self.free_exact_rows)
+            else:
+                waiting, slots = self.waiting, self.max_batch
+                free_slots = self.max_batch - len(self.active) - (self.prefilling is not None)
+            if len(waiting) >= self.max_queue + max(0, free_slots):
+                raise QueueFull(f"all {slots} slots are busy and {len(waiting)} requests are waiting")
+            waiting.append(job)
         self.wake.set()
         return job
 
@@ -78,9 +88,11 @@ class Engine:
         """Attention maps of ids, (n_layer, n_head, T, T), computed between decode steps."""
         return await self._call(self.runner.attention, ids)
 
-    async def score(self, prompts: list[list[int]], top_n: int) -> list[list[Scored]]:
-        """Each prompt's bytes with their log-probabilities given the bytes before them."""
-        return await self._call(lambda: [self.runner.score(ids, top_n) for ids in prompts])
+    async def score(
+        self, prompts: list[list[int]], top_n: int, heads_off: list[tuple[int, int]] = (), ablation: str = "zero"
+    ) -> list[list[Scored]]:
+        """Each prompt's bytes with their log-probabilities given the bytes before them (without heads_off)."""
+        return await self._call(lambda: [self.runner.score(ids, top_n, heads_off, ablation) for ids in prompts])
 
     async def _call(self, fn: Callable, *args):
         """Run fn(*args) on the worker thread between steps (model work never runs on the event loop)."""
@@ -100,11 +112,15 @@ class Engine:
             worked = self._run_calls()
             self._drop_cancelled()
             self._admit()
+            self._admit_exact()
             if self.prefilling is not None:
                 self._guard(self._prefill_step, [self.prefilling])
                 worked = True
             if self.active:
                 self._guard(self._decode_step, list(self.active))
+                worked = True
+            for job in list(self.exact):
+                self._guard(lambda job=job: self._exact_step(job), [job])
                 worked = True
             self._deliver()
             if not worked:
@@ -144,7 +160,8 @@ class Engine:
 
     def _drop_cancelled(self) -> None:
         now = time.perf_counter()
-        for job in [j for j in self.active + [self.prefilling] + list(self.waiting) if j is not None]:
+        jobs = [*self.active, self.prefilling, *self.waiting, *self.exact, *self.exact_waiting]
+        for job in [j for j in jobs if j is not None]:
             if job.cancelled:
                 self._release(job)
             elif job.deadline is not None and now > job.deadline:
@@ -156,12 +173,25 @@ class Engine:
         while self.prefilling is None and self.waiting and len(self.active) < self.max_batch:
             with self.lock:
                 job = self.waiting.popleft()
-            job.t_start = time.perf_counter()
-            reason = finish_reason(0, job.req.max_new_tokens, len(job.req.prompt), self.config.context_length)
-            if reason is None:
+            if self._starts(job):
                 self.prefilling = job
-            else:
-                job.finish(reason)
+
+    def _admit_exact(self) -> None:
+        """Give waiting exact jobs a free exact row each."""
+        while self.exact_waiting and self.free_exact_rows:
+            with self.lock:
+                job = self.exact_waiting.popleft()
+            if self._starts(job):
+                job.slot = self.free_exact_rows.pop()
+                self.exact.append(job)
+
+    def _starts(self, job: Job) -> bool:
+        """Whether a job taken from a queue has anything to do; if not, it is finished at once."""
+        job.t_start = time.perf_counter()
+        reason = finish_reason(0, job.req.max_new_tokens, len(job.req.prompt), self.config.context_length)
+        if reason is not None:
+            job.finish(reason)
+        return reason is None
 
     def _release(self, job: Job) -> None:
         """Take a job out of the engine and free its cache row."""
@@ -175,10 +205,14 @@ class Engine:
                 moved.slot = i
                 self.active[i] = moved
             self.active.pop()
+        elif job in self.exact:
+            self.exact.remove(job)
+            self.free_exact_rows.append(job.slot)
         else:
             with self.lock:
-                if job in self.waiting:
-                    self.waiting.remove(job)
+                for waiting in (self.waiting, self.exact_waiting):
+                    if job in waiting:
+                        waiting.remove(job)
 
     def _prefill_step(self) -> None:
         job = self.prefilling
@@ -197,6 +231,19 @@ class Engine:
     def _decode_step(self) -> None:
         jobs = list(self.active)
         self._emit(jobs, self.runner.decode([job.seq for job in jobs]))
+
+    def _exact_step(self, job: Job) -> None:
+        """One prompt chunk, or one token, of an exact job, in its own cache row."""
+        n = len(job.req.prompt)
+        if job.prefilled < n:
+            start, end = job.prefilled, min(job.prefilled + self.prefill_chunk, n)
+            out = self.runner.prefill_exact(job.seq, job.slot, start, end)
+            job.prefilled = end
+            if end < n:
+                return
+        else:
+            out = self.runner.decode_exact(job.seq, job.slot)
+        self._emit([job], [out])
 
     def _emit(self, jobs: list[Job], outs: list[TokenOutput | None]) -> None:
         """Send each job its new token (None: its sampling failed); finish those that end."""
@@ -223,7 +270,8 @@ class Engine:
             if reason in (FinishReason.LENGTH, FinishReason.CONTEXT_FULL):
                 delta += job.assembler.finish()  # a cut-off character goes out with the last token
             rows = [layer.tolist() for layer in out.attention] if out.attention is not None else None
-            job.emit(TokenEvent(out.token, out.logprob, out.top_logprobs, delta, rows))
+            explain = (out.explain.logit, out.explain.top(job.req.explain_top)) if out.explain is not None else None
+            job.emit(TokenEvent(out.token, out.logprob, out.top_logprobs, delta, rows, explain))
             if reason:
                 done.append((job, reason))
         for job, reason in sorted(done, key=lambda d: -d[0].slot):  # release from the top so rows stay valid

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.tokenizer import VOCAB_SIZE
-from server.schemas import ChoosesModel, HeadPair, SwitchesHeadsOff, TextByte, valid_text
+from server.schemas import ChoosesModel, Contribution, HeadPair, SwitchesHeadsOff, TextByte, valid_text
 
 
 class InspectsText(ChoosesModel, SwitchesHeadsOff):
@@ -116,13 +116,6 @@ class AttributeRequest(InspectsText):
         None, ge=0, lt=VOCAB_SIZE, description="the byte whose logit is split (null = the byte that comes next)"
     )
     top: int = Field(10, ge=1, le=1000, description="largest pushes listed in `top`")
-
-
-class Contribution(BaseModel):
-    kind: Literal["embedding", "head", "mlp"]
-    layer: int | None
-    head: int | None
-    logit: float = Field(description="its push on the target's logit")
 
 
 class AttributeResponse(Inspected):

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from model.attribution import Contribution
 from model.generate import FinishReason, TextAssembler
 from model.runner import Sequence
 from model.sampling import SamplingParams, random_seed
@@ -32,6 +33,8 @@ class EngineRequest:
     stop: list[bytes] = field(default_factory=list)
     top_logprobs: int = 0
     attention: tuple[list[int], list[int]] | None = None  # (layers, heads)
+    heads_off: list[tuple[int, int]] = field(default_factory=list)  # (layer, head): zeroed, in the exact model
+    explain_top: int = 0  # each token's largest pushes on its logit to report (0 = none); in the exact model
     timeout: float | None = None
 
 
@@ -42,6 +45,7 @@ class TokenEvent:
     top_logprobs: list[tuple[int, float]]
     text: str  # newly completed text (whole characters; held back while it may begin a stop string)
     attention: list[list[list[float]]] | None  # [layer][head][key]
+    explain: tuple[float, list[Contribution]] | None = None  # its logit, and the largest pushes on it
 
 
 @dataclass
@@ -69,6 +73,8 @@ class Job:
             random_seed() if req.seed is None else req.seed,
             req.top_logprobs,
             req.attention,
+            list(req.heads_off),
+            req.explain_top > 0,
         )
         self.prefilled = 0
         self.slot = -1

@@ -22,6 +22,8 @@ from server.errors import APIError
 
 log = logging.getLogger("tinyllm.server")
 
+EXACT_ROWS = 2  # requests a model runs in its exact model at once (heads switched off, tokens explained)
+
 
 def model_name(path: Path) -> str:
     return os.path.basename(os.path.abspath(path)) or "tinyllm"
@@ -100,7 +102,7 @@ class ServedModels:
     def __init__(self, llms: dict[Path, TinyLLM], settings: Settings):
         self.by_name = {}
         for path, llm in llms.items():
-            runner = Runner(llm.model, settings.max_batch, form=llm.form, native_step=settings.native)
+            runner = Runner(llm.model, settings.max_batch, llm.form, settings.native, exact_rows=EXACT_ROWS)
             engine = Engine(runner, settings.max_queue, settings.prefill_chunk)
             fingerprint = runner.fingerprint(checkpoint.content_sha256(path))
             self.by_name[model_name(path)] = ServedModel(model_name(path), path, llm, engine, fingerprint)

@@ -2,7 +2,8 @@
 and vLLM's tokenizer routes).
 
 Unknown fields are refused, as OpenAI does. Fields some clients send with their default values (best_of,
-logit_bias, suffix) are accepted only with those values.
+logit_bias, suffix) are accepted only with those values. Like vLLM's top_k, TinyLLM's own utf8, heads_off and
+ablation are extra fields.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from model.tokenizer import tokenizer
-from server.schemas import SamplingFields, Strict, Usage, valid_text
+from server.schemas import SamplingFields, Strict, SwitchesHeadsOff, Usage, valid_text
 
 Byte = Annotated[int, Field(ge=0, le=255)]
 Text = Annotated[str, StringConstraints(min_length=1)]
@@ -23,7 +24,7 @@ class StreamOptions(Strict):
     include_usage: bool = Field(False, description="send a last chunk with usage and no choices")
 
 
-class CompletionRequest(SamplingFields):
+class CompletionRequest(SamplingFields, SwitchesHeadsOff):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [

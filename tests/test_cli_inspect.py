@@ -1,5 +1,5 @@
-"""`tinyllm explain`, `lens`, `attribute` and `ablate`: subprocesses against a real server, printing what the API
-answers."""
+"""`tinyllm explain`, `lens`, `attribute`, `ablate` and `generate --heads-off`: subprocesses against a real server,
+printing what the API answers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
+from model import TinyLLM
 from server.process import ROOT
 
 TEXT = "The cat sat"
@@ -69,3 +71,37 @@ def test_bad_heads_and_indices(server):
     assert rc == 1 and "layer [9] out of range" in err
     rc, _, err = tinyllm(server, "ablate", TEXT, "--heads-off", "0.1", "--heads-off", "0.1")
     assert rc == 1 and "named twice" in err
+
+
+def test_generate_without_heads_is_the_python_apis(server, tiny_checkpoint):
+    args = (
+        "generate",
+        TEXT,
+        "--max-new-tokens",
+        "20",
+        "--temperature",
+        "0",
+        "--heads-off",
+        "1.0",
+        "--heads-off",
+        "0.1",
+    )
+    rc, out, err = tinyllm(server, *args)
+    assert rc == 0, err
+    llm = TinyLLM.load(tiny_checkpoint, device="cpu")
+    expected = llm.generate(TEXT, max_new_tokens=20, temperature=0, heads_off=[(1, 0), (0, 1)], explain=True)
+    assert out == expected.text + "\n"
+    assert out != llm.generate(TEXT, max_new_tokens=20, temperature=0).text + "\n", "those heads mattered"
+    body = {
+        "prompt": TEXT,
+        "max_new_tokens": 20,
+        "temperature": 0,
+        "heads_off": [[1, 0], [0, 1]],
+        "explain": {"top": 3},
+    }
+    tokens = api(server, "/v1/generate", **body)["tokens"]
+    for token, step in zip(tokens, expected.steps, strict=True):  # (another process, its own thread count)
+        assert token["explain"]["logit"] == pytest.approx(step.explain.logit, abs=1e-6)
+        assert [c["logit"] for c in token["explain"]["top"]] == pytest.approx(
+            [c.logit for c in step.explain.top(3)], abs=1e-6
+        )

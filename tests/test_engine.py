@@ -23,10 +23,11 @@ from support import TINY_CONFIG
 class FakeRunner:
     """The runner's interface: the next token is always the last one + 1; the 'cache' is a list per row."""
 
-    def __init__(self, max_batch: int = 4):
+    def __init__(self, max_batch: int = 4, exact_rows: int = 2):
         self.config = TINY_CONFIG  # context 64
         self.max_batch = max_batch
         self.prefill_row = max_batch
+        self.exact_rows = exact_rows
         self.rows: dict[int, list[int]] = {}
         self.calls: list[tuple] = []
         self.on_prefill = lambda seq, start, end: None  # hooks, called on the worker thread
@@ -53,6 +54,19 @@ class FakeRunner:
             assert self.rows[i] == seq.tokens[:-1], f"row {i} holds another sequence's tokens"
             self.rows[i].append(seq.tokens[-1])
         return [self._next(seq) for seq in seqs]
+
+    def exact_row(self, i: int) -> int:
+        return self.max_batch + 1 + i
+
+    def prefill_exact(self, seq: Sequence, row: int, start: int, end: int) -> TokenOutput | None:
+        assert seq.exact and row > self.prefill_row, "an exact sequence, in an exact row"
+        self.calls.append(("prefill_exact", row, start, end))
+        assert self.rows.get(row, [])[:start] == seq.tokens[:start], f"row {row} holds another sequence's tokens"
+        self.rows[row] = self.rows.get(row, [])[:start] + seq.tokens[start:end]
+        return self._next(seq) if end == len(seq.tokens) else None
+
+    def decode_exact(self, seq: Sequence, row: int) -> TokenOutput | None:
+        return self.prefill_exact(seq, row, len(seq.tokens) - 1, len(seq.tokens))
 
     def move(self, src: int, dst: int, length: int) -> None:
         self.calls.append(("move", src, dst, length))
@@ -250,3 +264,29 @@ def test_a_full_queue_refuses_with_queue_full():
 
     results = run(runner, scenario, max_queue=1)
     assert [finish.reason for _, finish in results] == [FinishReason.LENGTH] * 2
+
+
+def test_exact_jobs_run_one_by_one_in_rows_of_their_own_beside_the_batch():
+    """Jobs that switch heads off or explain their tokens never join the batched step: each has an exact row (two
+    here), a third waits for one, and the batched jobs' rows and steps are as without them."""
+    runner = FakeRunner(max_batch=4, exact_rows=2)
+    runner.step_seconds = 0.002
+
+    async def scenario(engine):
+        plain = [engine.submit(request(bytes([10 * (i + 1)]), 8)) for i in range(2)]
+        exact = [
+            engine.submit(request(bytes([100 + 10 * i] * 6), 5, heads_off=[(0, i)], explain_top=3 * (i % 2)))
+            for i in range(3)
+        ]
+        return await asyncio.gather(*(collect(job) for job in plain + exact)), engine.active_count
+
+    results, active = run(runner, scenario, prefill_chunk=4)
+    for tokens, finish in results:
+        assert finish.reason == FinishReason.LENGTH
+        assert [t.id for t in tokens] == list(range(tokens[0].id, tokens[0].id + len(tokens)))
+    assert [t.id for t in results[2][0]] == list(range(101, 106)) and active == 0
+    assert all(c[1] <= 4 for c in runner.calls if c[0] == "decode"), "no exact job in a batched step"
+    exact_rows = {c[1] for c in runner.calls if c[0] == "prefill_exact"}
+    assert exact_rows == {runner.exact_row(0), runner.exact_row(1)}, "two exact rows, the third job reused one"
+    chunks = [c[2:] for c in runner.calls if c[0] == "prefill_exact" and c[3] - c[2] > 1]
+    assert sorted(chunks) == [(0, 4)] * 3 + [(4, 6)] * 3, "prompts in chunks of prefill_chunk"

@@ -158,3 +158,68 @@ def test_switching_a_head_off_shows_the_loss_change_and_the_panel_runs_without_i
     page.click(toggle)  # on again
     page.wait_for_function("document.getElementById('ablate-result').textContent === ''")
     assert "off" not in cell.get_attribute("class")
+
+
+def test_a_generated_bytes_readout_shows_what_pushed_its_logit_most(page, server):
+    prompt, n_new = "To be, or not", 8
+    P = len(prompt.encode())
+    sent = []
+    page.on("request", lambda r: r.url.endswith("/v1/generate") and sent.append(json.loads(r.post_data)))
+    page.fill("#text", prompt)
+    page.fill("#max-new", str(n_new))
+    page.fill("#temperature", "0")
+    page.click("#generate")
+    page.wait_for_selector("#gen-bytes[data-done='true']")
+    assert sent[-1]["explain"] == {"top": 64} and sent[-1]["heads_off"] == []
+
+    # The page's request from the test: a clicked byte's readout shows its five largest pushes, and its five
+    # largest heads' (the tiny model has 7 pushes: the embedding, 4 heads and 2 MLPs).
+    body = {k: sent[-1][k] for k in ("prompt", "max_new_tokens", "temperature", "attention", "explain")}
+    tokens = api(server, "/v1/generate", **body)["tokens"]
+    assert page.eval_on_selector_all("#gen-bytes .b.gen", "els => els.map(e => +e.dataset.i)") == list(
+        range(P, P + n_new)
+    )
+    j = 3
+    page.click(f"#gen-bytes .b[data-i='{P + j}']")
+    pushes = tokens[j]["explain"]["top"]
+    assert len(pushes) == 7
+    for line, expected in (("all", pushes[:5]), ("heads", [c for c in pushes if c["kind"] == "head"])):
+        shown = page.eval_on_selector_all(f"#gen-readout .{line} .push", "els => els.map(e => ({...e.dataset}))")
+        assert len(shown) == len(expected) and expected
+        for s, c in zip(shown, expected):
+            assert s["kind"] == c["kind"] and float(s["logit"]) == c["logit"]
+            if c["kind"] == "head":
+                assert (int(s["layer"]), int(s["head"])) == (c["layer"], c["head"])
+        widths = page.eval_on_selector_all(
+            f"#gen-readout .{line} .push .bar", "els => els.map(e => e.getBoundingClientRect().width)"
+        )
+        assert widths[0] == 40 and widths == sorted(widths, reverse=True), "bars by size, the largest 40 px"
+    readout = page.inner_text("#gen-readout")
+    assert "was chosen looking at" in readout and f"its logit {tokens[j]['explain']['logit']:.3f}" in readout
+    path = ARTIFACTS / "page-generate-pushes.png"
+    page.locator("#gen-readout").screenshot(path=str(path))
+    assert drawn_pixels(path) > 300
+
+    # Clicking a head selects it: the readout's attention row is then that head's.
+    last = [c for c in pushes if c["kind"] == "head"][-1]
+    page.click(f"#gen-readout .heads .push[data-layer='{last['layer']}'][data-head='{last['head']}']")
+    assert (page.input_value("#layer"), page.input_value("#head")) == (str(last["layer"]), str(last["head"]))
+    assert f"(layer {last['layer']}, head {last['head']})" in page.inner_text("#gen-readout")
+
+    # A head switched off in the table is off in the generation too.
+    page.fill("#text", "To be, or not to be")
+    page.click("#analyse")
+    page.wait_for_selector("#summary td[data-head]")
+    page.click("#summary td[data-layer='1'][data-head='0'] .off-toggle")
+    page.wait_for_selector("#ablate-result[data-change]")
+    page.fill("#text", prompt)
+    page.click("#generate")
+    page.wait_for_function("document.getElementById('gen-status').textContent.includes('without 1.0')")
+    assert sent[-1]["heads_off"] == [[1, 0]]
+    tokens = api(server, "/v1/generate", **body, heads_off=[[1, 0]])["tokens"]
+    page.click(f"#gen-bytes .b[data-i='{P + j}']")
+    shown = page.eval_on_selector_all("#gen-readout .heads .push", "els => els.map(e => ({...e.dataset}))")
+    expected = [c for c in tokens[j]["explain"]["top"] if c["kind"] == "head"]
+    assert [float(s["logit"]) for s in shown] == [c["logit"] for c in expected]
+    assert {"layer": 1, "head": 0, "kind": "head", "logit": 0.0} in expected, "switched off: it pushes nothing"
+    screenshot(page, "page-generate-heads-off.png")

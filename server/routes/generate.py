@@ -1,7 +1,11 @@
-"""POST /v1/generate: the native generation API, whole or streamed as server-sent events."""
+"""POST /v1/generate: the native generation API, whole or streamed as server-sent events.
+
+With heads_off or explain a request runs in the exact model, one request at a time beside the batch (server.engine),
+so what other requests get does not change with it."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import AsyncIterator
 
@@ -14,7 +18,7 @@ from server.config import Settings
 from server.deps import MetricsDep, ModelsDep, SettingsDep, StreamsDep
 from server.errors import ERROR_RESPONSES, APIError, check_finish, error_body, finish_error
 from server.jobs import EngineRequest, FinishEvent, TokenEvent
-from server.routes.attention import check_indices
+from server.routes.attention import check_heads_off, check_indices
 from server.schemas import GenerateRequest, GenerateResponse
 
 router = APIRouter(tags=["generation"])
@@ -49,6 +53,7 @@ async def generate(
                 "tokens": tokens,
                 "truncated_prompt_tokens": truncated,
                 **attention_axes(req),
+                **({"heads_off": req.heads_off} if req.heads_off else {}),
             }
 
 
@@ -87,6 +92,13 @@ def engine_request(body: GenerateRequest, cfg: ModelConfig, settings: Settings) 
             check_indices(body.attention.layers, cfg.n_layer, "attention.layers"),
             check_indices(body.attention.heads, cfg.n_head, "attention.heads"),
         )
+    if body.ablation == "mean":
+        raise APIError(
+            400,
+            'ablation "mean" replaces a head\'s output by its mean over the text, which is not defined while the text '
+            'is still growing: generation switches heads off with "zero"',
+            param="ablation",
+        )
     req = EngineRequest(
         prompt=ids,
         max_new_tokens=body.max_new_tokens,
@@ -95,6 +107,8 @@ def engine_request(body: GenerateRequest, cfg: ModelConfig, settings: Settings) 
         stop=[s.encode("utf-8") for s in body.stop],
         top_logprobs=body.logprobs,
         attention=attention,
+        heads_off=check_heads_off(body.heads_off, cfg),
+        explain_top=body.explain.top if body.explain is not None else 0,
         timeout=settings.request_timeout,
     )
     return req, truncated
@@ -120,6 +134,11 @@ def token_out(event: TokenEvent) -> dict:
     }
     if event.attention is not None:
         out["attention"] = event.attention
+    if event.explain is not None:
+        logit, top = event.explain
+        # as the response model sends them (without nulls): an MLP has no head, the embedding neither layer nor head
+        pushes = [{k: v for k, v in dataclasses.asdict(c).items() if v is not None} for c in top]
+        out["explain"] = {"logit": logit, "top": pushes}
     return out
 
 

@@ -6,6 +6,9 @@ prompt (one forward pass, on the engine's thread): each prompt byte's log-probab
 it; the first byte has none. A prompt plus max_tokens longer than the context is a 400
 (`context_length_exceeded`), as in vLLM: a completion is never silently cut short by the context, so a
 harness can trust that it got what it asked for.
+
+The extra fields heads_off and ablation score the prompt (and generate: zeros only) without those heads, in the exact
+model (model/trace.py; generation as in /v1/generate).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from server.jobs import EngineRequest, Job, QueueFull
 from server.models import ServedModel
 from server.openai_choices import ChoiceStream, pieces, sse_chunks, usage
 from server.openai_schemas import Completion, CompletionRequest, ModelCard, ModelList
+from server.routes.attention import check_heads_off
 
 router = APIRouter(tags=["OpenAI-compatible"])
 
@@ -57,10 +61,18 @@ async def completions(
     engine = served.engine
     prompts = body.prompts()
     max_tokens = check_request(body, prompts, engine, settings)
+    heads_off = check_heads_off(body.heads_off, engine.config)
+    if body.ablation == "mean" and max_tokens > 0:
+        raise APIError(
+            400,
+            'ablation "mean" is for scoring a prompt (max_tokens 0): a mean over a text that is still growing is not '
+            'defined; generate with "zero"',
+            param="ablation",
+        )
     scores = None
     if body.echo and body.logprobs is not None:
-        scores = await engine.score([ids for _, ids in prompts], body.logprobs)
-    jobs = submit_all(engine, body, prompts, max_tokens, settings.request_timeout)
+        scores = await engine.score([ids for _, ids in prompts], body.logprobs, heads_off, body.ablation)
+    jobs = submit_all(engine, body, prompts, max_tokens, heads_off, settings.request_timeout)
     choices = [
         ChoiceStream(i * body.n + j, body.stop_bytes(), body.logprobs, len(text) if body.echo else 0)
         for i, (text, _) in enumerate(prompts)
@@ -152,7 +164,12 @@ def fit_context(prompt_tokens: int, max_tokens: int | None, ctx: int, cap: int) 
 
 
 def submit_all(
-    engine: Engine, body: CompletionRequest, prompts: list[tuple[str, list[int]]], max_tokens: int, timeout: float
+    engine: Engine,
+    body: CompletionRequest,
+    prompts: list[tuple[str, list[int]]],
+    max_tokens: int,
+    heads_off: list[tuple[int, int]],
+    timeout: float,
 ) -> list[Job]:
     """One engine job per (prompt, choice), in choice-index order; all or none are queued.
 
@@ -175,6 +192,7 @@ def submit_all(
                             seed=seed,
                             stop=stops,
                             top_logprobs=top_n,
+                            heads_off=heads_off,
                             timeout=timeout,
                         )
                     )

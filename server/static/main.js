@@ -4,8 +4,8 @@
 //   Analyse  -> the maps of every layer and head for the text, per byte or per character (analysis.js): the map
 //               and the all-heads grid (map-view.js) and the head view (head-view.js); and what each head does
 //               (summary-view.js).
-//   Generate -> a streamed continuation, one byte per server-sent event with the row that chose it
-//               (generate.js).
+//   Generate -> a streamed continuation, one byte per server-sent event with the row that chose it and what
+//               pushed its logit (generate.js).
 //   Step by step -> one head's arithmetic for one byte of a short text, and the logit lens (step-view.js); heads
 //               switched off in the table (heads-off.js) apply to it, and their loss change is shown.
 //
@@ -40,7 +40,7 @@ const panel = new GeneratePanel(selection, $("text"), (text) => {
   $("text").value = text;
   updateByteCount();
   analyse();
-});
+}, select);
 
 async function loadModels() {
   const { data } = await getJson("/v1/models");
