@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
+
+# numpy's OpenBLAS starts a thread per core that spins between calls; the server makes no BLAS call through numpy,
+# and those threads would take CPU from the engine and the event loop. Set before numpy is first imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import uvicorn
 from pydantic import ValidationError

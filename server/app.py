@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from contextlib import asynccontextmanager
@@ -35,6 +36,9 @@ def create_app(settings: Settings, llms: dict[Path, TinyLLM] | None = None) -> F
         models = ServedModels(llms or load_checkpoints(settings), settings)
         models.start()
         app.state.models = models
+        # Everything loaded so far lives as long as the server: out of the cyclic collector's way, so that its
+        # passes (which every step's short-lived objects trigger) do not walk torch's and the app's objects.
+        gc.freeze()
         yield
         models.stop()
 

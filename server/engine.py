@@ -271,7 +271,7 @@ class Engine:
                 delta += job.assembler.finish()  # a cut-off character goes out with the last token
             rows = [layer.tolist() for layer in out.attention] if out.attention is not None else None
             explain = (out.explain.logit, out.explain.top(job.req.explain_top)) if out.explain is not None else None
-            job.emit(TokenEvent(out.token, out.logprob, out.top_logprobs, delta, rows, explain))
+            job.emit(TokenEvent(out.token, out.logprob, out.top_logprobs, delta, rows, explain, at=now))
             if reason:
                 done.append((job, reason))
         for job, reason in sorted(done, key=lambda d: -d[0].slot):  # release from the top so rows stay valid

@@ -36,6 +36,8 @@ class EngineRequest:
     heads_off: list[tuple[int, int]] = field(default_factory=list)  # (layer, head): zeroed, in the exact model
     explain_top: int = 0  # each token's largest pushes on its logit to report (0 = none); in the exact model
     timeout: float | None = None
+    stream: bool = True  # False: the tokens are delivered together with the finish (the event loop is not woken
+    # for each one, which leaves it and the GIL to the engine while a whole response is generated)
 
 
 @dataclass
@@ -46,6 +48,7 @@ class TokenEvent:
     text: str  # newly completed text (whole characters; held back while it may begin a stop string)
     attention: list[list[list[float]]] | None  # [layer][head][key]
     explain: tuple[float, list[Contribution]] | None = None  # its logit, and the largest pushes on it
+    at: float = 0.0  # time.perf_counter() when the engine produced it
 
 
 @dataclass
@@ -83,6 +86,7 @@ class Job:
         self.t_submit = time.perf_counter()
         self.t_start = self.t_first = None
         self.deadline = self.t_submit + req.timeout if req.timeout else None
+        self.held: list[TokenEvent] = []  # a job that does not stream: its tokens, until it finishes
 
     @property
     def generated(self) -> int:
@@ -105,7 +109,13 @@ class Job:
         self.engine.wake.set()
 
     def emit(self, event) -> None:
-        """Send an event (from the worker thread); the engine delivers a step's events together."""
+        """Send an event (from the worker thread); the engine delivers a step's events together, and a job that
+        does not stream gets its tokens with its FinishEvent."""
+        if not self.req.stream and isinstance(event, TokenEvent):
+            self.held.append(event)
+            return
+        self.engine.outbox.extend((self, e) for e in self.held)
+        self.held.clear()
         self.engine.outbox.append((self, event))
 
     def finish(self, reason: FinishReason, message: str = "") -> None:

@@ -60,12 +60,13 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
     async def timed(self, job: Job) -> AsyncIterator:
-        """job.events(), observing time to first token and inter-token latency as the client sees them."""
+        """job.events(), observing time to first token and inter-token latency as the engine produced them (a
+        response that does not stream receives them all at its end)."""
         start = last = time.perf_counter()
         first = True
         async for event in job.events():
             if isinstance(event, TokenEvent):
-                now = time.perf_counter()
+                now = event.at
                 if first:
                     self.ttft.observe(now - start)
                 else:

@@ -117,6 +117,30 @@ def test_tokens_come_in_order_and_the_job_finishes_at_its_length():
     assert ("move", runner.prefill_row, 0, 2) in runner.calls, "prefilled aside, then moved into row 0"
 
 
+def test_a_job_that_does_not_stream_gets_its_tokens_with_its_finish():
+    runner = FakeRunner()
+    runner.step_seconds = 0.01
+
+    async def scenario(engine):
+        streamed, whole = engine.submit(request(b"ab", 6)), engine.submit(request(b"ab", 6, stream=False))
+        arrivals = {}
+
+        async def arrival_times(name, job):
+            arrivals[name] = [(time.perf_counter(), event) async for event in job.events()]
+
+        await asyncio.gather(arrival_times("streamed", streamed), arrival_times("whole", whole))
+        return arrivals
+
+    arrivals = run(runner, scenario)
+    whole_times = [t for t, _ in arrivals["whole"]]
+    assert whole_times[-1] - whole_times[0] < 0.005, "all seven events came together"
+    streamed_times = [t for t, _ in arrivals["streamed"]]
+    assert streamed_times[-1] - streamed_times[0] > 0.04, "one token per step"
+    assert [e.id for _, e in arrivals["whole"][:-1]] == [e.id for _, e in arrivals["streamed"][:-1]], "same tokens"
+    produced = [e.at for _, e in arrivals["whole"][:-1]]
+    assert produced == sorted(produced) and produced[-1] - produced[0] > 0.04, "stamped when they were made"
+
+
 def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps():
     runner = FakeRunner()
     runner.step_seconds = 0.01

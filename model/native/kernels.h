@@ -9,6 +9,8 @@
 //   ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)), the rest in order, times 1/sqrt(head_dim); the softmax is
 //   scalar (expf, sums in key order); each output element sums probability * value in key order.
 // - Every other element-wise loop rounds each element once per operation, as scalar code.
+// - Denormal inputs and results are zero (FlushDenormals, around all of it): attention's tiny probabilities
+//   would otherwise cost a microcode assist per multiplication. The same on every x86 path.
 // - An int8 dot product sums the int8 x int8 products of each group of inputs exactly, in int32 (any order
 //   gives the same integer), then, group after group: acc = acc + float(sum) * (activation scale * weight scale).
 //   AVX2 multiplies |x| by w with x's sign (vpmaddubsw); VNNI multiplies x + 128 by w (vpdpbusd) and subtracts
@@ -318,6 +320,20 @@ __attribute__((target("avx2,avx512f,avx512vl,avx512vnni"))) void q8_block_vnni(c
   for (int c = 0; c < C; c++) _mm_storeu_ps(out + c * 4, acc[c]);
 }
 #endif
+
+// ------------------------------------------------------------------ denormals
+
+// Flush-to-zero and denormals-are-zero for the calling thread while it lives (x86; elsewhere nothing).
+class FlushDenormals {
+ public:
+#ifdef TINYLLM_X86
+  FlushDenormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040); }  // FTZ (bit 15) | DAZ (bit 6)
+  ~FlushDenormals() { _mm_setcsr(saved_); }
+
+ private:
+  unsigned saved_;
+#endif
+};
 
 // ------------------------------------------------------------------ choosing a path
 

@@ -87,6 +87,7 @@ void matmul(const Linear& L, const Kernels& kern, const float* x, int64_t rows, 
     const Q8Activations xa = xq.quantize(kern, x, rows, L.in, L.group);
     const Q8Weights w = L.int8();
     at::parallel_for(0, L.blocks, grain(4 * L.in * rows), [&](int64_t begin, int64_t end) {
+      const FlushDenormals flush;  // in each thread that runs a part
       float tile[8];
       for (int64_t block = begin; block < end; block++) {
         const int64_t n0 = 4 * block, nn = std::min<int64_t>(4, L.out - n0);
@@ -100,6 +101,7 @@ void matmul(const Linear& L, const Kernels& kern, const float* x, int64_t rows, 
   } else {
     const float* w = L.weight.data_ptr<float>();
     at::parallel_for(0, L.out, grain(L.in * rows), [&](int64_t begin, int64_t end) {
+      const FlushDenormals flush;  // in each thread that runs a part
       for (int64_t n = begin; n < end; n++)
         for (int64_t e = 0; e < rows; e++) out[e * L.out + n] = kern.dot_f32(x + e * L.in, w + n * L.in, L.in);
     });
@@ -179,6 +181,7 @@ class Step {
   void forward(at::Tensor tokens, at::Tensor rows, at::Tensor positions, std::vector<at::Tensor> k_cache,
                std::vector<at::Tensor> v_cache, at::Tensor logits_for, at::Tensor logits_out,
                at::Tensor attention_for, at::Tensor attention_out) {
+    const FlushDenormals flush;  // for the serial parts; each parallel part sets it in its own thread
     const int64_t E = tokens.numel();
     TORCH_CHECK(rows.numel() == E && positions.numel() == E, "tokens, rows and positions differ in length");
     TORCH_CHECK(int64_t(k_cache.size()) == n_layer_ && int64_t(v_cache.size()) == n_layer_, "one cache per layer");
@@ -250,6 +253,7 @@ class Step {
         }
       }
       at::parallel_for(0, E * H, grain(8 * hs * 64), [&](int64_t begin, int64_t end) {
+      const FlushDenormals flush;  // in each thread that runs a part
         std::vector<float> scores(max_len);
         for (int64_t item = begin; item < end; item++) {
           const int64_t e = item / H, head = item % H, n_keys = pos[e] + 1;

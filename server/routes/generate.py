@@ -110,6 +110,7 @@ def engine_request(body: GenerateRequest, cfg: ModelConfig, settings: Settings) 
         heads_off=check_heads_off(body.heads_off, cfg),
         explain_top=body.explain.top if body.explain is not None else 0,
         timeout=settings.request_timeout,
+        stream=body.stream,
     )
     return req, truncated
 

@@ -194,6 +194,7 @@ def submit_all(
                             top_logprobs=top_n,
                             heads_off=heads_off,
                             timeout=timeout,
+                            stream=body.stream,
                         )
                     )
                 )
