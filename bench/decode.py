@@ -24,8 +24,9 @@ from bench.common import DEFAULT_CHECKPOINT, HuggingFace, copy_bandwidth, median
 from model import checkpoint, weight_forms
 from model.generate import generate
 from model.native import step as native
-from model.runner import Runner, Sequence
+from model.runner import Runner
 from model.sampling import SamplingParams
+from model.sequence import Sequence
 from server.process import running_server
 
 PROMPT = b"ROMEO:\nBut soft, what light through yonder window breaks?\n"

@@ -13,8 +13,9 @@ import torch
 
 from bench.common import DEFAULT_CHECKPOINT, median, plot, sync, table, write_doc
 from model import checkpoint
-from model.runner import Runner, Sequence
+from model.runner import Runner
 from model.sampling import SamplingParams
+from model.sequence import Sequence
 
 
 def timed(fn, device, repeats: int = 5) -> float:

@@ -23,8 +23,9 @@ from model.attribution import Attribution, attribute
 from model.explain import Walkthrough, explain
 from model.generate import FinishReason, TextAssembler, generate
 from model.lens import Lens, logit_lens
-from model.runner import Runner, TokenOutput
+from model.runner import Runner
 from model.sampling import SamplingParams
+from model.sequence import TokenOutput
 from model.tokenizer import tokenizer
 from model.trace import Ablation, Head, RecentRuns, Trace
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Generator
 
-from model.runner import Runner, Sequence, TokenOutput
+from model.runner import Runner
 from model.sampling import SamplingParams, random_seed
+from model.sequence import Sequence, TokenOutput
 from model.tokenizer import IncrementalDecoder
 
 

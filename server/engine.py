@@ -23,7 +23,8 @@ import time
 from collections.abc import Callable
 
 from model.generate import FinishReason, ends_before, finish_reason
-from model.runner import Runner, Scored, TokenOutput
+from model.runner import Runner, Scored
+from model.sequence import TokenOutput
 from server.jobs import EngineRequest, FinishEvent, Job, QueueFull, TokenEvent
 
 log = logging.getLogger("tinyllm.engine")

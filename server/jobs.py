@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 from model.attribution import Contribution
 from model.generate import FinishReason, TextAssembler
-from model.runner import Sequence
 from model.sampling import SamplingParams, random_seed
+from model.sequence import Sequence
 
 if TYPE_CHECKING:
     from server.engine import Engine

@@ -14,7 +14,8 @@ from safetensors import safe_open
 from model import TinyLLM, checkpoint
 from model.checkpoint import CheckpointError
 from model.config import ModelConfig
-from model.runner import Runner, Sequence
+from model.runner import Runner
+from model.sequence import Sequence
 from support import TINY_CONFIG, tiny_model
 
 IDS = torch.tensor([list(b"To be, or not to be: \xc3\xa9\xe6\x97\xa5")])

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from model.generate import FinishReason
-from model.runner import Sequence, TokenOutput
+from model.sequence import Sequence, TokenOutput
 from server.engine import Engine
 from server.jobs import EngineRequest, FinishEvent, QueueFull, TokenEvent
 from support import TINY_CONFIG

@@ -17,8 +17,9 @@ import torch
 
 from model.attribution import attribute
 from model.generate import generate
-from model.runner import Runner, Sequence
+from model.runner import Runner
 from model.sampling import SamplingParams
+from model.sequence import Sequence
 from model.trace import cached_step, run
 from support import random_ids, sharp_model
 

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from model.kv_cache import KVCache
-from model.runner import Runner, Sequence
+from model.runner import Runner
 from model.sampling import SamplingParams
+from model.sequence import Sequence
 from model.tokenizer import tokenizer
 from support import TINY_CONFIG, random_ids, sharp_model
 

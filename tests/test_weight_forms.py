@@ -12,8 +12,9 @@ import torch.nn.functional as F
 
 from model import checkpoint, weight_forms
 from model.config import ModelConfig
-from model.runner import Runner, Sequence
+from model.runner import Runner
 from model.sampling import SamplingParams
+from model.sequence import Sequence
 from support import random_ids, sharp_model, tiny_model
 
 

@@ -1,0 +1,68 @@
+"""A sequence as the runner sees it (its tokens, how to choose the next one, its UTF-8 state) and what the runner
+gives back for each chosen token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from model import trace, utf8
+from model.attribution import Attribution
+from model.sampling import SamplingParams
+
+
+@dataclass
+class Sequence:
+    """One sequence as the runner sees it: its tokens so far and how to choose the next one."""
+
+    tokens: list[int]  # the prompt, then the generated tokens
+    n_prompt: int
+    params: SamplingParams = SamplingParams()
+    seed: int = 0  # with the generation step, all a draw depends on (model.sampling.exponential_noise)
+    top_logprobs: int = 0  # alternatives to report with each token
+    attention: tuple[list[int], list[int]] | None = None  # (layers, heads) whose attention rows to report
+    heads_off: list[trace.Head] = field(default_factory=list)  # heads switched off (zeros): the exact model
+    explain: bool = False  # split each chosen byte's logit by what pushed it (model.attribution): the exact model
+    utf8_state: int = utf8.START  # of the tokens so far (model.utf8); kept by append()
+
+    def __post_init__(self):
+        if self.params.valid_utf8:
+            state = utf8.state_after(self.tokens)
+            if state is None:
+                raise ValueError("the prompt is not valid UTF-8 (sample with valid_utf8=False to continue it)")
+            self.utf8_state = state
+
+    @property
+    def generated(self) -> int:
+        return len(self.tokens) - self.n_prompt
+
+    @property
+    def exact(self) -> bool:
+        """Whether it runs in the exact model, alone (prefill_exact, decode_exact) rather than in the batched step."""
+        return bool(self.heads_off) or self.explain
+
+    def append(self, token: int) -> None:
+        self.tokens.append(token)
+        if self.params.valid_utf8:
+            self.utf8_state = utf8.advance(self.utf8_state, token)
+
+    def due_after(self, token: int) -> int:
+        """How many more bytes the text would need after `token` to end on a whole character (0 without the
+        UTF-8 rule)."""
+        return utf8.DUE[utf8.advance(self.utf8_state, token)] if self.params.valid_utf8 else 0
+
+
+@dataclass
+class TokenOutput:
+    """A chosen token, with what the model said about it."""
+
+    token: int
+    logprobs: torch.Tensor  # (vocab,) float32 on the CPU: log-softmax of the raw logits
+    top_logprobs: list[tuple[int, float]]  # the most likely tokens, most likely first
+    attention: list[torch.Tensor] | None  # per chosen layer (chosen heads, keys): the row that chose it
+    explain: Attribution | None = None  # with Sequence.explain: the pushes on its logit where it was chosen
+
+    @property
+    def logprob(self) -> float:
+        return float(self.logprobs[self.token])
