@@ -23,8 +23,10 @@ Generation (prefill and decode) runs in one of two steps:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 
 import torch
 import torch.nn.functional as F
@@ -238,6 +240,17 @@ class Runner:
                 log.exception("sampling failed")
                 tokens.append(None)
         return tokens
+
+    @contextlib.contextmanager
+    def every_core(self):
+        """For a whole-text pass (scoring, attention maps, inspection) on the engine's thread: the decode steps wait
+        for it anyway, so it may use every core, not only the step's threads."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
 
     def move(self, src: int, dst: int, length: int) -> None:
         """Copy cache row src's first `length` positions into row dst."""

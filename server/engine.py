@@ -143,7 +143,8 @@ class Engine:
                 fn, fut = self.calls.popleft()
             if fut.set_running_or_notify_cancel():
                 try:
-                    fut.set_result(fn())
+                    with self.runner.every_core():
+                        fut.set_result(fn())
                 except Exception as e:  # the caller gets the exception
                     fut.set_exception(e)
             worked = True

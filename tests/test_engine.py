@@ -7,6 +7,7 @@ that job's tokens: row compaction, chunked prefill and the move from the prefill
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -67,6 +68,11 @@ class FakeRunner:
 
     def decode_exact(self, seq: Sequence, row: int) -> TokenOutput | None:
         return self.prefill_exact(seq, row, len(seq.tokens) - 1, len(seq.tokens))
+
+    @contextlib.contextmanager
+    def every_core(self):
+        self.calls.append(("every_core",))
+        yield
 
     def move(self, src: int, dst: int, length: int) -> None:
         self.calls.append(("move", src, dst, length))
