@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 #include <c10/util/Exception.h>
@@ -41,16 +42,17 @@ struct Q8Activations {
   int64_t n, group;
 };
 
-// An int8 weight matrix in blocks of 4 output rows (the last block padded with zero rows); per block and group
-// the 4 rows' scales side by side, and the sums of their weights (for VNNI's offset).
+// An int8 weight matrix in blocks of R output rows (the last block padded with zero rows): per block, the R rows
+// one after the other, or (VNNI) interleaved by 4 inputs, [n / 4][R][4]; per block and group the R rows' scales
+// side by side, and the sums of their weights (for VNNI's offset).
 struct Q8Weights {
-  const int8_t* q;      // (blocks * 4, n)
-  const float* scale;   // (blocks, n / group, 4)
-  const int32_t* sum;   // (blocks, n / group, 4)
+  const int8_t* q;      // (blocks, R * n)
+  const float* scale;   // (blocks, n / group, R)
+  const int32_t* sum;   // (blocks, n / group, R)
   int64_t n, group;
 };
 
-// out[c * 4 + r] = x[e0 + c] . w[4 * block + r] for r < 4, c < C.
+// out[c * R + r] = x[e0 + c] . w[R * block + r] for r < R, c < C.
 using Q8Block = void (*)(const Q8Weights&, const Q8Activations&, int64_t block, int64_t e0, float* out);
 using DotF32 = float (*)(const float*, const float*, int64_t);
 // One query's attention over n keys and values ((n, hs) rows); probs and out get n and hs floats.
@@ -289,36 +291,39 @@ __attribute__((target("avx2"))) void q8_block_avx2(const Q8Weights& w, const Q8A
 
 // ------------------------------------------------------------------ AVX-512 VNNI (on 256-bit vectors)
 
+// Blocks of 8 rows interleaved by 4 inputs: one vpdpbusd multiplies 4 activation bytes (broadcast) by 4 bytes of
+// each of the 8 rows, so each lane is one row's sum and a group needs no horizontal sum.
 template <int C, int CHUNKS>
-__attribute__((target("avx2,avx512f,avx512vl,avx512vnni"))) void q8_block_vnni(const Q8Weights& w,
-                                                                              const Q8Activations& x, int64_t block,
-                                                                              int64_t e0, float* out) {
+__attribute__((target("avx2,avx512f,avx512vl,avx512vnni"))) void q8_block8_vnni(const Q8Weights& w,
+                                                                               const Q8Activations& x, int64_t block,
+                                                                               int64_t e0, float* out) {
   const int64_t groups = w.n / w.group;  // w.group == 32 * CHUNKS
-  const int8_t* wq = w.q + 4 * block * w.n;
-  __m128 acc[C];
-  for (int c = 0; c < C; c++) acc[c] = _mm_setzero_ps();
+  const int8_t* wq = w.q + 8 * block * w.n;
+  __m256 acc[C];
+  for (int c = 0; c < C; c++) acc[c] = _mm256_setzero_ps();
   for (int64_t g = 0; g < groups; g++) {
-    __m256i sum[4][C];
-    for (int r = 0; r < 4; r++)
-      for (int c = 0; c < C; c++) sum[r][c] = _mm256_setzero_si256();
-    for (int64_t k = g * w.group; k < g * w.group + 32 * CHUNKS; k += 32) {
-      __m256i xp[C];
-      for (int c = 0; c < C; c++)
-        xp[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.plus + (e0 + c) * w.n + k));
-      for (int r = 0; r < 4; r++) {
-        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq + r * w.n + k));
-        for (int c = 0; c < C; c++) sum[r][c] = _mm256_dpbusd_epi32(sum[r][c], xp[c], wv);  // (x + 128) * w
+    __m256i sum[C];
+    for (int c = 0; c < C; c++) sum[c] = _mm256_setzero_si256();
+    for (int64_t k = g * w.group; k < g * w.group + 32 * CHUNKS; k += 4) {
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq + 8 * k));  // 8 rows x 4 bytes
+      for (int c = 0; c < C; c++) {
+        int32_t four;
+        std::memcpy(&four, x.plus + (e0 + c) * w.n + k, 4);
+        sum[c] = _mm256_dpbusd_epi32(sum[c], _mm256_set1_epi32(four), wv);  // (x + 128) * w
       }
     }
-    const __m128i sums_w = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.sum + (block * groups + g) * 4));
-    const __m128i offset = _mm_slli_epi32(sums_w, 7);  // 128 * sum(w)
+    const int64_t at = (block * groups + g) * 8;
+    const __m256i offset = _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.sum + at)), 7);
+    const __m256 wscale = _mm256_loadu_ps(w.scale + at);
     for (int c = 0; c < C; c++) {
-      const __m128i sums = _mm_sub_epi32(hsum_rows(sum[0][c], sum[1][c], sum[2][c], sum[3][c]), offset);
-      acc[c] = scale_add(acc[c], sums, x.scale[(e0 + c) * groups + g], w.scale + (block * groups + g) * 4);
+      const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(x.scale[(e0 + c) * groups + g]), wscale);
+      const __m256 sums = _mm256_cvtepi32_ps(_mm256_sub_epi32(sum[c], offset));
+      acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(sums, scale));
     }
   }
-  for (int c = 0; c < C; c++) _mm_storeu_ps(out + c * 4, acc[c]);
+  for (int c = 0; c < C; c++) _mm256_storeu_ps(out + c * 8, acc[c]);
 }
+
 #endif
 
 // ------------------------------------------------------------------ denormals
@@ -337,14 +342,18 @@ class FlushDenormals {
 
 // ------------------------------------------------------------------ choosing a path
 
-// The kernels of one path: int8 blocks for 1 and 2 entries at a time, for groups of 32 and 64 inputs
-// (q8[entries - 1][group / 32 - 1]); float dot products; one query's attention; quantizing activations.
+// The kernels of one path: float dot products; one query's attention; quantizing activations; int8 blocks of
+// `rows` weight rows (interleaved by 4 inputs or not) for 1 to `entries` entries at a time, for groups of 32 and
+// 64 inputs (q8[entries - 1][group / 32 - 1]).
 struct Kernels {
   std::string name;
   DotF32 dot_f32;
   Attend attend;
   Quantize quantize;
-  Q8Block q8[2][2];
+  int rows;
+  bool interleaved;
+  int entries;
+  Q8Block q8[4][2];
 };
 
 inline bool cpu_has(const std::string& name) {
@@ -366,13 +375,16 @@ inline Kernels kernels_named(const std::string& name) {
   TORCH_CHECK(cpu_has(chosen), "this CPU cannot run the ", chosen, " kernels");
 #ifdef TINYLLM_X86
   if (chosen == "vnni")
-    return {"vnni", dot_f32_avx2, attend_avx2, quantize_avx2,
-            {{q8_block_vnni<1, 1>, q8_block_vnni<1, 2>}, {q8_block_vnni<2, 1>, q8_block_vnni<2, 2>}}};
+    return {"vnni", dot_f32_avx2, attend_avx2, quantize_avx2, 8, true, 4,
+            {{q8_block8_vnni<1, 1>, q8_block8_vnni<1, 2>},
+             {q8_block8_vnni<2, 1>, q8_block8_vnni<2, 2>},
+             {q8_block8_vnni<3, 1>, q8_block8_vnni<3, 2>},
+             {q8_block8_vnni<4, 1>, q8_block8_vnni<4, 2>}}};
   if (chosen == "avx2")
-    return {"avx2", dot_f32_avx2, attend_avx2, quantize_avx2,
+    return {"avx2", dot_f32_avx2, attend_avx2, quantize_avx2, 4, false, 2,
             {{q8_block_avx2<1, 1>, q8_block_avx2<1, 2>}, {q8_block_avx2<2, 1>, q8_block_avx2<2, 2>}}};
 #endif
-  return {"scalar", dot_f32_scalar, attend_scalar, quantize_scalar,
+  return {"scalar", dot_f32_scalar, attend_scalar, quantize_scalar, 4, false, 2,
           {{q8_block_scalar<1, 1>, q8_block_scalar<1, 2>}, {q8_block_scalar<2, 1>, q8_block_scalar<2, 2>}}};
 }
 

@@ -54,25 +54,30 @@ struct QuantizedRows {
 struct Linear {
   int64_t out = 0, in = 0;
   at::Tensor weight;  // float32 (out, in)
-  // int8: rows in blocks of 4 (zero rows pad the last), per block and group the 4 scales and weight sums
-  int64_t group = 0, blocks = 0;
+  // int8 (Q8Weights): rows in blocks of R (zero rows pad the last), laid out as the kernels read them
+  int64_t group = 0, blocks = 0, R = 0;
   std::vector<int8_t> q;
   std::vector<float> scale;
   std::vector<int32_t> sum;
 
-  void pack_int8(const at::Tensor& q8, const at::Tensor& scales, int64_t group_) {
-    out = q8.size(0), in = q8.size(1), group = group_, blocks = (out + 3) / 4;
+  void pack_int8(const at::Tensor& q8, const at::Tensor& scales, int64_t group_, const Kernels& kern) {
+    out = q8.size(0), in = q8.size(1), group = group_, R = kern.rows, blocks = (out + R - 1) / R;
     const int64_t groups = in / group;
-    q.assign(blocks * 4 * in, 0), scale.assign(blocks * groups * 4, 0.0f), sum.assign(blocks * groups * 4, 0);
+    q.assign(blocks * R * in, 0), scale.assign(blocks * groups * R, 0.0f), sum.assign(blocks * groups * R, 0);
     const int8_t* src = q8.data_ptr<int8_t>();
     const float* sc = scales.data_ptr<float>();
-    std::copy(src, src + out * in, q.begin());
-    for (int64_t n = 0; n < out; n++)
+    for (int64_t n = 0; n < out; n++) {
+      const int64_t block = n / R, r = n % R;
+      for (int64_t k = 0; k < in; k++) {
+        const int64_t at = kern.interleaved ? ((k / 4) * R + r) * 4 + k % 4 : r * in + k;
+        q[block * R * in + at] = src[n * in + k];
+      }
       for (int64_t g = 0; g < groups; g++) {
-        const int64_t at = ((n / 4) * groups + g) * 4 + n % 4;
+        const int64_t at = (block * groups + g) * R + r;
         scale[at] = sc[n * groups + g];
         for (int64_t k = g * group; k < (g + 1) * group; k++) sum[at] += src[n * in + k];
       }
+    }
   }
 
   Q8Weights int8() const { return {q.data(), scale.data(), sum.data(), in, group}; }
@@ -80,21 +85,22 @@ struct Linear {
 
 int64_t grain(int64_t per_item_work) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, per_item_work)); }
 
-// out[e, n] = x[e] . W[n] for `rows` entries. Threads split the output rows, in blocks of 4; each block of
-// weights is read once for all entries.
+// out[e, n] = x[e] . W[n] for `rows` entries. Threads split the output rows, in blocks (of 4 or 8 rows); each
+// block of weights is read once for all entries.
 void matmul(const Linear& L, const Kernels& kern, const float* x, int64_t rows, float* out, QuantizedRows& xq) {
   if (L.group) {
     const Q8Activations xa = xq.quantize(kern, x, rows, L.in, L.group);
     const Q8Weights w = L.int8();
-    at::parallel_for(0, L.blocks, grain(4 * L.in * rows), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, L.blocks, grain(L.R * L.in * rows), [&](int64_t begin, int64_t end) {
       const FlushDenormals flush;  // in each thread that runs a part
-      float tile[8];
+      float tile[32];
       for (int64_t block = begin; block < end; block++) {
-        const int64_t n0 = 4 * block, nn = std::min<int64_t>(4, L.out - n0);
-        for (int64_t e0 = 0; e0 < rows; e0 += 2) {
-          const int64_t ne = std::min<int64_t>(2, rows - e0);
+        const int64_t n0 = L.R * block, nn = std::min<int64_t>(L.R, L.out - n0);
+        for (int64_t e0 = 0; e0 < rows; e0 += kern.entries) {
+          const int64_t ne = std::min<int64_t>(kern.entries, rows - e0);
           kern.q8[ne - 1][L.group / 32 - 1](w, xa, block, e0, tile);
-          for (int64_t c = 0; c < ne; c++) std::copy(tile + 4 * c, tile + 4 * c + nn, out + (e0 + c) * L.out + n0);
+          for (int64_t c = 0; c < ne; c++)
+            std::copy(tile + L.R * c, tile + L.R * c + nn, out + (e0 + c) * L.out + n0);
         }
       }
     });
@@ -160,7 +166,7 @@ class Step {
         TORCH_CHECK((group == 32 || group == 64) && in % group == 0, "int8 groups must be 32 or 64 and divide ", in);
         check(scales[i], at::kFloat, "scale");
         TORCH_CHECK(scales[i].size(0) == weights[i].size(0) && scales[i].size(1) == in / group, "scale shape");
-        L.pack_int8(weights[i], scales[i], group);
+        L.pack_int8(weights[i], scales[i], group, kern_);
       } else {
         L.weight = weights[i], L.out = L.weight.size(0), L.in = L.weight.size(1);
       }
