@@ -289,41 +289,39 @@ __attribute__((target("avx2"))) void q8_block_avx2(const Q8Weights& w, const Q8A
   for (int c = 0; c < C; c++) _mm_storeu_ps(out + c * 4, acc[c]);
 }
 
-// ------------------------------------------------------------------ AVX-512 VNNI (on 256-bit vectors)
+// ------------------------------------------------------------------ AVX-512 VNNI
 
-// Blocks of 8 rows interleaved by 4 inputs: one vpdpbusd multiplies 4 activation bytes (broadcast) by 4 bytes of
-// each of the 8 rows, so each lane is one row's sum and a group needs no horizontal sum.
+// Blocks of 16 rows interleaved by 4 inputs: one vpdpbusd multiplies 4 activation bytes (broadcast) by 4 bytes of
+// each of the 16 rows, so each lane is one row's sum and a group needs no horizontal sum.
 template <int C, int CHUNKS>
-__attribute__((target("avx2,avx512f,avx512vl,avx512vnni"))) void q8_block8_vnni(const Q8Weights& w,
-                                                                               const Q8Activations& x, int64_t block,
-                                                                               int64_t e0, float* out) {
+__attribute__((target("avx2,avx512f,avx512bw,avx512vl,avx512vnni"))) void q8_block16_vnni(
+    const Q8Weights& w, const Q8Activations& x, int64_t block, int64_t e0, float* out) {
   const int64_t groups = w.n / w.group;  // w.group == 32 * CHUNKS
-  const int8_t* wq = w.q + 8 * block * w.n;
-  __m256 acc[C];
-  for (int c = 0; c < C; c++) acc[c] = _mm256_setzero_ps();
+  const int8_t* wq = w.q + 16 * block * w.n;
+  __m512 acc[C];
+  for (int c = 0; c < C; c++) acc[c] = _mm512_setzero_ps();
   for (int64_t g = 0; g < groups; g++) {
-    __m256i sum[C];
-    for (int c = 0; c < C; c++) sum[c] = _mm256_setzero_si256();
+    __m512i sum[C];
+    for (int c = 0; c < C; c++) sum[c] = _mm512_setzero_si512();
     for (int64_t k = g * w.group; k < g * w.group + 32 * CHUNKS; k += 4) {
-      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq + 8 * k));  // 8 rows x 4 bytes
+      const __m512i wv = _mm512_loadu_si512(wq + 16 * k);  // 16 rows x 4 bytes
       for (int c = 0; c < C; c++) {
         int32_t four;
         std::memcpy(&four, x.plus + (e0 + c) * w.n + k, 4);
-        sum[c] = _mm256_dpbusd_epi32(sum[c], _mm256_set1_epi32(four), wv);  // (x + 128) * w
+        sum[c] = _mm512_dpbusd_epi32(sum[c], _mm512_set1_epi32(four), wv);  // (x + 128) * w
       }
     }
-    const int64_t at = (block * groups + g) * 8;
-    const __m256i offset = _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.sum + at)), 7);
-    const __m256 wscale = _mm256_loadu_ps(w.scale + at);
+    const int64_t at = (block * groups + g) * 16;
+    const __m512i offset = _mm512_slli_epi32(_mm512_loadu_si512(w.sum + at), 7);  // 128 * sum(w)
+    const __m512 wscale = _mm512_loadu_ps(w.scale + at);
     for (int c = 0; c < C; c++) {
-      const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(x.scale[(e0 + c) * groups + g]), wscale);
-      const __m256 sums = _mm256_cvtepi32_ps(_mm256_sub_epi32(sum[c], offset));
-      acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(sums, scale));
+      const __m512 scale = _mm512_mul_ps(_mm512_set1_ps(x.scale[(e0 + c) * groups + g]), wscale);
+      const __m512 sums = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum[c], offset));
+      acc[c] = _mm512_add_ps(acc[c], _mm512_mul_ps(sums, scale));
     }
   }
-  for (int c = 0; c < C; c++) _mm256_storeu_ps(out + c * 8, acc[c]);
+  for (int c = 0; c < C; c++) _mm512_storeu_ps(out + c * 16, acc[c]);
 }
-
 #endif
 
 // ------------------------------------------------------------------ denormals
@@ -343,8 +341,8 @@ class FlushDenormals {
 // ------------------------------------------------------------------ choosing a path
 
 // The kernels of one path: float dot products; one query's attention; quantizing activations; int8 blocks of
-// `rows` weight rows (interleaved by 4 inputs or not) for 1 to `entries` entries at a time, for groups of 32 and
-// 64 inputs (q8[entries - 1][group / 32 - 1]).
+// `rows` weight rows (interleaved by 4 inputs or not) for 1 to `entries` entries at a time (up to 8: enough
+// independent sums to keep the multipliers busy), for groups of 32 and 64 inputs (q8[entries - 1][group/32 - 1]).
 struct Kernels {
   std::string name;
   DotF32 dot_f32;
@@ -353,14 +351,15 @@ struct Kernels {
   int rows;
   bool interleaved;
   int entries;
-  Q8Block q8[4][2];
+  Q8Block q8[8][2];
 };
 
 inline bool cpu_has(const std::string& name) {
 #ifdef TINYLLM_X86
   if (name == "avx2") return __builtin_cpu_supports("avx2");
   if (name == "vnni")
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512vl") &&
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
            __builtin_cpu_supports("avx512vnni");
 #endif
   return name == "scalar";
@@ -375,11 +374,15 @@ inline Kernels kernels_named(const std::string& name) {
   TORCH_CHECK(cpu_has(chosen), "this CPU cannot run the ", chosen, " kernels");
 #ifdef TINYLLM_X86
   if (chosen == "vnni")
-    return {"vnni", dot_f32_avx2, attend_avx2, quantize_avx2, 8, true, 4,
-            {{q8_block8_vnni<1, 1>, q8_block8_vnni<1, 2>},
-             {q8_block8_vnni<2, 1>, q8_block8_vnni<2, 2>},
-             {q8_block8_vnni<3, 1>, q8_block8_vnni<3, 2>},
-             {q8_block8_vnni<4, 1>, q8_block8_vnni<4, 2>}}};
+    return {"vnni", dot_f32_avx2, attend_avx2, quantize_avx2, 16, true, 8,
+            {{q8_block16_vnni<1, 1>, q8_block16_vnni<1, 2>},
+             {q8_block16_vnni<2, 1>, q8_block16_vnni<2, 2>},
+             {q8_block16_vnni<3, 1>, q8_block16_vnni<3, 2>},
+             {q8_block16_vnni<4, 1>, q8_block16_vnni<4, 2>},
+             {q8_block16_vnni<5, 1>, q8_block16_vnni<5, 2>},
+             {q8_block16_vnni<6, 1>, q8_block16_vnni<6, 2>},
+             {q8_block16_vnni<7, 1>, q8_block16_vnni<7, 2>},
+             {q8_block16_vnni<8, 1>, q8_block16_vnni<8, 2>}}};
   if (chosen == "avx2")
     return {"avx2", dot_f32_avx2, attend_avx2, quantize_avx2, 4, false, 2,
             {{q8_block_avx2<1, 1>, q8_block_avx2<1, 2>}, {q8_block_avx2<2, 1>, q8_block_avx2<2, 2>}}};

@@ -93,7 +93,7 @@ void matmul(const Linear& L, const Kernels& kern, const float* x, int64_t rows, 
     const Q8Weights w = L.int8();
     at::parallel_for(0, L.blocks, grain(L.R * L.in * rows), [&](int64_t begin, int64_t end) {
       const FlushDenormals flush;  // in each thread that runs a part
-      float tile[32];
+      float tile[128];  // up to 8 entries x 16 rows
       for (int64_t block = begin; block < end; block++) {
         const int64_t n0 = L.R * block, nn = std::min<int64_t>(L.R, L.out - n0);
         for (int64_t e0 = 0; e0 < rows; e0 += kern.entries) {
