@@ -15,7 +15,7 @@ from model import checkpoint
 from server.app import create_app
 from server.config import Settings
 from server.process import running_server
-from support import tiny_model, wait_healthy
+from support import sharp_model, tiny_model, wait_healthy
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +25,21 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     training = {"step": 0, "bytes_seen": 0, "val_loss": None, "note": "random weights for tests", "seed": 0}
     checkpoint.save(path, tiny_model(seed=0), training=training)
     return path
+
+
+@pytest.fixture(scope="session")
+def sharp(tmp_path_factory) -> Path:
+    """A checkpoint of a tiny random model whose attention is far from uniform (2 layers x 2 heads, context 64),
+    named "sharp": for the inspection tests, whose numbers are tested against an independent reference."""
+    path = tmp_path_factory.mktemp("sharp") / "sharp"
+    checkpoint.save(path, sharp_model(seed=7), training={"note": "random weights, sharp attention"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def sharp_server(sharp):
+    with running_server(sharp) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

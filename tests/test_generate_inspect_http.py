@@ -22,24 +22,14 @@ from model.attribution import attribute
 from model.native import step as native
 from model.trace import run
 from reference import reference
-from server.process import running_server
-from support import assert_envelope, sharp_model, sse_events
+from support import assert_envelope, sse_events
 
 PROMPT = "ROMEO: But, soft!"
 
 
 @pytest.fixture(scope="module")
-def sharp(tmp_path_factory):
-    """A tiny random model whose attention is far from uniform (2 layers x 2 heads, context 64)."""
-    path = tmp_path_factory.mktemp("generate-inspect") / "sharp"
-    checkpoint.save(path, sharp_model(seed=11), training={"note": "random weights, sharp attention"})
-    return path
-
-
-@pytest.fixture(scope="module")
-def server(sharp):
-    with running_server(sharp) as s:
-        yield s
+def server(sharp_server):
+    return sharp_server
 
 
 def generate(server, **body) -> dict:

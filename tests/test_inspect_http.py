@@ -16,28 +16,12 @@ import httpx
 import numpy as np
 import pytest
 
-from model import checkpoint
 from reference import reference
-from server.process import running_server
-from support import assert_envelope, sharp_model
+from support import assert_envelope
 
 TEXT = "ROMEO: But, soft! é☃ what light?"
 IDS = list(TEXT.encode())
 T = len(IDS)
-
-
-@pytest.fixture(scope="module")
-def sharp(tmp_path_factory):
-    """A tiny random model whose attention is far from uniform (2 layers x 2 heads, context 64)."""
-    path = tmp_path_factory.mktemp("inspect-http") / "sharp"
-    checkpoint.save(path, sharp_model(seed=7), training={"note": "random weights, sharp attention"})
-    return path
-
-
-@pytest.fixture(scope="module")
-def sharp_server(sharp):
-    with running_server(sharp) as s:
-        yield s
 
 
 def post(server, path: str, **body) -> dict:
