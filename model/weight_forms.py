@@ -32,31 +32,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model import checkpoint
-from model.config import ModelConfig
 from model.model import Transformer
+from model.native import step as native
+from model.quantize import int8_group, quantize_groups
 
 FORMS = ("float32", "bfloat16", "int8")
 QUALITY_FILE = "weight_forms.json"
 MAX_LOSS_INCREASE = 0.01  # nats per byte a reduced form may cost and still serve by default
-
-
-def int8_group(cfg: ModelConfig) -> int | None:
-    """How many inputs share one int8 scale: 64 (as llama2.c's runq), or 32 (llama.cpp's Q8_0) where the model's
-    widths are not multiples of 64; None when they are not multiples of 32 (no int8 form)."""
-    for group in (64, 32):
-        if cfg.d_model % group == 0 and cfg.mlp_hidden % group == 0:
-            return group
-    return None
-
-
-def quantize_groups(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 per group of `group` values along the last axis: x ≈ q * scale, q = round(x / scale) in
-    [-127, 127], scale = max|x| / 127 per group. Returns q as float32 (..., K/group, group) and scale
-    (..., K/group, 1): the same arithmetic as the native step's activations (model/native/step.cpp)."""
-    xg = x.detach().float().unflatten(-1, (-1, group))  # (..., K/group, group)
-    scale = xg.abs().amax(-1, keepdim=True) / 127.0
-    inv = torch.where(scale != 0, 1.0 / scale, torch.zeros_like(scale))
-    return torch.round(xg * inv).clamp(-127, 127), scale
 
 
 class BFloat16Linear(nn.Module):
@@ -168,8 +150,6 @@ def validation_loss(logits_of, data: bytes, context: int, batch: int = 16) -> fl
 def form_logits(model: Transformer, form: str):
     """The function from windows to logits that serves `form` on this machine: the native step's where it has the
     form, else the torch decoder's. The record is measured with what serves."""
-    from model.native import step as native  # it imports this module: here, not at the top
-
     if native.why_not(model, form) is None:
         return native.NativeStep(model, form).logits, "native step"
     dec = decoder(model, form)

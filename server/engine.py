@@ -72,7 +72,7 @@ class Engine:
 
     def submit(self, req: EngineRequest) -> Job:
         """Queue a request; iterate the returned job's events(). Raises QueueFull when the queue is full."""
-        job = Job(req, asyncio.get_running_loop(), self)
+        job = Job(req, asyncio.get_running_loop(), self.outbox, self.wake)
         with self.lock:
             if job.seq.exact:
                 waiting, slots, free_slots = self.exact_waiting, self.runner.exact_rows, len(self.free_exact_rows)
@@ -132,7 +132,7 @@ class Engine:
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for job, event in self.outbox:
             by_loop.setdefault(job.loop, []).append((job.queue, event))
-        self.outbox = []
+        self.outbox.clear()  # in place: the jobs hold this list
         for loop, events in by_loop.items():
             loop.call_soon_threadsafe(_put_all, events)
 

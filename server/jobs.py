@@ -4,18 +4,15 @@ and its Job: its sequence, its cache row, and the asyncio queue its events go to
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from model.attribution import Contribution
 from model.generate import FinishReason, TextAssembler
 from model.sampling import SamplingParams, random_seed
 from model.sequence import Sequence
-
-if TYPE_CHECKING:
-    from server.engine import Engine
 
 
 class QueueFull(Exception):
@@ -66,9 +63,11 @@ class FinishEvent:
 class Job:
     """One request inside the engine: its sequence, its cache row, and the queue its events go to."""
 
-    def __init__(self, req: EngineRequest, loop: asyncio.AbstractEventLoop, engine: Engine):
+    def __init__(self, req: EngineRequest, loop: asyncio.AbstractEventLoop, outbox: list, wake: threading.Event):
+        """outbox: where the engine collects a step's events to deliver; wake: set to wake the engine's worker."""
         self.req = req
-        self.loop, self.queue, self.engine = loop, asyncio.Queue(), engine
+        self.loop, self.queue = loop, asyncio.Queue()
+        self.outbox, self.wake = outbox, wake
         self.seq = Sequence(
             list(req.prompt),
             len(req.prompt),
@@ -106,7 +105,7 @@ class Job:
     def cancel(self) -> None:
         """Stop generating; the worker frees the cache row at its next step (no-op once finished)."""
         self.cancelled = True
-        self.engine.wake.set()
+        self.wake.set()
 
     def emit(self, event) -> None:
         """Send an event (from the worker thread); the engine delivers a step's events together, and a job that
@@ -114,9 +113,9 @@ class Job:
         if not self.req.stream and isinstance(event, TokenEvent):
             self.held.append(event)
             return
-        self.engine.outbox.extend((self, e) for e in self.held)
+        self.outbox.extend((self, e) for e in self.held)
         self.held.clear()
-        self.engine.outbox.append((self, event))
+        self.outbox.append((self, event))
 
     def finish(self, reason: FinishReason, message: str = "") -> None:
         now = time.perf_counter()

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from model import checkpoint, weight_forms
 from model.config import ModelConfig
+from model.quantize import int8_group, quantize_groups
 from model.runner import Runner
 from model.sampling import SamplingParams
 from model.sequence import Sequence
@@ -30,14 +31,14 @@ def test_the_float32_decoder_is_the_model():
 def test_int8_quantizes_each_group_of_inputs_with_its_own_scale():
     w = torch.randn(48, 64, generator=torch.Generator().manual_seed(0))
     w[0, :32] *= 100  # one loud group must not cost the quiet ones their precision
-    q, scale = weight_forms.quantize_groups(w, 32)
+    q, scale = quantize_groups(w, 32)
     assert q.shape == (48, 2, 32) and scale.shape == (48, 2, 1)
     assert torch.equal(q, q.round()) and q.abs().max() <= 127
     assert (q.abs().amax(-1) == 127).all(), "each group uses the full range"
     dequantized = (q * scale).flatten(-2)
     assert ((dequantized - w).abs() <= scale.repeat_interleave(32, dim=1).squeeze(-1) / 2 + 1e-6).all()
     assert (dequantized[0, 32:] - w[0, 32:]).abs().max() < 0.02, "the quiet half keeps its own scale"
-    zero_q, zero_scale = weight_forms.quantize_groups(torch.zeros(2, 32), 32)
+    zero_q, zero_scale = quantize_groups(torch.zeros(2, 32), 32)
     assert (zero_q == 0).all() and (zero_scale == 0).all(), "an all-zero group is zeros, not NaN"
 
 
@@ -47,7 +48,7 @@ def test_int8_linear_multiplies_quantized_activations_by_quantized_weights():
     linear = weight_forms.Int8Linear(w, 32)
 
     def dequantized(t):
-        q, scale = weight_forms.quantize_groups(t, 32)
+        q, scale = quantize_groups(t, 32)
         return (q * scale).flatten(-2)
 
     torch.testing.assert_close(linear(x), dequantized(x) @ dequantized(w).t())
@@ -57,9 +58,9 @@ def test_int8_linear_multiplies_quantized_activations_by_quantized_weights():
 
 
 def test_the_int8_group_is_64_or_32_inputs():
-    assert weight_forms.int8_group(ModelConfig(d_model=384, n_head=6, mlp_hidden=1024)) == 64
-    assert weight_forms.int8_group(ModelConfig(d_model=32, n_head=2, mlp_hidden=64)) == 32
-    assert weight_forms.int8_group(ModelConfig(d_model=48, n_head=2, mlp_hidden=64)) is None
+    assert int8_group(ModelConfig(d_model=384, n_head=6, mlp_hidden=1024)) == 64
+    assert int8_group(ModelConfig(d_model=32, n_head=2, mlp_hidden=64)) == 32
+    assert int8_group(ModelConfig(d_model=48, n_head=2, mlp_hidden=64)) is None
 
 
 @pytest.mark.parametrize("form", ["bfloat16", "int8"])

@@ -17,7 +17,7 @@ import torch
 
 from model.kv_cache import KVCache
 from model.model import Transformer
-from model.weight_forms import int8_group, quantize_groups
+from model.quantize import int8_group, quantize_groups
 
 try:
     from model.native import _step
