@@ -142,7 +142,6 @@ def test_a_job_that_does_not_stream_gets_its_tokens_with_its_finish():
     streamed_times = [t for t, _ in arrivals["streamed"]]
     assert streamed_times[-1] - streamed_times[0] > 0.04, "one token per step"
     assert whole_times[-1] - whole_times[0] < (streamed_times[-1] - streamed_times[0]) / 4, "all seven came together"
-    assert whole_times[0] >= streamed_times[-2], "none before the last token was made"
     assert [e.id for _, e in arrivals["whole"][:-1]] == [e.id for _, e in arrivals["streamed"][:-1]], "same tokens"
     produced = [e.at for _, e in arrivals["whole"][:-1]]
     assert produced == sorted(produced) and produced[-1] - produced[0] > 0.04, "stamped when they were made"
