@@ -128,7 +128,7 @@ def test_a_job_that_does_not_stream_gets_its_tokens_with_its_finish():
     runner.step_seconds = 0.01
 
     async def scenario(engine):
-        streamed, whole = engine.submit(request(b"ab", 6)), engine.submit(request(b"ab", 6, stream=False))
+        streamed, whole = engine.submit(request(b"ab", 10)), engine.submit(request(b"ab", 10, stream=False))
         arrivals = {}
 
         async def arrival_times(name, job):
@@ -141,7 +141,7 @@ def test_a_job_that_does_not_stream_gets_its_tokens_with_its_finish():
     whole_times = [t for t, _ in arrivals["whole"]]
     streamed_times = [t for t, _ in arrivals["streamed"]]
     assert streamed_times[-1] - streamed_times[0] > 0.04, "one token per step"
-    assert whole_times[-1] - whole_times[0] < (streamed_times[-1] - streamed_times[0]) / 4, "all seven came together"
+    assert whole_times[-1] - whole_times[0] < (streamed_times[-1] - streamed_times[0]) / 4, "all eleven came together"
     assert [e.id for _, e in arrivals["whole"][:-1]] == [e.id for _, e in arrivals["streamed"][:-1]], "same tokens"
     produced = [e.at for _, e in arrivals["whole"][:-1]]
     assert produced == sorted(produced) and produced[-1] - produced[0] > 0.04, "stamped when they were made"
