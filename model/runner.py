@@ -225,7 +225,7 @@ class Runner:
                 [s.n_prompt for s in chosen],
                 [s.seed for s in chosen],
                 [s.generated for s in chosen],
-                [s.utf8_state for s in chosen],
+                [s.utf8_mask for s in chosen],
             )
 
         try:

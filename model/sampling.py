@@ -145,12 +145,13 @@ def sample_rows(
     n_prompt: list[int],
     seeds: list[int],
     steps: list[int],
-    utf8_states: list[int] | None = None,
+    utf8_masks: list[int] | None = None,
 ) -> list[int]:
     """The next token of every row of logits (B, vocab), each row with its own parameters, seed and step.
 
-    First, rows with valid_utf8 lose the bytes their UTF-8 state (utf8_states[i], model.utf8) does not allow:
-    before penalties and filters, greedy included (utf8_states None: every row at the start of a character).
+    First, rows with valid_utf8 lose the bytes that row utf8_masks[i] of model.utf8.MASKS does not allow (what
+    keeps the text valid UTF-8 and finishable): before penalties and filters, greedy included (utf8_masks None:
+    every row at the start of a character, with room).
     previous[i]: row i's ids so far (needed only when a penalty
     is on, else None). The filters run as one op over the batch. A draw is argmax(probs / q), q ~ Exp(1) from
     exponential_noise(seed, step): an exact sample from probs (the exponential race). Greedy rows (temperature
@@ -158,11 +159,11 @@ def sample_rows(
     """
     logits = logits.float()
     masked = [i for i, p in enumerate(params) if p.valid_utf8]
-    utf8_states = utf8_states or [utf8.START] * len(params)
+    utf8_masks = utf8_masks or [utf8.START] * len(params)
     if len(masked) == len(params):
-        logits = logits + _UTF8_LOGITS[utf8_states]
+        logits = logits + _UTF8_LOGITS[utf8_masks]
     elif masked:
-        logits[masked] += _UTF8_LOGITS[[utf8_states[i] for i in masked]]
+        logits[masked] += _UTF8_LOGITS[[utf8_masks[i] for i in masked]]
     for i, p in enumerate(params):
         if p.uses_history:
             logits[i] = penalize(logits[i], p, previous[i], n_prompt[i])
@@ -190,7 +191,7 @@ def sample(
     seed: int = 0,
     step: int = 0,
     n_prompt: int = 0,
-    utf8_state: int = utf8.START,
+    utf8_mask: int = utf8.START,
 ) -> int:
     """The next token id from one position's logits (vocab,), given the ids seen so far (see sample_rows)."""
-    return sample_rows(logits.unsqueeze(0), [params], [previous], [n_prompt], [seed], [step], [utf8_state])[0]
+    return sample_rows(logits.unsqueeze(0), [params], [previous], [n_prompt], [seed], [step], [utf8_mask])[0]

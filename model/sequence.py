@@ -24,11 +24,12 @@ class Sequence:
     attention: tuple[list[int], list[int]] | None = None  # (layers, heads) whose attention rows to report
     heads_off: list[trace.Head] = field(default_factory=list)  # heads switched off (zeros): the exact model
     explain: bool = False  # split each chosen byte's logit by what pushed it (model.attribution): the exact model
+    max_length: int = 0  # the most tokens it may hold (prompt + max_new_tokens, at most the context); 0: no limit
     utf8_state: int = utf8.START  # of the tokens so far (model.utf8); kept by append()
 
     def __post_init__(self):
         if self.params.valid_utf8:
-            state = utf8.state_after(self.tokens)
+            state = utf8.state_after_window(self.tokens)
             if state is None:
                 raise ValueError("the prompt is not valid UTF-8 (sample with valid_utf8=False to continue it)")
             self.utf8_state = state
@@ -47,10 +48,12 @@ class Sequence:
         if self.params.valid_utf8:
             self.utf8_state = utf8.advance(self.utf8_state, token)
 
-    def due_after(self, token: int) -> int:
-        """How many more bytes the text would need after `token` to end on a whole character (0 without the
-        UTF-8 rule)."""
-        return utf8.DUE[utf8.advance(self.utf8_state, token)] if self.params.valid_utf8 else 0
+    @property
+    def utf8_mask(self) -> int:
+        """The row of model.utf8.MASKS its next byte is sampled under (with the UTF-8 rule): what keeps the text
+        valid, and no character started that max_length would cut."""
+        room = self.max_length - len(self.tokens) if self.max_length else 4
+        return utf8.mask_row(self.utf8_state, room)
 
 
 @dataclass

@@ -13,7 +13,9 @@ current character still needs and in what range the next one must lie:
     6      3    90-BF               F0 (no overlong forms)
     7      3    80-8F               F4 (nothing above U+10FFFF)
 
-C0, C1 and F5-FF are never allowed. `MASKS[state]` is the set of allowed bytes, for masking logits.
+C0, C1 and F5-FF are never allowed. `MASKS[mask_row(state, room)]` is the set of allowed bytes, for masking
+logits: with fewer than 4 bytes of room left before the length limit, a character is never started that could
+not be finished (rows 8-10: the start of a character with room for 1, 2 or 3 bytes).
 """
 
 from __future__ import annotations
@@ -46,7 +48,16 @@ def _table() -> list[list[int]]:
 
 
 NEXT = _table()
-MASKS = torch.tensor([[n >= 0 for n in row] for row in NEXT])  # (N_STATES, 256) bool
+_LEADS_UP_TO = {1: 0x80, 2: 0xE0, 3: 0xF0}  # with room for n bytes: lead bytes below this (ASCII is 1 byte)
+MASKS = torch.tensor(
+    [[n >= 0 for n in row] for row in NEXT]
+    + [[NEXT[START][b] >= 0 and b < _LEADS_UP_TO[room] for b in range(256)] for room in (1, 2, 3)]
+)  # (N_STATES + 3, 256) bool
+
+
+def mask_row(state: int, room: int) -> int:
+    """The row of MASKS for `state` with `room` more bytes allowed before the limit (room >= 1)."""
+    return N_STATES + room - 1 if state == START and room < 4 else state
 
 
 def advance(state: int, byte: int) -> int:
@@ -61,3 +72,13 @@ def state_after(data: bytes | list[int], state: int = START) -> int | None:
         if state < 0:
             return None
     return state
+
+
+def state_after_window(data: bytes | list[int]) -> int | None:
+    """The state after data if it is a window of valid UTF-8 text: whole characters, except that it may begin
+    with the last bytes of one cut off before it (up to 3 continuation bytes) and end inside one; else None.
+    A text cut into windows (lm-evaluation-harness's rolling windows) gives such prompts."""
+    start = 0
+    while start < min(3, len(data)) and 0x80 <= data[start] < 0xC0:
+        start += 1
+    return state_after(data[start:])

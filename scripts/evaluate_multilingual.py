@@ -15,8 +15,8 @@ Three measurements, printed as Markdown tables (and written as JSON):
    0.8 with seed i for prompt i, once with the server's default `utf8: "valid"` and once with `"any"` (the raw
    model). When the context fills, generation continues from the last half-context of bytes (from the first
    whole character in it). A sample is valid when its bytes decode as UTF-8, allowing only the last
-   character to be cut short by the length limit (with "valid" a sample stops before a character that does
-   not fit, so it may be up to 3 bytes short of 1,000).
+   character to be cut short by the length limit (with "valid" none is: near the limit only characters that
+   fit are started).
 3. Heads: model/heads.py's summary on 256-byte passages (or the shorter context) of held-out text
    (--passages per language, whole characters), for this checkpoint and the --compare one: how much
    attention continuation bytes give to the earlier bytes of their own character, against a
@@ -120,7 +120,7 @@ def prompts_of(data: bytes, k: int, length: int) -> list[bytes]:
 
 
 def generate_bytes(llm: TinyLLM, prompt: bytes, n: int, seed: int, utf8: str = "valid") -> bytes:
-    """Up to n bytes after the prompt, sliding the context window forward by half when it fills."""
+    """n bytes after the prompt, sliding the context window forward by half when it fills."""
     ctx = llm.config.context_length
     text, out, part = prompt, b"", 0
     while len(out) < n:
@@ -130,8 +130,6 @@ def generate_bytes(llm: TinyLLM, prompt: bytes, n: int, seed: int, utf8: str = "
         g = llm.generate(
             window, max_new_tokens=n - len(out), temperature=TEMPERATURE, seed=seed * 1000 + part, utf8=utf8
         )
-        if not g.tokens:  # the next character does not fit in what is left
-            break
         new = bytes(g.tokens)
         out += new
         text += new

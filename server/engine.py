@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from model.generate import FinishReason, ends_before, finish_reason
+from model.generate import FinishReason, finish_reason
 from model.runner import Runner, Scored
 from model.sequence import TokenOutput
 from server.jobs import EngineRequest, FinishEvent, Job, QueueFull, TokenEvent
@@ -72,7 +72,7 @@ class Engine:
 
     def submit(self, req: EngineRequest) -> Job:
         """Queue a request; iterate the returned job's events(). Raises QueueFull when the queue is full."""
-        job = Job(req, asyncio.get_running_loop(), self.outbox, self.wake)
+        job = Job(req, asyncio.get_running_loop(), self.outbox, self.wake, self.config.context_length)
         with self.lock:
             if job.seq.exact:
                 waiting, slots, free_slots = self.exact_waiting, self.runner.exact_rows, len(self.free_exact_rows)
@@ -255,9 +255,6 @@ class Engine:
         for job, out in zip(jobs, outs):
             if out is None:
                 done.append((job, FinishReason.ERROR))
-                continue
-            if cut := ends_before(job.seq, out.token, job.req.max_new_tokens, ctx):
-                done.append((job, cut))  # the character it would begin does not fit: stop before it
                 continue
             if job.t_first is None:
                 job.t_first = now

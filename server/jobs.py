@@ -63,8 +63,11 @@ class FinishEvent:
 class Job:
     """One request inside the engine: its sequence, its cache row, and the queue its events go to."""
 
-    def __init__(self, req: EngineRequest, loop: asyncio.AbstractEventLoop, outbox: list, wake: threading.Event):
-        """outbox: where the engine collects a step's events to deliver; wake: set to wake the engine's worker."""
+    def __init__(
+        self, req: EngineRequest, loop: asyncio.AbstractEventLoop, outbox: list, wake: threading.Event, context: int
+    ):
+        """outbox: where the engine collects a step's events to deliver; wake: set to wake the engine's worker;
+        context: the model's context length."""
         self.req = req
         self.loop, self.queue = loop, asyncio.Queue()
         self.outbox, self.wake = outbox, wake
@@ -77,6 +80,7 @@ class Job:
             req.attention,
             list(req.heads_off),
             req.explain_top > 0,
+            max_length=min(len(req.prompt) + req.max_new_tokens, context),
         )
         self.prefilled = 0
         self.slot = -1

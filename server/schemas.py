@@ -40,8 +40,8 @@ class SamplingFields(Strict):
     )
     utf8: Literal["valid", "any"] = Field(
         "valid",
-        description="valid: only bytes that keep the text valid UTF-8, and a reply never ends inside a character "
-        "(it stops before one that would not fit); any: every byte, as the raw model samples it",
+        description="valid: only bytes that keep the text valid UTF-8, and near the length limit only characters "
+        "that fit, so a reply never ends inside a character; any: every byte, as the raw model samples it",
     )
 
     def sampling_params(self) -> SamplingParams:

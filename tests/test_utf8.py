@@ -1,6 +1,7 @@
 """Generated text is valid UTF-8: the grammar (model.utf8) against Python's own decoder, the masked sampler
 (only allowed bytes, whatever the logits), and a live server on the multilingual model: no replacement
-character with the default, some with "any"; replies never end inside a character."""
+character with the default, some with "any"; replies of exactly max_new_tokens bytes never end inside a
+character."""
 
 from __future__ import annotations
 
@@ -79,45 +80,53 @@ def test_the_grammar_agrees_with_pythons_decoder_on_every_short_sequence():
             assert (utf8.DUE[state] == 0) == complete, data.hex()
 
 
+def test_a_window_of_valid_text_may_begin_and_end_inside_a_character():
+    text = "añ東🙂".encode()
+    for start in range(len(text)):
+        for end in range(start + 1, len(text) + 1):
+            assert utf8.state_after_window(text[start:end]) is not None, text[start:end].hex()
+    assert utf8.state_after_window(b"\x80\x80\x80\x80A") is None, "four continuation bytes are no character's end"
+    assert utf8.state_after_window(b"\x9dA\xff") is None and utf8.state_after_window(b"A\xc0\x80") is None
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(st.floats(-30, 30, allow_nan=False), min_size=256, max_size=256),
     st.integers(0, utf8.N_STATES - 1),
+    st.integers(1, 6),
     st.sampled_from([0.0, 0.5, 1.0, 3.0]),
     st.integers(0, 2**63),
 )
-def test_the_masked_sampler_only_returns_allowed_bytes(logits, state, temperature, seed):
+def test_the_masked_sampler_only_returns_allowed_bytes(logits, state, room, temperature, seed):
+    """Whatever the logits: a byte the state allows, and (at a character's start) one that begins a character
+    that fits in the room left."""
     params = SamplingParams(temperature=temperature, top_k=0, top_p=1.0)
-    (token,) = sample_rows(torch.tensor([logits]), [params], [None], [0], [seed], [0], [state])
-    assert utf8.advance(state, token) >= 0
+    mask = utf8.mask_row(state, room)
+    (token,) = sample_rows(torch.tensor([logits]), [params], [None], [0], [seed], [0], [mask])
+    after = utf8.advance(state, token)
+    assert after >= 0
+    assert state != utf8.START or 1 + utf8.DUE[after] <= room
 
 
 def test_ten_thousand_masked_random_streams_all_decode():
-    """10,000 streams of up to 40 bytes from random logits that favour invalid bytes, sampled as the server does
-    (one batch, the mask, the rule that a character is never started without room to finish it): every stream
-    decodes, and some hold 2-, 3- and 4-byte characters."""
+    """10,000 streams of exactly 40 bytes from random logits that favour invalid bytes, sampled as the server
+    does (one batch, the mask, no character started without room to finish it): every stream decodes, and some
+    hold 2-, 3- and 4-byte characters."""
     n, limit = 10_000, 40
     gen = torch.Generator().manual_seed(0)
     bias = torch.zeros(256)
     bias[0x80:] = 3.0  # continuation and lead bytes (and the forbidden ones) are the likely ones
     params = [SamplingParams(temperature=[0.0, 1.0, 2.0][i % 3]) for i in range(n)]
-    states, streams, open_ = [utf8.START] * n, [bytearray() for _ in range(n)], list(range(n))
+    states, streams = [utf8.START] * n, [bytearray() for _ in range(n)]
     for step in range(limit):
-        logits = torch.randn(len(open_), 256, generator=gen) * 2 + bias
-        tokens = sample_rows(
-            logits, [params[i] for i in open_], [None] * len(open_), [0] * len(open_), open_, [step] * len(open_),
-            [states[i] for i in open_],
-        )  # fmt: skip
-        still = []
-        for i, token in zip(open_, tokens):
-            state = utf8.advance(states[i], token)
-            assert state >= 0
-            if len(streams[i]) + 1 + utf8.DUE[state] > limit:
-                continue  # no room to finish the character it would begin: the stream ends before it
+        logits = torch.randn(n, 256, generator=gen) * 2 + bias
+        masks = [utf8.mask_row(states[i], limit - step) for i in range(n)]
+        tokens = sample_rows(logits, params, [None] * n, [0] * n, list(range(n)), [step] * n, masks)
+        for i, token in enumerate(tokens):
+            states[i] = utf8.advance(states[i], token)
+            assert states[i] >= 0
             streams[i].append(token)
-            states[i] = state
-            still.append(i)
-        open_ = still
+    assert {len(s) for s in streams} == {limit}
     texts = [bytes(s).decode("utf-8") for s in streams]  # never raises
     lengths = {len(ch.encode()) for text in texts for ch in text}
     assert lengths == {1, 2, 3, 4}
@@ -154,21 +163,21 @@ def test_hot_sampling_in_every_language_gives_valid_text_by_default_and_not_with
     assert not [r["text"] for r in valid if "\ufffd" in r["text"]]
     for r in valid:
         assert bytes(t["id"] for t in r["tokens"]).decode("utf-8") == r["text"]
-        assert r["usage"]["completion_tokens"] == len(r["text"].encode()) <= 200
+        assert r["usage"]["completion_tokens"] == len(r["text"].encode()) == 200
     raw = sample_all(multilingual.url, [{**b, "utf8": "any"} for b in bodies if b["seed"] < 10])
     assert sum("\ufffd" in r["text"] for r in raw) >= 5
 
 
 def test_a_reply_never_ends_inside_a_character(multilingual):
-    """Japanese is three bytes a character: with every limit from 1 to 12 bytes the reply stops before a
-    character that would not fit; the byte count is what was sent. With "any" the limit cuts characters."""
+    """Japanese is three bytes a character: with every limit from 1 to 12 bytes the reply has exactly that many
+    bytes and ends on a whole character (near the limit only characters that fit are started). With "any" the
+    limit cuts characters."""
     bodies = [
         {"prompt": "東京の", "max_new_tokens": m, "temperature": 0.9, "seed": s} for m in range(1, 13) for s in range(3)
     ]
     for body, r in zip(bodies, sample_all(multilingual.url, bodies)):
         assert "\ufffd" not in r["text"] and r["finish_reason"] == "length"
-        assert r["usage"]["completion_tokens"] == len(r["text"].encode()) == len(r["tokens"])
-        assert body["max_new_tokens"] - 3 <= r["usage"]["completion_tokens"] <= body["max_new_tokens"]
+        assert r["usage"]["completion_tokens"] == len(r["text"].encode()) == len(r["tokens"]) == body["max_new_tokens"]
     raw = sample_all(multilingual.url, [{**b, "utf8": "any"} for b in bodies])
     assert any(r["text"].endswith("\ufffd") for r in raw)
     assert all(r["usage"]["completion_tokens"] == b["max_new_tokens"] for b, r in zip(bodies, raw))
@@ -187,6 +196,10 @@ def test_a_prompt_ending_inside_a_character_is_continued_validly(multilingual):
     assert "utf8" in bad.json()["error"]["message"]
     ok = httpx.post(f"{multilingual.url}/v1/completions", json={**body, "prompt": [0x41, 0xFF], "utf8": "any"})
     assert ok.status_code == 200
+    scored = {**body, "prompt": [0x9D, 0x41, 0xFF], "max_tokens": 0, "echo": True}  # scoring takes any bytes
+    assert httpx.post(f"{multilingual.url}/v1/completions", json=scored).status_code == 200
+    window = {**body, "prompt": [0x9D, 0x41]}  # a window of text that begins inside a character, as lm-eval cuts
+    assert httpx.post(f"{multilingual.url}/v1/completions", json=window).status_code == 200
 
 
 def test_logprobs_are_the_models_own_and_agree_across_routes(multilingual):

@@ -127,14 +127,16 @@ def check_request(
         raise APIError(400, "stream_options is only allowed when stream is true", param="stream_options")
     if body.max_tokens is not None and body.max_tokens > settings.max_new_tokens:
         raise APIError(400, f"max_tokens must be <= {settings.max_new_tokens}", param="max_tokens")
-    if body.utf8 == "valid" and any(utf8.state_after(ids) is None for _, ids in prompts):
+    longest = max(len(ids) for _, ids in prompts)
+    max_tokens = fit_context(longest, body.max_tokens, engine.config.context_length, settings.max_new_tokens)
+    # Only generation needs valid text before it: scoring takes any bytes.
+    if max_tokens and body.utf8 == "valid" and any(utf8.state_after_window(ids) is None for _, ids in prompts):
         raise APIError(
             400,
             'prompt is not valid UTF-8, so no valid text continues it; send "utf8": "any" to continue its bytes',
             param="prompt",
         )
-    longest = max(len(ids) for _, ids in prompts)
-    return fit_context(longest, body.max_tokens, engine.config.context_length, settings.max_new_tokens)
+    return max_tokens
 
 
 def fit_context(prompt_tokens: int, max_tokens: int | None, ctx: int, cap: int) -> int:
