@@ -12,7 +12,7 @@ import time
 import torch
 
 from bench.common import DEFAULT_CHECKPOINT, median, plot, sync, table, write_doc
-from model import checkpoint
+from model import checkpoint, weight_forms
 from model.runner import Runner
 from model.sampling import SamplingParams
 from model.sequence import Sequence
@@ -38,7 +38,8 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = checkpoint.load_model(args.checkpoint, device=device, dtype=dtype)
-    runner = Runner(model)
+    form = weight_forms.default_form(args.checkpoint)[0] if device.type == "cpu" else "float32"
+    runner = Runner(model, form=form)  # as the server generates
     ctx = model.config.context_length
     ids = torch.randint(32, 127, (1, ctx), device=device)
     lengths = [n for n in (16, 32, 64, 128, 192, 256, 320, 384, 448, ctx - 1) if n < ctx]
@@ -82,9 +83,10 @@ def main() -> None:
         ),
     )
     body = f"""
-`{args.checkpoint}`, {str(dtype).removeprefix("torch.")} on {device}, batch 1, medians of repeated runs.
-The cached step feeds one token at position *n* against a cache holding *n* positions; the recompute
-runs the whole sequence of *n + 1* bytes, as a server without a KV cache must for every token.
+`{args.checkpoint}`, {str(dtype).removeprefix("torch.")} on {device}, batch 1, medians of repeated runs; cached steps
+and prefill as the server generates: `{runner.step_name}` in {form} weights. The cached step feeds one token at
+position *n* against a cache holding *n* positions; the recompute runs the whole sequence of *n + 1* bytes in
+the torch model (float32), as a server without a KV cache must for every token.
 
 {table(["context", "cached ms/token", "recompute ms/token", "recompute ÷ cached", "prefill ms"], rows)}
 
