@@ -23,7 +23,6 @@ import torch
 from bench.common import DEFAULT_CHECKPOINT, HuggingFace, copy_bandwidth, median, table, write_doc
 from model import checkpoint, weight_forms
 from model.generate import generate
-from model.native import step as native
 from model.runner import Runner
 from model.sampling import SamplingParams
 from model.sequence import Sequence
@@ -49,12 +48,6 @@ def over_http(client: httpx.Client, n: int) -> tuple[float, list[int]]:
     r.raise_for_status()
     tokens = [tok["id"] for tok in r.json()["tokens"]]
     return len(tokens) / elapsed, tokens
-
-
-def step_bytes(step: native.NativeStep) -> int:
-    """Bytes of weights one step reads per token: every matrix (and its scales), the norms; not the embedding
-    table, of which a step reads one row."""
-    return sum(t.numel() * t.element_size() for t in step.weights)
 
 
 def read_bandwidth(nbytes: int) -> float:
@@ -133,13 +126,14 @@ def main() -> None:
             del warm
         rates = {"http": [], "in-process": [], "float32": [], "hf": []}
         outputs = {}
-        for r in range(args.rounds):  # alternate, so all see the same machine state
-            for name, run in (
-                ("http", lambda: over_http(client, args.tokens)),
-                ("in-process", lambda: in_process(runner, args.tokens)),
-                ("float32", lambda: in_process(exact, args.tokens)),
-                ("hf", lambda: hf_generate(args.tokens)),
-            ):
+        runs = [
+            ("http", lambda: over_http(client, args.tokens)),
+            ("in-process", lambda: in_process(runner, args.tokens)),
+            ("float32", lambda: in_process(exact, args.tokens)),
+            ("hf", lambda: hf_generate(args.tokens)),
+        ]
+        for r in range(args.rounds):  # alternate, each round in another order: all see the same machine states
+            for name, run in runs[r % len(runs) :] + runs[: r % len(runs)]:
                 rate, outputs[name] = run()
                 rates[name].append(rate)
             print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.1f} tok/s" for k, v in rates.items()), flush=True)
@@ -151,7 +145,7 @@ def main() -> None:
             mask[b, on].append(step_ms(runner, b, on, 40))
     mask_ms = {k: median(v) for k, v in mask.items()}
     native_ms = native_only_ms(runner, 200)
-    nbytes = step_bytes(runner.native)
+    nbytes = runner.native.weight_bytes  # every matrix and its scales, the norms (one row of the embedding)
     bandwidth, cached = copy_bandwidth(), read_bandwidth(nbytes)
     floor_ms, cached_floor_ms = nbytes / bandwidth * 1e3, nbytes / cached * 1e3
     m = {k: median(v) for k, v in rates.items()}
@@ -170,8 +164,9 @@ def main() -> None:
     ]
     body = f"""
 Batch 1, greedy, {args.tokens} new bytes after a {len(PROMPT)}-byte prompt, checkpoint `{args.checkpoint}`
-(over HTTP: one non-streamed POST /v1/generate per round, timed by the client, on a kept-alive connection)
-({model.num_params():,} parameters). Medians of {args.rounds} alternating rounds after a warm-up. The server ran
+({model.num_params():,} parameters); over HTTP one non-streamed POST /v1/generate per round, timed by the client,
+on a kept-alive connection. Medians of {args.rounds} rounds after a warm-up, each round running the four in
+another order (after HF's two threads, the next run finds the machine busier). The server ran
 with its defaults: `/v1/model` said weight form **{served["decode_step"]["weight_form"]}**, step
 `{served["decode_step"]["step"]}`, batch-invariant **{served["decode_step"]["batch_invariant"]}** (invariance is
 always on in the native step: the numbers below are with it).

@@ -198,6 +198,8 @@ class Runner:
         logits = logits.float().cpu()  # the one host-device synchronisation per step
         logprobs = F.log_softmax(logits, dim=-1)
         tokens = self._sample(seqs, logits)
+        picked = torch.tensor([0 if t is None else t for t in tokens]).unsqueeze(1)  # (B, 1)
+        chosen = logprobs.gather(1, picked).squeeze(1).tolist()  # each token's logprob, in one read
         asked = [i for i, seq in enumerate(seqs) if seq.top_logprobs and tokens[i] is not None]
         top = {}
         if asked:
@@ -211,7 +213,7 @@ class Runner:
             if token is not None and seq.attention is not None:
                 layers, heads = seq.attention
                 rows = [attention[i][layer, heads, : len(seq.tokens)].float().cpu() for layer in layers]
-            out.append(None if token is None else TokenOutput(token, logprobs[i], top.get(i, []), rows))
+            out.append(None if token is None else TokenOutput(token, chosen[i], logprobs[i], top.get(i, []), rows))
         return out
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int | None]:

@@ -58,7 +58,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_UTF8_LOGITS = torch.zeros(utf8.MASKS.shape).masked_fill(~utf8.MASKS, float("-inf"))  # added to mask logits
+_UTF8_LOGITS = list(torch.zeros(utf8.MASKS.shape).masked_fill(~utf8.MASKS, float("-inf")))  # added to mask logits
 
 
 def exponential_noise(seeds: list[int], steps: list[int], vocab: int) -> np.ndarray:
@@ -160,10 +160,12 @@ def sample_rows(
     logits = logits.float()
     masked = [i for i, p in enumerate(params) if p.valid_utf8]
     utf8_masks = utf8_masks or [utf8.START] * len(params)
-    if len(masked) == len(params):
-        logits = logits + _UTF8_LOGITS[utf8_masks]
-    elif masked:
-        logits[masked] += _UTF8_LOGITS[[utf8_masks[i] for i in masked]]
+    if masked:  # one add: a row for one sequence, a stack of them for several
+        rows = [_UTF8_LOGITS[utf8_masks[i]] for i in masked]
+        if len(masked) == len(params):
+            logits = logits + (rows[0] if len(rows) == 1 else torch.stack(rows))
+        else:
+            logits[masked] += torch.stack(rows)
     for i, p in enumerate(params):
         if p.uses_history:
             logits[i] = penalize(logits[i], p, previous[i], n_prompt[i])

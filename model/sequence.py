@@ -61,11 +61,8 @@ class TokenOutput:
     """A chosen token, with what the model said about it."""
 
     token: int
+    logprob: float  # logprobs[token]
     logprobs: torch.Tensor  # (vocab,) float32 on the CPU: log-softmax of the raw logits
     top_logprobs: list[tuple[int, float]]  # the most likely tokens, most likely first
     attention: list[torch.Tensor] | None  # per chosen layer (chosen heads, keys): the row that chose it
     explain: Attribution | None = None  # with Sequence.explain: the pushes on its logit where it was chosen
-
-    @property
-    def logprob(self) -> float:
-        return float(self.logprobs[self.token])

@@ -82,7 +82,7 @@ class FakeRunner:
         if self.fail_sampling(seq):
             return None
         token = (seq.tokens[-1] + 1) % 256
-        return TokenOutput(token, torch.zeros(256), [(token, 0.0)][: seq.top_logprobs], None)
+        return TokenOutput(token, 0.0, torch.zeros(256), [(token, 0.0)][: seq.top_logprobs], None)
 
 
 def run(runner: FakeRunner, scenario, **engine_args):

@@ -5,10 +5,10 @@ byte of one sequence. The call runs every layer for all entries at once (each we
 all of them), writes their keys and values into the runner's KV cache, and returns the logits of the entries
 asked for. It releases the GIL, splits its work between torch's threads by output rows, and computes every
 entry's numbers from that entry alone, in a fixed order: a request's bytes do not depend on its neighbours,
-the thread count, or whether the AVX2 or the scalar kernels ran (step.cpp states the contract).
+the thread count, or which kernel path ran (kernels.h states the contract).
 
 Weight forms it serves (model.weight_forms): float32, and int8: weights in int8 with a float32 scale per group
-of GROUP inputs, activations quantized to int8 per group at each matmul, integer dot products.
+of 64 (or 32) inputs, activations quantized to int8 per group at each matmul, integer dot products.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class NativeStep:
         norms = [n.weight for layer in model.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
         norms.append(model.norm.weight)
         norms = [n.detach().float().contiguous() for n in norms]
-        self.weights = weights + scales + norms  # what a step reads for every token
+        self.weight_bytes = sum(t.numel() * t.element_size() for t in weights + scales + norms)  # read per token
         self._step = _step.Step(
             cfg.n_layer,
             cfg.n_head,
@@ -91,7 +91,7 @@ class NativeStep:
             weights,
             scales,
         )
-        self.kernels = self._step.kernels  # the kernels that run: avx2 or scalar
+        self.kernels = self._step.kernels  # the kernel path that runs: vnni, avx2 or scalar
 
     def forward(
         self,
