@@ -14,9 +14,13 @@
 
 #include <ATen/Parallel.h>
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -49,6 +53,34 @@ struct QuantizedRows {
   }
 };
 
+// Bytes in memory backed by 2 MB pages where the kernel allows it (transparent huge pages on request): the int8
+// weights are read whole every step, and with 4 kB pages their 11 MB would not fit the TLB. One for all of a
+// step's matrices.
+class HugeBuffer {
+ public:
+  explicit HugeBuffer(size_t bytes = 0) { resize(bytes); }
+  HugeBuffer(const HugeBuffer&) = delete;
+  HugeBuffer(HugeBuffer&& o) noexcept : data_(o.data_), size_(o.size_) { o.data_ = nullptr, o.size_ = 0; }
+  ~HugeBuffer() { std::free(data_); }
+
+  void resize(size_t bytes) {
+    std::free(data_);
+    constexpr size_t huge = size_t(2) << 20;
+    size_ = (bytes + huge - 1) / huge * huge;
+    data_ = size_ ? static_cast<int8_t*>(std::aligned_alloc(huge, size_)) : nullptr;
+    TORCH_CHECK(!size_ || data_, "out of memory for ", size_, " bytes of weights");
+#ifdef MADV_HUGEPAGE
+    if (data_) madvise(data_, size_, MADV_HUGEPAGE);
+#endif
+    if (data_) std::memset(data_, 0, size_);
+  }
+  int8_t* data() const { return data_; }
+
+ private:
+  int8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
 // One weight matrix (out, in) in the step's form: float32, or int8 with a float32 scale per group of inputs,
 // repacked for the kernels (Q8Weights).
 struct Linear {
@@ -56,14 +88,19 @@ struct Linear {
   at::Tensor weight;  // float32 (out, in)
   // int8 (Q8Weights): rows in blocks of R (zero rows pad the last), laid out as the kernels read them
   int64_t group = 0, blocks = 0, R = 0;
-  std::vector<int8_t> q;
+  int8_t* q = nullptr;  // blocks * R * in bytes, in the step's HugeBuffer
   std::vector<float> scale;
   std::vector<int32_t> sum;
 
-  void pack_int8(const at::Tensor& q8, const at::Tensor& scales, int64_t group_, const Kernels& kern) {
-    out = q8.size(0), in = q8.size(1), group = group_, R = kern.rows, blocks = (out + R - 1) / R;
+  static int64_t bytes(const at::Tensor& q8, const Kernels& kern) {
+    return (q8.size(0) + kern.rows - 1) / kern.rows * kern.rows * q8.size(1);
+  }
+
+  // into: bytes(q8, kern) zeroed bytes
+  void pack_int8(const at::Tensor& q8, const at::Tensor& scales, int64_t group_, const Kernels& kern, int8_t* into) {
+    out = q8.size(0), in = q8.size(1), group = group_, R = kern.rows, blocks = (out + R - 1) / R, q = into;
     const int64_t groups = in / group;
-    q.assign(blocks * R * in, 0), scale.assign(blocks * groups * R, 0.0f), sum.assign(blocks * groups * R, 0);
+    scale.assign(blocks * groups * R, 0.0f), sum.assign(blocks * groups * R, 0);
     const int8_t* src = q8.data_ptr<int8_t>();
     const float* sc = scales.data_ptr<float>();
     for (int64_t n = 0; n < out; n++) {
@@ -80,7 +117,7 @@ struct Linear {
     }
   }
 
-  Q8Weights int8() const { return {q.data(), scale.data(), sum.data(), in, group}; }
+  Q8Weights int8() const { return {q, scale.data(), sum.data(), in, group}; }
 };
 
 int64_t grain(int64_t per_item_work) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, per_item_work)); }
@@ -158,6 +195,10 @@ class Step {
     const bool q8 = form == "int8";
     TORCH_CHECK(!q8 || scales.size() == weights.size(), "int8 needs a scale tensor per weight matrix");
     for (auto& t : norms) norms_.push_back(check(t, at::kFloat, "norm weight"));
+    int64_t packed = 0;
+    for (auto& w : weights) packed += q8 ? Linear::bytes(w, kern_) : 0;
+    arena_.resize(packed);
+    packed = 0;
     for (size_t i = 0; i < weights.size(); i++) {
       Linear L;
       check(weights[i], q8 ? at::kChar : at::kFloat, "weight");
@@ -166,7 +207,8 @@ class Step {
         TORCH_CHECK((group == 32 || group == 64) && in % group == 0, "int8 groups must be 32 or 64 and divide ", in);
         check(scales[i], at::kFloat, "scale");
         TORCH_CHECK(scales[i].size(0) == weights[i].size(0) && scales[i].size(1) == in / group, "scale shape");
-        L.pack_int8(weights[i], scales[i], group, kern_);
+        L.pack_int8(weights[i], scales[i], group, kern_, arena_.data() + packed);
+        packed += Linear::bytes(weights[i], kern_);
       } else {
         L.weight = weights[i], L.out = L.weight.size(0), L.in = L.weight.size(1);
       }
@@ -310,6 +352,7 @@ class Step {
   at::Tensor embed_, cos_, sin_;
   std::vector<at::Tensor> norms_;
   std::vector<Linear> linears_;
+  HugeBuffer arena_;  // the int8 weights of every matrix
 };
 
 }  // namespace
