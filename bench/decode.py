@@ -50,18 +50,6 @@ def over_http(client: httpx.Client, n: int) -> tuple[float, list[int]]:
     return len(tokens) / elapsed, tokens
 
 
-def read_bandwidth(nbytes: int) -> float:
-    """Bytes per second of reading a buffer of nbytes again and again (int32 sums, vectorized): the rate at which
-    a working set of that size is read where the caches hold it."""
-    buffer = torch.ones(nbytes // 4, dtype=torch.int32)
-    best = float("inf")
-    for _ in range(20):
-        t = time.perf_counter()
-        buffer.sum()
-        best = min(best, time.perf_counter() - t)
-    return nbytes / best
-
-
 def sequences(batch: int, valid_utf8: bool) -> list[Sequence]:
     params = SamplingParams(temperature=0.8, valid_utf8=valid_utf8)
     return [Sequence(list(PROMPT) * 3, 150, params, seed=i, max_length=512) for i in range(batch)]
@@ -168,7 +156,7 @@ def main() -> None:
     step_med = {b: median(v) for b, v in steps.items()}
     native_ms = native_only_ms(runner, 200)
     nbytes = runner.native.weight_bytes  # every matrix and its scales, the norms (one row of the embedding)
-    bandwidth, cached = copy_bandwidth(), read_bandwidth(nbytes)
+    bandwidth, cached = copy_bandwidth(), copy_bandwidth(mbytes=max(1, nbytes >> 20))
     floor_ms, cached_floor_ms = nbytes / bandwidth * 1e3, nbytes / cached * 1e3
     m = {k: median(v) for k, v in rates.items()}
     import transformers
@@ -219,15 +207,15 @@ checkpoint's `weight_forms.json`, see the model card).
   (every layer, 31 parallel regions of at most {threads} thread(s), no Python inside).
 - It reads {nbytes / 1e6:.1f} MB of weights per token ({form} values and their scales, the norms). From memory,
   at the measured copy bandwidth of {bandwidth / 1e9:.1f} GB/s (read + write of a 512 MB tensor), that would take
-  {floor_ms:.3f} ms; but {nbytes / 1e6:.1f} MB fits this CPU's last-level cache, where a buffer of that size is read
-  at {cached / 1e9:.1f} GB/s (measured the same way: the floor for a step whose weights stay cached), which takes
-  **{cached_floor_ms:.3f} ms**: the step takes {native_ms / cached_floor_ms:.1f}× that floor ({
-        100 * cached_floor_ms / native_ms:.0f}% of it). The rest is the arithmetic (one VNNI or four AVX2
-  instructions per 32 int8 products), attention over the cached positions, and quantizing each matrix
-  product's input.
-- Around it, per token in-process: {1e3 / m["in-process"] - native_ms:.3f} ms (the runner's tensors, sampling,
-  log-probabilities, the generation loop); over HTTP a further {1e3 / m["http"] - 1e3 / m["in-process"]:.3f} ms
-  (the engine's loop and events, the response's JSON, the client).
+  {floor_ms:.3f} ms; but {nbytes / 1e6:.1f} MB fits this CPU's last-level cache, where a copy of that size moves
+  {cached / 1e9:.1f} GB/s (read + write, measured the same way): the floor for a step whose weights stay cached is
+  **{cached_floor_ms:.3f} ms**, and the step takes {native_ms / cached_floor_ms:.1f}× it. The rest is the
+  arithmetic (one VNNI instruction, or four AVX2 ones, per 32 int8 products), attention over the cached
+  positions, and quantizing each matrix product's input.
+- Around it, per step: {step_med[1] - native_ms:.3f} ms (`runner.decode` minus the native call: the runner's
+  tensors, log-probabilities, the UTF-8 mask, sampling); over HTTP, per token, {
+        1e3 / m["http"] - 1e3 / m["in-process"]:+.3f} ms against in-process (the engine's loop and events, the
+  response's JSON, the client; a whole response's tokens reach the event loop together).
 
 ## The UTF-8 mask
 
