@@ -56,15 +56,21 @@ def sequences(batch: int, valid_utf8: bool) -> list[Sequence]:
 
 
 @torch.inference_mode()
-def step_ms(runner: Runner, batch: int, steps: int = 40) -> float:
-    """Median time (ms) of runner.decode for `batch` sequences at position ~173 (the step and the sampling)."""
+def step_ms(runner: Runner, batch: int, steps: int = 40) -> tuple[float, float]:
+    """Median times (ms) of runner.decode for `batch` sequences at position 173 (the step and the sampling), and
+    of its native call alone on the same entries, alternating."""
     seqs = sequences(batch, valid_utf8=True)
-    times = []
+    rows, positions = torch.arange(batch), torch.full((batch,), 173)
+    tokens = torch.tensor([s.tokens[-1] for s in seqs])
+    decode, native = [], []
     for _ in range(steps):
         t = time.perf_counter()
         runner.decode(seqs)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+        decode.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        runner.native.forward(tokens, rows, positions, runner.cache, logits_for=rows)
+        native.append(time.perf_counter() - t)
+    return statistics.median(decode) * 1e3, statistics.median(native) * 1e3
 
 
 @torch.inference_mode()
@@ -76,18 +82,6 @@ def choose_ms(runner: Runner, batch: int, valid_utf8: bool, calls: int = 200) ->
     for _ in range(calls):
         t = time.perf_counter()
         runner._choose(seqs, logits, [None] * batch)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
-
-
-@torch.inference_mode()
-def native_only_ms(runner: Runner, steps: int) -> float:
-    """Median time (ms) of the native call alone, batch 1 at position 150."""
-    one, pos = torch.tensor([5]), torch.tensor([150])
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        runner.native.forward(one, torch.tensor([0]), pos, runner.cache, logits_for=torch.tensor([0]))
         times.append(time.perf_counter() - t)
     return statistics.median(times) * 1e3
 
@@ -153,8 +147,8 @@ def main() -> None:
         for b in steps:
             steps[b].append(step_ms(runner, b))
     choose_med = {k: median(v) for k, v in choose.items()}
-    step_med = {b: median(v) for b, v in steps.items()}
-    native_ms = native_only_ms(runner, 200)
+    step_med = {b: median([d for d, _ in v]) for b, v in steps.items()}
+    native_ms = median([n for _, n in steps[1]])
     nbytes = runner.native.weight_bytes  # every matrix and its scales, the norms (one row of the embedding)
     bandwidth, cached = copy_bandwidth(), copy_bandwidth(mbytes=max(1, nbytes >> 20))
     floor_ms, cached_floor_ms = nbytes / bandwidth * 1e3, nbytes / cached * 1e3
@@ -203,7 +197,7 @@ checkpoint's `weight_forms.json`, see the model card).
 
 ## Where a token's time goes
 
-- The native step alone, batch 1 at position 150: **{native_ms:.3f} ms** ({1e3 / native_ms:,.0f} steps/s), one call
+- The native step alone, batch 1 at position 173: **{native_ms:.3f} ms** ({1e3 / native_ms:,.0f} steps/s), one call
   (every layer, 31 parallel regions of at most {threads} thread(s), no Python inside).
 - It reads {nbytes / 1e6:.1f} MB of weights per token ({form} values and their scales, the norms). From memory,
   at the measured copy bandwidth of {bandwidth / 1e9:.1f} GB/s (read + write of a 512 MB tensor), that would take

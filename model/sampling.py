@@ -93,31 +93,39 @@ def apply_presence_frequency_penalty(
     return logits - presence * (counts > 0).to(logits.dtype) - frequency * counts
 
 
+def _per_row(x, rows: int) -> list:
+    """A per-row parameter as a list: from a number (every row), a list, or a tensor."""
+    if isinstance(x, torch.Tensor):
+        x = x.reshape(-1).tolist()
+    return list(x) * (rows if len(x) == 1 else 1) if isinstance(x, list) else [x] * rows
+
+
 def logits_to_probs(logits: torch.Tensor, temperature, top_k=0, top_p=1.0) -> torch.Tensor:
     """Probabilities after temperature, top-k and nucleus (top-p) filtering; temperature > 0.
 
-    One row: logits (vocab,) with numbers for the rest. A batch: logits (B, vocab) with a (B,) tensor (or a
-    number for all rows) for each of temperature, top_k (0 = off) and top_p (1 = off): one op for all rows.
+    One row: logits (vocab,) with numbers for the rest. A batch: logits (B, vocab) with, for each of
+    temperature, top_k (0 = off) and top_p (1 = off), a value per row (a list or a (B,) tensor) or one number
+    for all rows: one op for all rows. The filters run only when a row uses them.
     """
     one_row = logits.dim() == 1
     logits = logits.float().reshape(-1, logits.shape[-1])  # (B, V)
     B, V = logits.shape
-    temperature, top_k, top_p = (torch.as_tensor(x).reshape(-1).expand(B) for x in (temperature, top_k, top_p))
+    temperature, top_k, top_p = (_per_row(x, B) for x in (temperature, top_k, top_p))
     tiny = torch.finfo(torch.float32).tiny  # a temperature of 1e-300 is 0 in float32: divide by the smallest instead
     # Shift the maximum to 0 before dividing: a tiny temperature then gives -inf (probability 0), never the
     # inf - inf = nan of softmax over overflowed logits. The clamp: a penalty near 0 can overflow a logit to inf.
     logits = logits.clamp(max=torch.finfo(torch.float32).max)
-    logits = (logits - logits.amax(-1, keepdim=True)) / temperature.float().clamp(min=tiny).unsqueeze(-1)
-    k = torch.where((top_k > 0) & (top_k < V), top_k, V).long()
-    if bool((k < V).any()):
+    logits = (logits - logits.amax(-1, keepdim=True)) / torch.tensor(temperature).float().clamp(min=tiny).unsqueeze(-1)
+    if any(0 < k < V for k in top_k):
+        k = torch.tensor([k if 0 < k < V else V for k in top_k])
         kth = logits.sort(dim=-1, descending=True).values.gather(-1, (k - 1).unsqueeze(-1))  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
-    nucleus = top_p < 1.0
-    if bool(nucleus.any()):
+    if any(p < 1.0 for p in top_p):
+        nucleus = torch.tensor([p < 1.0 for p in top_p])
         sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
         # keep the smallest prefix whose mass reaches top_p (always at least the most likely token)
-        drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p.float().unsqueeze(-1)
+        drop = sorted_probs.cumsum(-1) - sorted_probs >= torch.tensor(top_p).float().unsqueeze(-1)
         drop &= nucleus.unsqueeze(-1)  # rows without top-p keep everything, whatever the rounding of the sums
         drop[:, 0] = False  # a top_p below float32's smallest (5e-324) would otherwise drop every token
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
@@ -175,15 +183,16 @@ def sample_rows(
         return greedy.tolist()
     chosen = [params[i] for i in drawn]
     probs = logits_to_probs(
-        logits[drawn],
-        torch.tensor([p.temperature for p in chosen]),
-        torch.tensor([p.top_k for p in chosen]),
-        torch.tensor([p.top_p for p in chosen]),
+        logits[drawn] if len(drawn) < len(params) else logits,
+        [p.temperature for p in chosen],
+        [p.top_k for p in chosen],
+        [p.top_p for p in chosen],
     )
     noise = exponential_noise([seeds[i] for i in drawn], [steps[i] for i in drawn], logits.shape[-1])
-    tokens = greedy.clone()
-    tokens[drawn] = torch.from_numpy((probs.double().numpy() / noise).argmax(-1))
-    return tokens.tolist()
+    tokens = greedy.tolist()
+    for i, token in zip(drawn, (probs.double().numpy() / noise).argmax(-1).tolist()):
+        tokens[i] = token
+    return tokens
 
 
 def sample(
