@@ -353,7 +353,7 @@ def train(args) -> None:
             "data": data_record,
             "command": shlex.join(sys.orig_argv),  # as typed, e.g. python -m model.train ...
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "wall_time_s": round(history.get("wall_time_s", 0.0) + wall, 1),
+            "wall_time_s": round(history.get("wall_time_s", 0.0) + wall, 3),
             "torch_version": torch.__version__,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
             "processes": world,
