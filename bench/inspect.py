@@ -30,6 +30,7 @@ from bench.attention import FALLBACK, SAMPLE
 from bench.common import DEFAULT_CHECKPOINT, ROOT, median, table, write_doc
 from model import TinyLLM, checkpoint
 from model.attribution import attribute, split_logits
+from model.explain import explain as explain_head
 from model.trace import run
 from server.process import running_server
 
@@ -57,6 +58,12 @@ def timed(client: httpx.Client, path: str, bodies: list[dict]) -> list[float]:
     return times[1:]
 
 
+def timed_call(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description="Time the inspection routes at the full context over HTTP.")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint to serve")
@@ -65,11 +72,18 @@ def main() -> None:
     ckpt = args.checkpoint.resolve()
     cfg = checkpoint.load_config(ckpt)
     T, n = cfg.context_length, args.runs + 1
-    fresh = texts(2 * n, T)  # every request of a "new text" row gets its own
+    fresh = iter(texts(6 * n, T))  # every request of a "new text" row gets its own
+
+    def new_texts() -> list[str]:
+        return [next(fresh) for _ in range(n)]
+
     last_layer = cfg.n_layer - 1
 
     def explain(text: str, i: int) -> dict:
         return {"text": text, "layer": last_layer, "head": i % cfg.n_head, "query": T - 1 - i}
+
+    def explain_any_layer(text: str, i: int) -> dict:
+        return {**explain(text, i), "layer": i % cfg.n_layer}
 
     def lens(text: str, i: int) -> dict:
         return {"text": text, "top_k": 5}
@@ -84,46 +98,44 @@ def main() -> None:
         httpx.Client(base_url=server.url, timeout=300) as client,
     ):
         name = client.get("/v1/model").json()["model"]
-        score = [{"model": name, "prompt": t, "max_tokens": 0, "echo": True, "logprobs": 1} for t in fresh[:n]]
+        scored = new_texts()
+        score = [{"model": name, "prompt": t, "max_tokens": 0, "echo": True, "logprobs": 1} for t in scored]
         times = timed(client, "/v1/completions", score)
         baseline = median(times)
-        fastest = min(times)
-        rows.append(
-            [
-                "`/v1/completions` (baseline)",
-                "new text",
-                f"{baseline * 1e3:.0f} ms",
-                f"{fastest * 1e3:.0f} ms",
-                "1.0×",
-                "",
-            ]
-        )
-        for path, body in (("/v1/attention/explain", explain), ("/v1/lens", lens), ("/v1/ablate", ablate)):
-            for kind, bodies in (
-                ("new text", [body(fresh[n + i], i) for i in range(n)]),
-                ("same text", [body(fresh[0], i) for i in range(n)]),
-            ):
-                times = timed(client, path, bodies)
-                target = TARGETS_MS[path]
-                met = median(times) * 1e3 < target
-                rows.append(
-                    [
-                        f"`{path}`",
-                        kind,
-                        f"{median(times) * 1e3:.0f} ms",
-                        f"{min(times) * 1e3:.0f} ms",
-                        f"{median(times) / baseline:.1f}×",
-                        f"< {target} ms: {'met' if met else 'missed'}",
-                    ]
-                )
-                print(" | ".join(rows[-1]), flush=True)
+        fastest = f"{min(times) * 1e3:.0f} ms"
+        rows.append(["`/v1/completions` (baseline)", "new text", f"{baseline * 1e3:.0f} ms", fastest, "1.0×", ""])
+        for path, kind, body, text_of in (
+            ("/v1/attention/explain", f"new text, layer {last_layer}", explain, new_texts()),
+            ("/v1/attention/explain", f"new text, layers 0..{last_layer} in turn", explain_any_layer, new_texts()),
+            ("/v1/attention/explain", "same text", explain, [scored[0]] * n),
+            ("/v1/lens", "new text", lens, new_texts()),
+            ("/v1/lens", "same text", lens, [scored[0]] * n),
+            ("/v1/ablate", "new text", ablate, new_texts()),
+            ("/v1/ablate", "same text", ablate, [scored[0]] * n),
+        ):
+            times = timed(client, path, [body(text, i) for i, text in enumerate(text_of)])
+            target = TARGETS_MS[path]
+            met = median(times) * 1e3 < target
+            rows.append(
+                [
+                    f"`{path}`",
+                    kind,
+                    f"{median(times) * 1e3:.0f} ms",
+                    f"{min(times) * 1e3:.0f} ms",
+                    f"{median(times) / baseline:.1f}×",
+                    f"< {target} ms: {'met' if met else 'missed'}",
+                ]
+            )
+            print(" | ".join(rows[-1]), flush=True)
+            if kind.endswith(f"layer {last_layer}"):
+                deepest_ms = median(times) * 1e3
     load_after = os.getloadavg()[0]
 
     # The per-token attribution, in process, with the thread count the server gives torch (all cores but one).
     server_threads = max(1, len(os.sched_getaffinity(0)) - 1)
     torch.set_num_threads(server_threads)
     llm = TinyLLM.load(ckpt, device="cpu")
-    ids = list(fresh[1].encode()[:256])
+    ids = list(scored[1].encode()[:256])
     whole, split = [], []
     for i in range(n):
         t0 = time.perf_counter()
@@ -144,10 +156,28 @@ def main() -> None:
         split.append(time.perf_counter() - t0)
     whole_ms, split_ms = median(whole[1:]) * 1e3, median(split[1:]) * 1e3
 
+    # Where a new text's explain of the deepest layer goes, in process on every core (as the engine's whole-text
+    # calls run): the blocks before the layer over every byte, then the walkthrough; against the float32 matmul
+    # rate torch reaches on this machine, measured on one large product.
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    big = torch.randn(1024, 1024)
+    mm = [timed_call(lambda: big @ big) for _ in range(n)]
+    peak = 2 * 1024**3 / median(mm)  # FLOP/s
+    C, H = cfg.d_model, cfg.mlp_hidden
+    block_flop = 2 * T * (4 * C * C + 3 * C * H) + 2 * 2 * (T * (T + 1) // 2) * C  # matmuls, then q·k and w·v
+    ids = list(scored[2].encode())
+    before = [timed_call(lambda: run(llm.model, ids, blocks=last_layer)) for _ in range(n)]
+    whole_run = [timed_call(lambda: run(llm.model, ids)) for _ in range(n)]
+    kept = run(llm.model, ids, blocks=last_layer)
+    walk = [timed_call(lambda: explain_head(llm.model, kept, last_layer, 0, T - 1)) for _ in range(n)]
+    before_ms, whole_run_ms, walk_ms = (median(t) * 1e3 for t in (before, whole_run, walk))
+    floor_ms = last_layer * block_flop / peak * 1e3
+
     body = f"""
 Model: `{ckpt.relative_to(ROOT) if ckpt.is_relative_to(ROOT) else ckpt}`: {cfg.n_layer} layers × {cfg.n_head} heads,
 d_model {cfg.d_model}, float32 on the CPU, served by a real `python -m server` process on 127.0.0.1 (torch on
-{server_threads} thread(s): every core but one, the server's default). Every text is {T} bytes (the full context),
+{server_threads} thread(s) for decode steps, every core but one, the server's default; whole-text passes such as
+these use every core). Every text is {T} bytes (the full context),
 windows of Shakespeare. Times are one POST over HTTP with the body fully read, median and fastest of {args.runs}
 after one warm-up.
 
@@ -166,10 +196,19 @@ page's use: one text, many clicks. The baseline is prompt scoring of the same te
 
 Load average (1 min) before and after: {load_before:.2f} and {load_after:.2f}.
 
-A new {T}-byte text costs one forward pass of the whole model (explain needs every block before the explained layer
-over every byte, and runs the rest too so that the next click on the text finds the run kept), about the baseline
-above. So the 100 ms target for explain is met when the text's run is kept (the page's clicks), not for a new text
-on this machine; lens and ablate meet theirs either way.
+Where a new text's explain of layer {last_layer} goes (in process, on every core as the engine's whole-text calls,
+median of {args.runs}): the {last_layer} blocks before the layer over all {T} bytes **{before_ms:.0f} ms** (the
+whole model: {whole_run_ms:.0f} ms); the walkthrough itself on the kept blocks **{walk_ms:.1f} ms**; the rest of
+the row above is HTTP and JSON. Those blocks are {last_layer * block_flop / 1e9:.1f} GFLOP, almost all of it matrix
+products; torch's float32 product runs at {peak / 1e9:.0f} GFLOP/s on this machine (a 1024³ product), so they
+cannot take less than ~{floor_ms:.0f} ms: they run at {floor_ms / before_ms:.0%} of that rate. A new text's explain
+runs only the blocks before the explained layer (`model.trace.run(..., blocks=...)`; the lens or a deeper layer
+later runs the rest of the same kept run), so its cost grows with the layer, from the walkthrough alone at layer 0
+to the row above at layer {last_layer}. So the 100 ms target holds for the kept text (the page's clicks) with room
+to spare; for a new text at the deepest layer it is one pass through {last_layer} blocks at this machine's float32
+rate plus HTTP, {deepest_ms:.0f} ms in this run: {
+        "inside the target, without margin" if deepest_ms < 100 else "over the target"
+    }. Lens and ablate meet their targets either way.
 
 Direct logit attribution per generated byte, at 256 bytes, top 5, in process on {server_threads} thread(s), median of
 {args.runs}: `attribute` on a fresh `model.trace.run` (a whole forward pass per byte) **{whole_ms:.0f} ms**;

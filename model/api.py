@@ -20,7 +20,7 @@ import torch
 from model import checkpoint, weight_forms
 from model.ablation import AblationLoss, ablation_loss
 from model.attribution import Attribution, attribute
-from model.explain import Walkthrough, explain
+from model.explain import Walkthrough, blocks_needed, explain
 from model.generate import FinishReason, TextAssembler, generate
 from model.lens import Lens, logit_lens
 from model.runner import Runner
@@ -153,14 +153,16 @@ class TinyLLM:
 
     # ------------------------------------------------------------ looking inside (model/trace.py and its readers)
 
-    def trace(self, text: str | bytes, heads_off: list[Head] = (), ablation: Ablation = "zero") -> Trace:
-        """A run of the exact model over `text` with heads_off switched off (model.trace). The last two are kept,
-        so the methods below read the same text again without a forward pass."""
+    def trace(
+        self, text: str | bytes, heads_off: list[Head] = (), ablation: Ablation = "zero", blocks: int | None = None
+    ) -> Trace:
+        """A run of the exact model over `text` with heads_off switched off (model.trace), through its first
+        `blocks` blocks (all by default). The last two are kept, so the methods below read the same text again
+        without a forward pass (or only run the blocks a kept run has not)."""
         if self._recent_runs is None:
             self._recent_runs = RecentRuns(self.model)
-        return self._recent_runs(
-            list(text) if isinstance(text, bytes) else self.tokenizer.encode(text), heads_off, ablation
-        )
+        ids = list(text) if isinstance(text, bytes) else self.tokenizer.encode(text)
+        return self._recent_runs(ids, heads_off, ablation, blocks)
 
     def explain(
         self,
@@ -172,7 +174,8 @@ class TinyLLM:
         ablation: Ablation = "zero",
     ) -> Walkthrough:
         """One head's softmax(q·kᵀ/√d_k)·V for the byte at index `query`, step by step (model.explain)."""
-        return explain(self.model, self.trace(text, heads_off, ablation), layer, head, query)
+        trace = self.trace(text, heads_off, ablation, blocks_needed(self.model.config, layer, heads_off, ablation))
+        return explain(self.model, trace, layer, head, query)
 
     def logit_lens(
         self, text: str | bytes, top_k: int = 5, heads_off: list[Head] = (), ablation: Ablation = "zero"

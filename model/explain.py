@@ -21,13 +21,15 @@ block's input against the residual after attention. Each is a max abs difference
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from model.config import ModelConfig
 from model.model import Transformer, apply_rope
-from model.trace import Trace, head_outputs
+from model.trace import Ablation, Head, Trace, mix, project
 
 
 @dataclass
@@ -58,13 +60,23 @@ class Walkthrough:
         return math.sqrt(self.q.shape[0])
 
 
+def blocks_needed(cfg: ModelConfig, layer: int, heads_off: Collection[Head], ablation: Ablation) -> int:
+    """How many blocks a run must have gone through for explain() of `layer`: the blocks before it, and the layer
+    itself when one of its heads is replaced by its mean over the text (every position of the layer's run)."""
+    mean_here = ablation == "mean" and any(off_layer == layer for off_layer, _ in heads_off)
+    return min(cfg.n_layer, max(0, layer + mean_here))
+
+
 @torch.inference_mode()
 def explain(model: Transformer, trace: Trace, layer: int, head: int, query: int) -> Walkthrough:
-    """The walkthrough of `head` in `layer` for the byte at index `query` of the traced text."""
+    """The walkthrough of `head` in `layer` for the byte at index `query` of the traced text. The trace needs only
+    the blocks before the layer (blocks_needed); when it has run the layer too, the checks read the run's outputs."""
     cfg = model.config
     for name, value, n in (("layer", layer, cfg.n_layer), ("head", head, cfg.n_head), ("query", query, len(trace.ids))):
         if not 0 <= value < n:
             raise ValueError(f"{name} {value} out of range: valid indices are 0..{n - 1}")
+    if trace.blocks < blocks_needed(cfg, layer, trace.heads_off, trace.ablation):
+        raise ValueError(f"the trace has run {trace.blocks} blocks; explaining layer {layer} needs more")
     attn = model.layers[layer].self_attn
     hs, T = cfg.head_dim, len(trace.ids)
     rows = slice(head * hs, (head + 1) * hs)  # this head's rows of W_Q, W_K, W_V, and columns of W_O
@@ -72,9 +84,6 @@ def explain(model: Transformer, trace: Trace, layer: int, head: int, query: int)
     x = trace.block_input(layer)  # (T, C)
     h = model.layers[layer].input_layernorm(x)  # (T, C)
     cos, sin = model.rope_cos[:T].to(h.dtype), model.rope_sin[:T].to(h.dtype)  # (T, hs)
-    # the layer's attention probabilities as /v1/attention computes them (the explicit softmax), on the same input
-    causal = torch.ones(T, T, dtype=torch.bool, device=h.device).tril()  # (T, T)
-    _, probs = head_outputs(attn, h[None], cos[None, None], sin[None, None], causal)  # (1, nh, T, T)
     q_before = h[query] @ attn.q_proj.weight[rows].T  # (hs,)
     q = apply_rope(q_before, cos[query], sin[query])
     keys = apply_rope(h @ attn.k_proj.weight[rows].T, cos, sin)  # (T, hs)
@@ -86,10 +95,21 @@ def explain(model: Transformer, trace: Trace, layer: int, head: int, query: int)
     z = weights.to(values.dtype) @ values  # (hs,)
     write = z @ attn.o_proj.weight[:, rows].T  # (C,)
 
+    # The layer as the model computes it, every head at once: the query's row of the explicit softmax (what
+    # /v1/attention serves) and, unless the trace has run the layer, its fused kernel over bytes 0..query.
+    all_q, all_k, all_v = project(attn, h[None], cos[None, None], sin[None, None])  # (1, nh, T, hs) each
+    row_q = all_q[:, :, query : query + 1]  # (1, nh, 1, hs)
+    _, probs = mix(row_q, all_k, all_v, mask)  # (1, nh, 1, T)
+    if trace.blocks > layer:
+        z_run = trace.z[layer][query]  # (nh, hs): every head's output at the query, as the run used it
+        after = trace.after_attention(layer)[query]
+    else:
+        seen = slice(0, query + 1)  # the causal row: the query reads bytes 0..query
+        z_run = F.scaled_dot_product_attention(row_q, all_k[:, :, seen], all_v[:, :, seen])[0, :, 0]  # (nh, hs)
+        z_run[[off_head for off_layer, off_head in trace.heads_off if off_layer == layer]] = 0
+        after = x[query] + attn.o_proj(z_run.reshape(cfg.d_model))
     switched_off = (layer, head) in trace.heads_off
-    z_run = trace.z[layer][query]  # (nh, hs): every head's output at the query, as the run used it
     head_writes = torch.einsum("nd,cnd->nc", z_run, attn.o_proj.weight.view(cfg.d_model, cfg.n_head, hs))  # (nh, C)
-    after = trace.after_attention(layer)[query]
     return Walkthrough(
         layer=layer,
         head=head,
@@ -106,7 +126,7 @@ def explain(model: Transformer, trace: Trace, layer: int, head: int, query: int)
         write=write,
         block_input=x[query],
         switched_off=switched_off,
-        weights_vs_attention=max_diff(weights, probs[0, head, query]),
+        weights_vs_attention=max_diff(weights, probs[0, head, 0]),
         z_vs_run=None if switched_off else max_diff(z, z_run[head]),
         writes_plus_input_vs_residual=max_diff(head_writes.sum(0) + x[query], after),
     )

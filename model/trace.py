@@ -56,7 +56,12 @@ class Trace:
     z: list[torch.Tensor] = field(default_factory=list)  # per block: (T, nh, hs), each head's output before W_O
     mlp: list[torch.Tensor] = field(default_factory=list)  # per block: (T, C), what its MLP adds
     probs: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (nh, T, T) attention probabilities
-    logits: torch.Tensor | None = None  # (T, vocab)
+    logits: torch.Tensor | None = None  # (T, vocab), once every block has run
+
+    @property
+    def blocks(self) -> int:
+        """How many of the model's blocks have run (run(..., blocks=n) stops early; extend goes on)."""
+        return len(self.z)
 
     def block_input(self, layer: int) -> torch.Tensor:
         return self.residuals[2 * layer]
@@ -103,30 +108,40 @@ def run(
     heads_off: Sequence[Head] = (),
     ablation: Ablation = "zero",
     weights_of: Collection[int] = (),
+    blocks: int | None = None,
 ) -> Trace:
     """Run the model over ids; the layers in weights_of use the explicit softmax and keep their probabilities, the
-    others the fused kernel (as the plain model does)."""
+    others the fused kernel (as the plain model does). With `blocks`, only the first that many blocks run (what
+    model.explain of a layer needs); `extend` runs the rest later."""
     cfg = model.config
     check_text(cfg, ids)
-    off = heads_by_layer(cfg, heads_off)
+    heads_by_layer(cfg, heads_off)
     if ablation not in ("zero", "mean"):
         raise ValueError(f'ablation must be "zero" or "mean", got {ablation!r}')
     heads_off = [(layer, head) for layer, head in heads_off]
+    x = model.embed_tokens(torch.tensor(list(ids), device=model.lm_head.weight.device))  # (T, C)
+    trace = Trace(list(ids), heads_off, ablation, residuals=[x])
+    return extend(model, trace, cfg.n_layer if blocks is None else blocks, weights_of)
 
-    device = model.lm_head.weight.device
-    idx = torch.tensor([list(ids)], device=device)  # (1, T)
-    B, T = idx.shape
-    positions = torch.arange(T, device=device).expand(B, T)
-    x = model.embed_tokens(idx)  # (1, T, C)
+
+@torch.inference_mode()
+def extend(model: Transformer, trace: Trace, blocks: int, weights_of: Collection[int] = ()) -> Trace:
+    """Run the trace's text on through its blocks up to `blocks` (the final norm and the unembedding once every
+    block has run), as run() does: the blocks it has already run are not run again."""
+    cfg = model.config
+    off = heads_by_layer(cfg, trace.heads_off)
+    x = trace.residuals[-1][None]  # (1, T, C)
+    B, T, _ = x.shape
+    positions = torch.arange(T, device=x.device).expand(B, T)
     cos = model.rope_cos[positions].unsqueeze(1).to(x.dtype)  # (1, 1, T, hs)
     sin = model.rope_sin[positions].unsqueeze(1).to(x.dtype)
-    mask = torch.ones(T, T, dtype=torch.bool, device=device).tril() if weights_of else None  # (T, T)
-    trace = Trace(list(ids), heads_off, ablation, residuals=[x[0]])
-    for i, block in enumerate(model.layers):
+    mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril() if weights_of else None  # (T, T)
+    for i in range(trace.blocks, blocks):
+        block = model.layers[i]
         attn = block.self_attn
         y, probs = head_outputs(attn, block.input_layernorm(x), cos, sin, mask if i in weights_of else None)
         if i in off:
-            y = switch_off(y, off[i], ablation)
+            y = switch_off(y, off[i], trace.ablation)
         x = x + attn.o_proj(y.transpose(1, 2).reshape(B, T, cfg.d_model))  # (B, nh, T, hs) -> (B, T, C)
         trace.residuals.append(x[0])
         mlp = block.mlp(block.post_attention_layernorm(x))
@@ -136,7 +151,8 @@ def run(
         trace.mlp.append(mlp[0])
         if probs is not None:
             trace.probs[i] = probs[0].float()
-    trace.logits = model.lm_head(model.norm(x))[0]
+    if trace.blocks == cfg.n_layer and trace.logits is None:
+        trace.logits = model.lm_head(model.norm(x))[0]
     return trace
 
 
@@ -186,14 +202,18 @@ class RecentRuns:
         self.model, self.keep = model, keep
         self.traces: OrderedDict[tuple, Trace] = OrderedDict()
 
-    def __call__(self, ids: Sequence[int], heads_off: Sequence[Head] = (), ablation: Ablation = "zero") -> Trace:
+    def __call__(
+        self, ids: Sequence[int], heads_off: Sequence[Head] = (), ablation: Ablation = "zero", blocks: int | None = None
+    ) -> Trace:
+        """The run of ids through at least `blocks` blocks (all by default): kept, extended, or run anew."""
         key = (tuple(ids), tuple(sorted((layer, head) for layer, head in heads_off)), ablation if heads_off else None)
+        blocks = self.model.config.n_layer if blocks is None else blocks
         if key not in self.traces:
-            self.traces[key] = run(self.model, ids, heads_off, ablation)
+            self.traces[key] = run(self.model, ids, heads_off, ablation, blocks=blocks)
             while len(self.traces) > self.keep:
                 self.traces.popitem(last=False)
         self.traces.move_to_end(key)
-        return self.traces[key]
+        return extend(self.model, self.traces[key], blocks)
 
 
 @torch.inference_mode()

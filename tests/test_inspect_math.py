@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from model import TinyLLM, checkpoint
 from model.ablation import ablation_loss
 from model.attribution import attribute, split_logits
-from model.explain import explain
+from model.explain import blocks_needed, explain
 from model.lens import logit_lens, stage_names
 from model.trace import run
 from reference import reference
@@ -84,6 +84,26 @@ def test_walkthrough_of_an_ablated_run(llm, saved):
     assert w.writes_plus_input_vs_residual < 1e-5  # head 0 writes nothing in the run
     with pytest.raises(ValueError, match=rf"query {T} out of range: valid indices are 0\.\.{T - 1}"):
         llm.explain(TEXT, 0, 0, T)
+
+
+@pytest.mark.parametrize(("heads_off", "ablation"), [([], "zero"), ([(0, 1), (1, 0)], "zero"), ([(1, 1)], "mean")])
+def test_a_run_that_stops_before_the_layer_explains_it_as_the_whole_run_does(llm, heads_off, ablation):
+    """A new text runs only the blocks before the explained layer; the layer's own outputs at the query are then
+    computed as the run computes them, so the walkthrough and its checks are the whole run's."""
+    cfg = llm.model.config
+    whole = run(llm.model, IDS, heads_off, ablation)
+    part = run(llm.model, IDS, heads_off, ablation, blocks=blocks_needed(cfg, 1, heads_off, ablation))
+    assert part.blocks == (2 if ablation == "mean" else 1)
+    for head in range(cfg.n_head):
+        a, b = explain(llm.model, whole, 1, head, 20), explain(llm.model, part, 1, head, 20)
+        for step in ("q", "keys", "raw_scores", "weights", "values", "z", "write"):
+            assert torch.equal(getattr(a, step), getattr(b, step)), step
+        assert b.weights_vs_attention < 1e-6 and b.writes_plus_input_vs_residual < 1e-5
+        assert b.switched_off == ((1, head) in heads_off)
+        if not b.switched_off:
+            assert b.z_vs_run < 1e-5 and math.isclose(a.z_vs_run, b.z_vs_run, abs_tol=1e-6)
+    with pytest.raises(ValueError, match="has run 0 blocks; explaining layer 1 needs more"):
+        explain(llm.model, run(llm.model, IDS, blocks=0), 1, 0, 20)
 
 
 # ------------------------------------------------------------------ the logit lens
@@ -190,8 +210,14 @@ def test_switching_heads_off_changes_the_loss_by_what_the_ablated_run_predicts(l
 
 
 def test_explain_reads_the_kept_run(llm):
-    """The same text again costs no forward pass: the walkthrough comes from the kept trace."""
-    first = llm.trace(TEXT)
-    explain(llm.model, first, 0, 0, 3)
-    assert llm.trace(TEXT) is first and llm.logit_lens(TEXT).stages and llm.trace(TEXT.encode()) is first
-    assert logit_lens(llm.model, first).logprobs.shape == (5, T, 256)
+    """The same text again costs no forward pass: the walkthrough comes from the kept trace. A new text runs only
+    the blocks before the explained layer; what reads more (the lens) runs the rest of the same trace."""
+    text = TEXT + " Arise!"  # new to the fixture's kept runs
+    llm.explain(text, 1, 0, 3)
+    first = llm.trace(text, blocks=1)
+    assert first.blocks == 1 and first.logits is None
+    llm.explain(text, 0, 1, 5)
+    assert llm.trace(text, blocks=0) is first and first.blocks == 1
+    assert llm.logit_lens(text).stages and first.blocks == llm.model.config.n_layer
+    assert llm.trace(text) is first and llm.trace(text.encode()) is first
+    assert logit_lens(llm.model, first).logprobs.shape == (5, len(text.encode()), 256)

@@ -16,7 +16,7 @@ import torch
 
 from model import checkpoint
 from model.runner import Runner
-from model.trace import RecentRuns, attention_maps, heads_off_problem, run
+from model.trace import RecentRuns, attention_maps, extend, heads_off_problem, run
 from reference import reference
 from support import sharp_model
 
@@ -113,3 +113,22 @@ def test_recent_runs_keep_the_last_two(model):
     assert runs(IDS) is plain
     runs(IDS[:5])  # a third run pushes out the least recently used
     assert runs(IDS) is plain and runs(IDS, [(0, 1), (1, 1)]) is not ablated
+
+
+def test_a_run_stopped_early_and_extended_is_the_whole_run(model):
+    whole = run(model, IDS, [(0, 1), (1, 0)], "mean")
+    part = run(model, IDS, [(0, 1), (1, 0)], "mean", blocks=1)
+    assert part.blocks == 1 and len(part.residuals) == 3 and part.logits is None
+    assert extend(model, part, model.config.n_layer) is part and part.blocks == model.config.n_layer
+    assert torch.equal(part.logits, whole.logits)
+    assert all(torch.equal(a, b) for a, b in zip(part.residuals, whole.residuals, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(part.z, whole.z, strict=True))
+
+
+def test_recent_runs_extend_a_kept_run(model):
+    runs = RecentRuns(model)
+    part = runs(IDS, blocks=1)
+    assert part.blocks == 1
+    assert runs(IDS, blocks=0) is part and part.blocks == 1  # a run that went further serves fewer blocks
+    assert runs(IDS) is part and part.blocks == model.config.n_layer
+    assert torch.equal(part.logits, logits_of(model, IDS))
