@@ -16,6 +16,10 @@ in a run of the model (model.trace, heads optionally switched off) and the model
 and three checks against the run itself: the weights against the layer's attention probabilities (the explicit
 softmax /v1/attention serves), z against the head's output in the run, and the sum of every head's write plus the
 block's input against the residual after attention. Each is a max abs difference.
+
+The run need only have gone through the blocks before the layer (blocks_needed): a new text then costs those blocks
+and not the rest of the model. The layer itself is then computed as the run computes it, every head at once with the
+fused kernel, at the query's row only; a run that went through the layer is read instead.
 """
 
 from __future__ import annotations
