@@ -95,6 +95,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def median_time(fn, device: torch.device = torch.device("cpu"), repeats: int = 5) -> float:
+    """Seconds one call of fn takes: the median of `repeats` calls, the device synchronised around each."""
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return median(times)
+
+
 def copy_bandwidth(device: torch.device = torch.device("cpu"), mbytes: int = 512) -> float:
     """Bytes moved per second (read + write) by a large tensor copy: the memory system's practical rate."""
     src = torch.empty(mbytes << 20, dtype=torch.uint8, device=device).fill_(1)

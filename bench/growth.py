@@ -7,26 +7,14 @@ and with a no-cache recompute of the whole sequence; and prefill time against pr
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
-from bench.common import DEFAULT_CHECKPOINT, median, plot, sync, table, write_doc
+from bench.common import DEFAULT_CHECKPOINT, median_time, plot, table, write_doc
 from model import checkpoint, weight_forms
 from model.runner import Runner
 from model.sampling import SamplingParams
 from model.sequence import Sequence
-
-
-def timed(fn, device, repeats: int = 5) -> float:
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return median(times)
 
 
 @torch.inference_mode()
@@ -58,9 +46,9 @@ def main() -> None:
     prefill(16)(), cached_step(16)(), recompute(16)()  # warm-up
     rows = []
     for n in lengths:
-        t_prefill = timed(prefill(n), device)
-        t_cached = timed(cached_step(n), device, repeats=15)
-        t_recompute = timed(recompute(n), device)
+        t_prefill = median_time(prefill(n), device)
+        t_cached = median_time(cached_step(n), device, repeats=15)
+        t_recompute = median_time(recompute(n), device)
         rows.append([n, t_cached * 1e3, t_recompute * 1e3, t_recompute / t_cached, t_prefill * 1e3])
         print(rows[-1])
     xs = [r[0] for r in rows]

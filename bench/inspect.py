@@ -27,7 +27,7 @@ import httpx
 import torch
 
 from bench.attention import FALLBACK, SAMPLE
-from bench.common import DEFAULT_CHECKPOINT, ROOT, median, table, write_doc
+from bench.common import DEFAULT_CHECKPOINT, ROOT, median, median_time, table, write_doc
 from model import TinyLLM, checkpoint
 from model.attribution import attribute, split_logits
 from model.explain import explain as explain_head
@@ -58,12 +58,6 @@ def timed(client: httpx.Client, path: str, bodies: list[dict]) -> list[float]:
     return times[1:]
 
 
-def timed_call(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description="Time the inspection routes at the full context over HTTP.")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint to serve")
@@ -78,6 +72,7 @@ def main() -> None:
         return [next(fresh) for _ in range(n)]
 
     last_layer = cfg.n_layer - 1
+    deepest = f"new text, layer {last_layer}"
 
     def explain(text: str, i: int) -> dict:
         return {"text": text, "layer": last_layer, "head": i % cfg.n_head, "query": T - 1 - i}
@@ -105,7 +100,7 @@ def main() -> None:
         fastest = f"{min(times) * 1e3:.0f} ms"
         rows.append(["`/v1/completions` (baseline)", "new text", f"{baseline * 1e3:.0f} ms", fastest, "1.0×", ""])
         for path, kind, body, text_of in (
-            ("/v1/attention/explain", f"new text, layer {last_layer}", explain, new_texts()),
+            ("/v1/attention/explain", deepest, explain, new_texts()),
             ("/v1/attention/explain", f"new text, layers 0..{last_layer} in turn", explain_any_layer, new_texts()),
             ("/v1/attention/explain", "same text", explain, [scored[0]] * n),
             ("/v1/lens", "new text", lens, new_texts()),
@@ -127,7 +122,7 @@ def main() -> None:
                 ]
             )
             print(" | ".join(rows[-1]), flush=True)
-            if kind.endswith(f"layer {last_layer}"):
+            if kind == deepest:
                 deepest_ms = median(times) * 1e3
     load_after = os.getloadavg()[0]
 
@@ -161,16 +156,19 @@ def main() -> None:
     # rate torch reaches on this machine, measured on one large product.
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     big = torch.randn(1024, 1024)
-    mm = [timed_call(lambda: big @ big) for _ in range(n)]
-    peak = 2 * 1024**3 / median(mm)  # FLOP/s
+    peak = 2 * 1024**3 / median_time(lambda: big @ big, repeats=n)  # FLOP/s
     C, H = cfg.d_model, cfg.mlp_hidden
     block_flop = 2 * T * (4 * C * C + 3 * C * H) + 2 * 2 * (T * (T + 1) // 2) * C  # matmuls, then q·k and w·v
     ids = list(scored[2].encode())
-    before = [timed_call(lambda: run(llm.model, ids, blocks=last_layer)) for _ in range(n)]
-    whole_run = [timed_call(lambda: run(llm.model, ids)) for _ in range(n)]
     kept = run(llm.model, ids, blocks=last_layer)
-    walk = [timed_call(lambda: explain_head(llm.model, kept, last_layer, 0, T - 1)) for _ in range(n)]
-    before_ms, whole_run_ms, walk_ms = (median(t) * 1e3 for t in (before, whole_run, walk))
+    before_ms, whole_run_ms, walk_ms = (
+        median_time(fn, repeats=n) * 1e3
+        for fn in (
+            lambda: run(llm.model, ids, blocks=last_layer),
+            lambda: run(llm.model, ids),
+            lambda: explain_head(llm.model, kept, last_layer, 0, T - 1),
+        )
+    )
     floor_ms = last_layer * block_flop / peak * 1e3
 
     body = f"""

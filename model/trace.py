@@ -115,7 +115,7 @@ def run(
     model.explain of a layer needs); `extend` runs the rest later."""
     cfg = model.config
     check_text(cfg, ids)
-    heads_by_layer(cfg, heads_off)
+    heads_by_layer(cfg, heads_off)  # checked before the embedding runs; extend groups them again
     if ablation not in ("zero", "mean"):
         raise ValueError(f'ablation must be "zero" or "mean", got {ablation!r}')
     heads_off = [(layer, head) for layer, head in heads_off]
