@@ -21,7 +21,7 @@ import httpx
 import torch
 
 from bench.common import DEFAULT_CHECKPOINT, HuggingFace, copy_bandwidth, median, table, write_doc
-from model import checkpoint, weight_forms
+from model import checkpoint, form_quality
 from model.generate import generate
 from model.runner import Runner
 from model.sampling import SamplingParams
@@ -63,9 +63,9 @@ def sequences(batch: int, valid_utf8: bool) -> list[Sequence]:
 @torch.inference_mode()
 def step_ms(runner: Runner, batch: int, steps: int = 40) -> tuple[float, float]:
     """Median times (ms) of runner.decode for `batch` sequences at position 173 (the step and the sampling), and
-    of its native call alone on the same entries, alternating."""
+    of its step call alone (runner.step.decode: the native step's one call) on the same entries, alternating."""
     seqs = sequences(batch, valid_utf8=True)
-    rows, positions = torch.arange(batch), torch.full((batch,), 173)
+    positions = torch.full((batch,), 173)
     tokens = torch.tensor([s.tokens[-1] for s in seqs])
     decode, native = [], []
     for _ in range(steps):
@@ -73,7 +73,7 @@ def step_ms(runner: Runner, batch: int, steps: int = 40) -> tuple[float, float]:
         runner.decode(seqs)
         decode.append(time.perf_counter() - t)
         t = time.perf_counter()
-        runner.native.forward(tokens, rows, positions, runner.cache, logits_for=rows)
+        runner.step.decode(tokens, positions, runner.cache, [])
         native.append(time.perf_counter() - t)
     return statistics.median(decode) * 1e3, statistics.median(native) * 1e3
 
@@ -108,7 +108,7 @@ def main() -> None:
     torch.set_num_threads(threads)
 
     model = checkpoint.load_model(args.checkpoint)
-    form, why = weight_forms.default_form(args.checkpoint)
+    form, why = form_quality.default_form(args.checkpoint)
     runner = Runner(model, max_batch=16, form=form)
     exact = Runner(model, form="float32")
     reference = [s.token for s in generate(Runner(model, native_step=False), list(PROMPT), args.tokens, GREEDY)]
@@ -154,14 +154,15 @@ def main() -> None:
     choose_med = {k: median(v) for k, v in choose.items()}
     step_med = {b: median([d for d, _ in v]) for b, v in steps.items()}
     native_ms = median([n for _, n in steps[1]])
-    nbytes = runner.native.weight_bytes  # every matrix and its scales, the norms (one row of the embedding)
+    described = runner.describe()
+    nbytes = described["weight_bytes"]  # every matrix and its scales, the norms (one row of the embedding)
     bandwidth, cached = copy_bandwidth(), copy_bandwidth(mbytes=max(1, nbytes >> 20))
     floor_ms, cached_floor_ms = nbytes / bandwidth * 1e3, nbytes / cached * 1e3
     m = {k: median(v) for k, v in rates.items()}
     paired = median([h / i for h, i in zip(rates["http"], rates["in-process"])])
     import transformers
 
-    kernels = runner.native.kernels
+    kernels = described["kernels"]
     rows = [
         [f"TinyLLM over HTTP (native {form}, {kernels})", m["http"], m["http"] / m["hf"]],
         [f"TinyLLM in-process (native {form}, {kernels})", m["in-process"], m["in-process"] / m["hf"]],

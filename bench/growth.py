@@ -11,7 +11,7 @@ import argparse
 import torch
 
 from bench.common import DEFAULT_CHECKPOINT, median_time, plot, table, write_doc
-from model import checkpoint, weight_forms
+from model import checkpoint, form_quality
 from model.runner import Runner
 from model.sampling import SamplingParams
 from model.sequence import Sequence
@@ -26,7 +26,7 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = checkpoint.load_model(args.checkpoint, device=device, dtype=dtype)
-    form = weight_forms.default_form(args.checkpoint)[0] if device.type == "cpu" else "float32"
+    form = form_quality.default_form(args.checkpoint)[0] if device.type == "cpu" else "float32"
     runner = Runner(model, form=form)  # as the server generates
     ctx = model.config.context_length
     ids = torch.randint(32, 127, (1, ctx), device=device)

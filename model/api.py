@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from model import checkpoint, weight_forms
+from model import checkpoint, form_quality, weight_forms
 from model.ablation import AblationLoss, ablation_loss
 from model.attribution import Attribution, attribute
 from model.explain import Walkthrough, blocks_needed, explain
@@ -54,11 +54,11 @@ class Generation:
 
 def resolve_form(form: str, path, device: torch.device) -> tuple[str, str]:
     """The weight form generation runs in, and why: on a CPU `form`, or for "auto" the checkpoint's default
-    (model.weight_forms.default_form); on a GPU the model as loaded."""
+    (model.form_quality.default_form); on a GPU the model as loaded."""
     if device.type != "cpu":
         return "float32", "the model's own dtype on the GPU"
     if form == "auto":
-        return weight_forms.default_form(path)
+        return form_quality.default_form(path)
     if form not in weight_forms.FORMS:
         raise ValueError(f"unknown weight form {form!r}; one of auto, {', '.join(weight_forms.FORMS)}")
     return form, "as asked"

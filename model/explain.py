@@ -18,8 +18,9 @@ softmax /v1/attention serves), z against the head's output in the run, and the s
 block's input against the residual after attention. Each is a max abs difference.
 
 The run need only have gone through the blocks before the layer (blocks_needed): a new text then costs those blocks
-and not the rest of the model. The layer itself is then computed as the run computes it, every head at once with the
-fused kernel, at the query's row only; a run that went through the layer is read instead.
+and not the rest of the model. The layer itself is then computed with the model's own attention (its project, mix
+and fused kernel: model.model.Attention), every head at once, at the query's row only; a run that went through the
+layer is read instead.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 
 from model.config import ModelConfig
 from model.model import Transformer, apply_rope
-from model.trace import Ablation, Head, Trace, mix, project
+from model.trace import Ablation, Head, Trace
 
 
 @dataclass
@@ -101,9 +102,9 @@ def explain(model: Transformer, trace: Trace, layer: int, head: int, query: int)
 
     # The layer as the model computes it, every head at once: the query's row of the explicit softmax (what
     # /v1/attention serves) and, unless the trace has run the layer, its fused kernel over bytes 0..query.
-    all_q, all_k, all_v = project(attn, h[None], cos[None, None], sin[None, None])  # (1, nh, T, hs) each
+    all_q, all_k, all_v = attn.project(h[None], cos[None, None], sin[None, None])  # (1, nh, T, hs) each
     row_q = all_q[:, :, query : query + 1]  # (1, nh, 1, hs)
-    _, probs = mix(row_q, all_k, all_v, mask)  # (1, nh, 1, T)
+    _, probs = attn.mix(row_q, all_k, all_v, mask)  # (1, nh, 1, T)
     if trace.blocks > layer:
         z_run = trace.z[layer][query]  # (nh, hs): every head's output at the query, as the run used it
         after = trace.after_attention(layer)[query]
@@ -113,7 +114,7 @@ def explain(model: Transformer, trace: Trace, layer: int, head: int, query: int)
         z_run[[off_head for off_layer, off_head in trace.heads_off if off_layer == layer]] = 0
         after = x[query] + attn.o_proj(z_run.reshape(cfg.d_model))
     switched_off = (layer, head) in trace.heads_off
-    head_writes = torch.einsum("nd,cnd->nc", z_run, attn.o_proj.weight.view(cfg.d_model, cfg.n_head, hs))  # (nh, C)
+    head_writes = attn.head_writes(z_run[None, :, None])[0, 0]  # (nh, C)
     return Walkthrough(
         layer=layer,
         head=head,

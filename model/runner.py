@@ -1,7 +1,7 @@
-"""The runner: every forward pass of a loaded model, over one fixed-shape KV cache.
+"""The runner: the forward passes of a loaded model that serve requests, over one fixed-shape KV cache.
 
-The server's engine (on its one worker thread) and `TinyLLM` (the Python API) both run the model only
-through a runner; neither touches the model's tensors or the cache.
+The server's engine (on its one worker thread) and `TinyLLM` (the Python API) generate through a runner; neither
+touches the model's tensors or the cache.
 
 - `prefill(seq, row, start, end)`: a chunk of a sequence's prompt into one cache row; at the prompt's
   end, the first generated token.
@@ -13,12 +13,9 @@ through a runner; neither touches the model's tensors or the cache.
   explained (model.trace.cached_step, model.attribution.split_step), in rows of its own (`exact_row(i)`), never
   in a batch: for sequences that switch heads off or ask why each byte was chosen.
 
-Generation (prefill and decode) runs in one of two steps:
-- the native step (model/native/): float32 or int8 weights on a CPU, batch-invariant: a sequence's keys,
-  values, logits and so its bytes are the same whatever else is in the batch, however many threads run;
-- the torch step: any weight form on any device (CUDA; a CPU without the native step), prefill in the exact
-  model and decode in a copy in the chosen form (model.weight_forms). Its matrix kernels change with the
-  batch's shape, so its bytes can too.
+Generation (prefill and decode) runs in a decode step (model.step): the native step where it can, else the torch
+step; `describe()` says which and why. The analyses of a text (model.trace and the tools that read it) run the
+exact model themselves, through its hook points.
 """
 
 from __future__ import annotations
@@ -31,11 +28,11 @@ import os
 import torch
 import torch.nn.functional as F
 
-from model import trace, weight_forms
+from model import step as steps
+from model import trace
 from model.attribution import split_step
 from model.kv_cache import KVCache
-from model.model import CacheSlots, Transformer
-from model.native import step as native
+from model.model import Transformer
 from model.sampling import SamplingParams, random_seed, sample_rows
 from model.sequence import Sequence, TokenOutput
 
@@ -46,8 +43,9 @@ Scored = tuple[int, float | None, list[tuple[int, float]] | None]  # (byte, logp
 
 class Runner:
     """model: the exact float32 (or, on a GPU, bfloat16) model, for prompt scoring and attention maps. Generation
-    runs in weight form `form` (model.weight_forms), in the native step where it can (native=True, a CPU, a form
-    it has), else in the torch step; `why_torch` says why not. kernels: the native step's (auto, avx2, scalar).
+    runs in weight form `form` (model.weight_forms), in the step model.step.choose picks: the native step where it
+    can (native_step=True, a CPU, a form it has), else the torch step; `why_not_native` says why not. kernels: the
+    native step's (auto, or one of model.native.step.KERNELS).
     exact_rows: cache rows for sequences that run in the exact model (after the prefill row).
     """
 
@@ -68,34 +66,38 @@ class Runner:
         self.max_batch = max_batch
         self.prefill_row = max_batch  # one row past the decoded ones, where prompts are prefilled
         self.exact_rows = exact_rows
-        self.why_torch = native.why_not(model, form) if native_step else "the torch step was asked for"
-        self.native = native.NativeStep(model, form, kernels) if self.why_torch is None else None
-        self.decoder = weight_forms.decoder(model, form) if self.native is None else None
+        self.step, self.why_not_native = steps.choose(model, form, kernels, native_step)
         self.cache = KVCache(self.config, max_batch + 1 + exact_rows, self.dtype, self.device)
 
     # ------------------------------------------------------------ what serves
 
     @property
     def batch_invariant(self) -> bool:
-        return self.native is not None
+        return self.step.batch_invariant
 
-    @property
-    def step_name(self) -> str:
-        """The kernel path that generates: `native` (with its kernels) or `torch` (with its device)."""
-        if self.native is not None:
-            return f"native ({self.native.kernels} kernels)"
-        return f"torch ({self.device.type}, {str(self.dtype).removeprefix('torch.')} model)"
+    def describe(self) -> dict:
+        """What generates, for people and for /v1/model: the weight form, the step and why it is not the native one,
+        whether a request's bytes are independent of its batch."""
+        return {
+            "weight_form": self.form,
+            "step": self.step.name,
+            "native": self.why_not_native is None,
+            "why_not_native": self.why_not_native,
+            "batch_invariant": self.step.batch_invariant,
+            "why_not_batch_invariant": None
+            if self.step.batch_invariant
+            else f"the torch step serves ({self.why_not_native}): its matrix kernels change with the batch's shape",
+            "kernels": self.step.kernels,
+            "weight_bytes": self.step.weight_bytes,
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
 
     def fingerprint(self, checkpoint_sha256: str) -> str:
         """OpenAI's system_fingerprint: it changes exactly when what decides the bytes does: the checkpoint
-        (model.checkpoint.content_sha256), the weight form, or the kernel path (the native step's arithmetic
-        version; for the torch step, its device, dtype and torch's version). The native step's AVX2 and scalar
-        kernels compute the same bits (tested), so they share one."""
-        if self.native is not None:
-            path = f"native-v{native.arithmetic_version()}"
-        else:
-            path = f"torch-{torch.__version__}-{self.device.type}-{self.dtype}"
-        return "fp_" + hashlib.sha256(f"{checkpoint_sha256}|{self.form}|{path}".encode()).hexdigest()[:12]
+        (model.checkpoint.content_sha256), the weight form, or the step's arithmetic (the native step's version;
+        for the torch step, its device, dtype and torch's version)."""
+        key = f"{checkpoint_sha256}|{self.form}|{self.step.arithmetic}"
+        return "fp_" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
     # ------------------------------------------------------------ generation
 
@@ -108,24 +110,7 @@ class Runner:
         """
         last = end == len(seq.tokens)
         want_attention = last and seq.attention is not None
-        if self.native is not None:
-            n = end - start
-            logits, attn = self.native.forward(
-                torch.tensor(seq.tokens[start:end]),
-                torch.full((n,), row),
-                torch.arange(start, end),
-                self.cache,
-                logits_for=torch.tensor([n - 1] if last else [], dtype=torch.long),
-                attention_for=torch.tensor([n - 1]) if want_attention else None,
-                n_keys=end,
-            )
-        else:
-            ids = torch.tensor([seq.tokens[start:end]], device=self.device)
-            slots = CacheSlots(row, torch.arange(start, end, device=self.device).unsqueeze(0))  # (1, T)
-            logits, attn = self.model(ids, need_weights=want_attention, cache=self.cache, slots=slots)
-            logits = logits[:, -1]
-            if want_attention:
-                attn = torch.stack([a[0, :, -1] for a in attn]).unsqueeze(0)  # (1, n_layer, nh, keys)
+        logits, attn = self.step.prefill(seq.tokens[start:end], row, start, self.cache, last, want_attention)
         if not last:
             return None
         return self._choose([seq], logits, [attn[0] if want_attention else None])[0]
@@ -139,30 +124,10 @@ class Runner:
         tokens = torch.tensor([s.tokens[-1] for s in seqs])
         positions = torch.tensor([len(s.tokens) - 1 for s in seqs])
         asking = [i for i, s in enumerate(seqs) if s.attention is not None]
+        logits, attn = self.step.decode(tokens, positions, self.cache, asking)
         rows: list[torch.Tensor | None] = [None] * n
-        if self.native is not None:
-            logits, attn = self.native.forward(
-                tokens,
-                torch.arange(n),
-                positions,
-                self.cache,
-                logits_for=torch.arange(n),
-                attention_for=torch.tensor(asking) if asking else None,
-                n_keys=int(positions.max()) + 1,
-            )
-            for m, i in enumerate(asking):
-                rows[i] = attn[m]
-        elif asking:  # exact rows: the model's explicit softmax
-            slots = CacheSlots(0, positions.to(self.device).unsqueeze(1))
-            logits, attn = self.model(
-                tokens.to(self.device).unsqueeze(1), need_weights=True, cache=self.cache, slots=slots
-            )
-            logits = logits[:, -1]
-            for i in asking:
-                rows[i] = torch.stack([a[i, :, -1] for a in attn])
-        else:
-            slots = CacheSlots(0, positions.to(self.device).unsqueeze(1))
-            logits = self.decoder(tokens.to(self.device).unsqueeze(1), cache=self.cache, slots=slots)[0][:, -1]
+        for m, i in enumerate(asking):
+            rows[i] = attn[m]
         return self._choose(seqs, logits, rows)
 
     def exact_row(self, i: int) -> int:
@@ -282,8 +247,7 @@ class Runner:
     @torch.inference_mode()
     def attention(self, ids: list[int]) -> torch.Tensor:
         """Attention probabilities of every layer and head over ids: (n_layer, n_head, T, T), float32 on the CPU."""
-        if not 0 < len(ids) <= self.config.context_length:
-            raise ValueError(f"text has {len(ids)} bytes; 1..{self.config.context_length} fit")
+        trace.check_text(self.config, ids)
         _, attn = self.model(torch.tensor([ids], device=self.device), need_weights=True)
         return torch.stack([a[0] for a in attn]).float().cpu()
 

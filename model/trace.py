@@ -1,14 +1,14 @@
-"""The exact model, block by block, keeping what the inspection tools read, with chosen heads switched off.
+"""A run of the exact model over a text, keeping what the inspection tools read, with chosen heads switched off.
 
-`run(model, ids)` is the model's whole-text forward pass (Transformer.forward without a cache) written out one
-block at a time, op for op the same, so that its logits are bitwise the model's (tests/test_trace.py checks it).
-On the way it keeps:
+`run(model, ids)` is the model's own forward pass (Transformer.forward without a cache), with hooks (model.hooks)
+that keep what the tools read: a trace is a cache filled by hooks. Its logits are the model's, bitwise. It keeps:
 
 - the residual stream after the embedding and after each block's attention and MLP (the logit lens reads these);
 - each head's output z before W_O, and each MLP's output (direct logit attribution splits the logits by them);
 - the attention probabilities of the layers asked for, from the explicit masked softmax, as /v1/attention serves.
 
-Switching heads off (`heads_off=[(layer, head), ...]`): a head's output z is replaced before W_O, so its write
+Switching heads off (`heads_off=[(layer, head), ...]`) is an edit at hook_z: a head's output z is replaced before
+W_O, so its write
 into the residual stream is, with `ablation="zero"`, nothing, and with `"mean"`, its mean over the text's positions
 in this same run (heads switched off upstream included). A mean reads every position of the text, so a byte's
 output then depends on later bytes too. The switched-off head's own probabilities are still computed and reported;
@@ -17,10 +17,10 @@ result is bitwise the plain model's.
 
 The tools read a trace: model.explain (one head step by step), model.lens (the logit lens), model.attribution
 (direct logit attribution), model.ablation (the loss without some heads). `RecentRuns` keeps the last traces,
-so looking at another head or byte of the same text costs no forward pass. The serving path (model.model,
-model.runner) is not touched and pays nothing for any of this.
+so looking at another head or byte of the same text costs no forward pass. A forward pass without hooks (the
+serving path) pays nothing for any of this.
 
-`cached_step(model, ids, start, cache, row, heads_off)` is the same block-by-block pass over a chunk of one growing
+`cached_step(model, ids, start, cache, row, heads_off)` is the same forward pass over a chunk of one growing
 sequence, its keys and values in a row of the KV cache: the runner's exact generation (heads switched off with
 zeros, each token explained). It keeps, at the chunk's last position, what model.attribution.split_logits reads. A
 mean over a text that is still growing is not defined, so it switches heads off with zeros only.
@@ -28,20 +28,20 @@ mean over a text that is still growing is not defined, so it switches heads off 
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
-import torch.nn.functional as F
 
 from model.config import ModelConfig
+from model.hooks import HookFn, Hooks, point
 from model.kv_cache import KVCache
-from model.model import Attention, CacheSlots, Transformer, apply_rope, cached_attention
+from model.model import CacheSlots, Transformer
 
 Ablation = Literal["zero", "mean"]
+ABLATIONS: tuple[Ablation, ...] = get_args(Ablation)
 Head = tuple[int, int]  # (layer, head)
 
 
@@ -116,11 +116,11 @@ def run(
     cfg = model.config
     check_text(cfg, ids)
     heads_by_layer(cfg, heads_off)  # checked before the embedding runs; extend groups them again
-    if ablation not in ("zero", "mean"):
-        raise ValueError(f'ablation must be "zero" or "mean", got {ablation!r}')
+    if ablation not in ABLATIONS:
+        raise ValueError(f"ablation must be one of {', '.join(map(repr, ABLATIONS))}, got {ablation!r}")
     heads_off = [(layer, head) for layer, head in heads_off]
-    x = model.embed_tokens(torch.tensor(list(ids), device=model.lm_head.weight.device))  # (T, C)
-    trace = Trace(list(ids), heads_off, ablation, residuals=[x])
+    x = model.embed(torch.tensor([list(ids)], device=model.lm_head.weight.device))  # (1, T, C)
+    trace = Trace(list(ids), heads_off, ablation, residuals=[x[0]])
     return extend(model, trace, cfg.n_layer if blocks is None else blocks, weights_of)
 
 
@@ -129,68 +129,43 @@ def extend(model: Transformer, trace: Trace, blocks: int, weights_of: Collection
     """Run the trace's text on through its blocks up to `blocks` (the final norm and the unembedding once every
     block has run), as run() does: the blocks it has already run are not run again."""
     cfg = model.config
-    off = heads_by_layer(cfg, trace.heads_off)
-    x = trace.residuals[-1][None]  # (1, T, C)
-    B, T, _ = x.shape
-    positions = torch.arange(T, device=x.device).expand(B, T)
-    cos = model.rope_cos[positions].unsqueeze(1).to(x.dtype)  # (1, 1, T, hs)
-    sin = model.rope_sin[positions].unsqueeze(1).to(x.dtype)
-    mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril() if weights_of else None  # (T, T)
-    for i in range(trace.blocks, blocks):
-        block = model.layers[i]
-        attn = block.self_attn
-        y, probs = head_outputs(attn, block.input_layernorm(x), cos, sin, mask if i in weights_of else None)
-        if i in off:
-            y = switch_off(y, off[i], trace.ablation)
-        x = x + attn.o_proj(y.transpose(1, 2).reshape(B, T, cfg.d_model))  # (B, nh, T, hs) -> (B, T, C)
-        trace.residuals.append(x[0])
-        mlp = block.mlp(block.post_attention_layernorm(x))
-        x = x + mlp
-        trace.residuals.append(x[0])
-        trace.z.append(y[0].transpose(0, 1))  # (nh, T, hs) -> (T, nh, hs)
-        trace.mlp.append(mlp[0])
-        if probs is not None:
-            trace.probs[i] = probs[0].float()
+    layers = range(trace.blocks, blocks)
+    hooks = Hooks()
+    for layer, heads in heads_by_layer(cfg, trace.heads_off).items():
+        if layer in layers:
+            hooks.add(point(layer, "attn.hook_z"), switch_off(heads, trace.ablation))
+    for layer in layers:  # batch 1: keep row 0 of each
+        hooks.add(point(layer, "attn.hook_z"), lambda z, name: trace.z.append(z[0].transpose(0, 1)))  # (T, nh, hs)
+        hooks.add(point(layer, "hook_resid_mid"), lambda x, name: trace.residuals.append(x[0]))
+        hooks.add(point(layer, "hook_mlp_out"), lambda m, name: trace.mlp.append(m[0]))
+        hooks.add(point(layer, "hook_resid_post"), lambda x, name: trace.residuals.append(x[0]))
+        if layer in weights_of:
+            hooks.add(point(layer, "attn.hook_pattern"), record_probs(trace, layer))
+    x, _ = model.run_blocks(trace.residuals[-1][None], layers, hooks=hooks)  # (1, T, C)
     if trace.blocks == cfg.n_layer and trace.logits is None:
-        trace.logits = model.lm_head(model.norm(x))[0]
+        trace.logits = model.unembed(x)[0]
     return trace
 
 
-def head_outputs(attn: Attention, x: torch.Tensor, cos, sin, mask: torch.Tensor | None):
-    """Attention.forward's whole-text path up to the heads' outputs, before W_O: (B, nh, T, hs); with a (T, T)
-    causal mask, by the explicit masked softmax, also returning the probabilities (B, nh, T, T)."""
-    q, k, v = project(attn, x, cos, sin)
-    if mask is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True), None
-    return mix(q, k, v, mask)
+def record_probs(trace: Trace, layer: int) -> HookFn:
+    def keep(probs: torch.Tensor, name: str) -> None:
+        trace.probs[layer] = probs[0].float()  # (nh, T, T)
+
+    return keep
 
 
-def project(attn: Attention, x: torch.Tensor, cos, sin):
-    """The queries, keys and values of x (B, T, C), RoPE applied: (B, nh, T, hs) each."""
-    B, T, C = x.shape
-    # (B, T, C) -> (B, T, nh, hs) -> (B, nh, T, hs)
-    q = attn.q_proj(x).view(B, T, attn.n_head, attn.head_dim).transpose(1, 2)
-    k = attn.k_proj(x).view(B, T, attn.n_head, attn.head_dim).transpose(1, 2)
-    v = attn.v_proj(x).view(B, T, attn.n_head, attn.head_dim).transpose(1, 2)
-    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+def switch_off(heads: list[int], ablation: Ablation) -> HookFn:
+    """An edit of z (B, nh, T, hs): the outputs of `heads` replaced by zeros, or by their mean over the positions."""
 
+    def edit(z: torch.Tensor, name: str) -> torch.Tensor:
+        z = z.clone()
+        if ablation == "zero":
+            z[:, heads] = 0
+        else:
+            z[:, heads] = z[:, heads].mean(dim=2, keepdim=True)  # (B, len(heads), 1, hs), broadcast over positions
+        return z
 
-def mix(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor):
-    """The explicit masked softmax (Attention.forward's need_weights path): the heads' outputs (B, nh, T, hs) and
-    the probabilities (B, nh, T, T_key); mask: True where a query may read a key, broadcast to (B, nh, T, T_key)."""
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, nh, T, T_key)
-    probs = F.softmax(scores.float().masked_fill(~mask, float("-inf")), dim=-1)
-    return probs.to(v.dtype) @ v, probs
-
-
-def switch_off(y: torch.Tensor, heads: list[int], ablation: Ablation) -> torch.Tensor:
-    """y (B, nh, T, hs) with the outputs of `heads` replaced by zeros, or by their mean over the positions."""
-    y = y.clone()
-    if ablation == "zero":
-        y[:, heads] = 0
-    else:
-        y[:, heads] = y[:, heads].mean(dim=2, keepdim=True)  # (B, len(heads), 1, hs), broadcast over positions
-    return y
+    return edit
 
 
 class RecentRuns:
@@ -252,34 +227,20 @@ def cached_step(
     their keys and values go into cache row `row`, whose positions before `start` hold the earlier ones. With
     need_weights, the explicit softmax, keeping the last position's probabilities; else the fused kernel."""
     cfg = model.config
-    off = heads_by_layer(cfg, heads_off)
     end = start + len(ids)
     if not 0 <= start < end <= cfg.context_length:
         raise ValueError(f"positions {start}..{end - 1} are not in the context (0..{cfg.context_length - 1})")
     device = model.lm_head.weight.device
-    idx = torch.tensor([list(ids)], device=device)  # (1, T)
-    T = idx.shape[1]
     slots = CacheSlots(row, torch.arange(start, end, device=device).unsqueeze(0))  # (1, T)
-    x = model.embed_tokens(idx)  # (1, T, C)
-    cos = model.rope_cos[slots.positions].unsqueeze(1).to(x.dtype)  # (1, 1, T, hs)
-    sin = model.rope_sin[slots.positions].unsqueeze(1).to(x.dtype)
-    embedding, z, mlps, probs = x[0, -1], [], [], []
-    for i, block in enumerate(model.layers):
-        attn = block.self_attn
-        q, k, v = project(attn, block.input_layernorm(x), cos, sin)
-        if need_weights:
-            keys, values = slots.write_and_read(cache.layer(i), k, v)  # (1, nh, end, hs)
-            y, p = mix(q, keys, values, slots.mask())
-            probs.append(p[0, :, -1])  # (nh, end)
-        else:
-            y = cached_attention(q, k, v, cache.layer(i), slots)  # (1, nh, T, hs)
-        if i in off:
-            y = switch_off(y, off[i], "zero")
-        x = x + attn.o_proj(y.transpose(1, 2).reshape(1, T, cfg.d_model))  # (1, nh, T, hs) -> (1, T, C)
-        mlp = block.mlp(block.post_attention_layernorm(x))
-        x = x + mlp
-        z.append(y[0, :, -1])
-        mlps.append(mlp[0, -1])
+    hooks, z, mlps = Hooks(), [], []
+    for layer, heads in heads_by_layer(cfg, heads_off).items():
+        hooks.add(point(layer, "attn.hook_z"), switch_off(heads, "zero"))
+    for layer in range(cfg.n_layer):  # the chunk's last position
+        hooks.add(point(layer, "attn.hook_z"), lambda y, name: z.append(y[0, :, -1]))  # (nh, hs)
+        hooks.add(point(layer, "hook_mlp_out"), lambda m, name: mlps.append(m[0, -1]))  # (C,)
+    x = model.embed(torch.tensor([list(ids)], device=device))  # (1, T, C)
+    embedding = x[0, -1]
+    x, probs = model.run_blocks(x, range(cfg.n_layer), need_weights=need_weights, cache=cache, slots=slots, hooks=hooks)
     final = x[0, -1]
-    logits = model.lm_head(model.norm(final))
-    return Step(logits, embedding, z, mlps, final, torch.stack(probs) if need_weights else None)
+    attention = torch.stack([p[0, :, -1] for p in probs]) if need_weights else None  # (n_layer, nh, keys)
+    return Step(model.unembed(final), embedding, z, mlps, final, attention)

@@ -132,7 +132,7 @@ class ServedModels:
 
     def start(self) -> None:
         for m in self:
-            runner = m.engine.runner
+            step = m.engine.runner.describe()
             m.engine.start()
             log.info(
                 "serving %s from %s on %s, %d parameters; generating in %s weights (%s), %s step, %s",
@@ -140,15 +140,13 @@ class ServedModels:
                 m.checkpoint,
                 m.llm.device,
                 m.llm.model.num_params(),
-                runner.form,
+                step["weight_form"],
                 m.llm.form_reason,
-                runner.step_name,
+                step["step"],
                 m.fingerprint,
             )
-            if not runner.batch_invariant:
-                log.warning(
-                    "%s: not batch-invariant (a request's bytes can change with the load): %s", m.name, runner.why_torch
-                )
+            if not step["batch_invariant"]:
+                log.warning("%s: not batch-invariant: %s", m.name, step["why_not_batch_invariant"])
 
     def stop(self) -> None:
         for m in self:

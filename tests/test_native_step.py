@@ -8,7 +8,7 @@ import httpx
 import pytest
 import torch
 
-from model import checkpoint, weight_forms
+from model import checkpoint, form_quality
 from model.generate import generate
 from model.kv_cache import KVCache
 from model.model import CacheSlots
@@ -67,10 +67,10 @@ def test_the_int8_steps_held_out_loss_is_within_the_bound(shakespeare):
     """Held-out text the model never saw (its own card's prose and samples): int8 costs at most the bound, and the
     bundled record was measured in the native step."""
     text = (SHAKESPEARE / "README.md").read_bytes()[: 4 * 512 + 1]
-    exact = weight_forms.validation_loss(lambda x: shakespeare(x)[0], text, 512)
-    int8 = weight_forms.validation_loss(native.NativeStep(shakespeare, "int8").logits, text, 512)
-    assert abs(int8 - exact) <= weight_forms.MAX_LOSS_INCREASE
-    record = weight_forms.allowed(SHAKESPEARE)
+    exact = form_quality.validation_loss(lambda x: shakespeare(x)[0], text, 512)
+    int8 = form_quality.validation_loss(native.NativeStep(shakespeare, "int8").logits, text, 512)
+    assert abs(int8 - exact) <= form_quality.MAX_LOSS_INCREASE
+    record = form_quality.allowed(SHAKESPEARE)
     assert "int8" in record[0], record[1]
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import checkpoint, weight_forms
+from model import checkpoint, form_quality, torch_step, weight_forms
 from model.config import ModelConfig
 from model.quantize import int8_group, quantize_groups
 from model.runner import Runner
@@ -24,7 +24,7 @@ def test_the_float32_decoder_is_the_model():
     ids = random_ids(2, 40)
     with torch.inference_mode():
         expected, _ = model(ids)
-        got, _ = weight_forms.decoder(model, "float32")(ids)
+        got, _ = torch_step.decoder(model, "float32")(ids)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -69,7 +69,7 @@ def test_reduced_forms_stay_close_and_decode_through_the_runner(form):
     ids = random_ids(1, 30)
     with torch.inference_mode():
         exact = F.log_softmax(model(ids)[0], dim=-1)
-        reduced = F.log_softmax(weight_forms.decoder(model, form)(ids)[0], dim=-1)
+        reduced = F.log_softmax(torch_step.decoder(model, form)(ids)[0], dim=-1)
     assert (reduced - exact).abs().max() < 0.05
     runner = Runner(model, max_batch=2, form=form)
     seq = Sequence(ids[0, :20].tolist(), 20, SamplingParams(temperature=0, valid_utf8=False))
@@ -88,27 +88,27 @@ def test_validation_loss_is_the_cross_entropy_of_all_windows():
     x, y = ids[:-1].view(3, 64), ids[1:].view(3, 64)
     with torch.inference_mode():
         expected = F.cross_entropy(model(x)[0].flatten(0, 1), y.flatten()).item()
-    assert weight_forms.validation_loss(lambda x: model(x)[0], data, 64) == pytest.approx(expected, rel=1e-5)
+    assert form_quality.validation_loss(lambda x: model(x)[0], data, 64) == pytest.approx(expected, rel=1e-5)
 
 
 def test_the_record_decides_which_forms_may_serve(tmp_path):
     ck = tmp_path / "ck"
     checkpoint.save(ck, tiny_model(), training={})
-    assert weight_forms.allowed(ck)[0] == ["float32"], "unmeasured: float32 only"
+    assert form_quality.allowed(ck)[0] == ["float32"], "unmeasured: float32 only"
     losses = {"float32": 1.5, "bfloat16": 1.5004, "int8": 1.52}  # int8 costs 0.02 nats/byte: too much
-    (ck / weight_forms.QUALITY_FILE).write_text(json.dumps({"val_loss": losses}))
-    forms, why = weight_forms.allowed(ck)
+    (ck / form_quality.QUALITY_FILE).write_text(json.dumps({"val_loss": losses}))
+    forms, why = form_quality.allowed(ck)
     assert forms == ["float32", "bfloat16"] and "int8 +0.0200" in why
 
 
 def test_a_checkpoint_serves_int8_by_default_only_when_its_record_allows_it(tmp_path):
     ck = tmp_path / "ck"
     checkpoint.save(ck, tiny_model(), training={})
-    assert weight_forms.default_form(ck)[0] == "float32", "unmeasured: float32"
-    (ck / weight_forms.QUALITY_FILE).write_text(json.dumps({"val_loss": {"float32": 1.0, "int8": 1.001}}))
-    assert weight_forms.default_form(ck)[0] == "int8"
-    (ck / weight_forms.QUALITY_FILE).write_text(json.dumps({"val_loss": {"float32": 1.0, "int8": 1.02}}))
-    assert weight_forms.default_form(ck)[0] == "float32", "int8 costs too much here"
+    assert form_quality.default_form(ck)[0] == "float32", "unmeasured: float32"
+    (ck / form_quality.QUALITY_FILE).write_text(json.dumps({"val_loss": {"float32": 1.0, "int8": 1.001}}))
+    assert form_quality.default_form(ck)[0] == "int8"
+    (ck / form_quality.QUALITY_FILE).write_text(json.dumps({"val_loss": {"float32": 1.0, "int8": 1.02}}))
+    assert form_quality.default_form(ck)[0] == "float32", "int8 costs too much here"
 
 
 def test_the_command_records_each_forms_validation_loss(tmp_path):
@@ -116,8 +116,8 @@ def test_the_command_records_each_forms_validation_loss(tmp_path):
     checkpoint.save(ck, tiny_model(seed=3), training={})
     data = tmp_path / "text.txt"
     data.write_bytes(bytes(random_ids(1, 64 * 20 + 1, seed=5)[0].tolist()))
-    weight_forms.main([str(ck), "--data", str(data)])
-    record = json.loads((ck / weight_forms.QUALITY_FILE).read_text())
+    form_quality.main([str(ck), "--data", str(data)])
+    record = json.loads((ck / form_quality.QUALITY_FILE).read_text())
     assert set(record["val_loss"]) == set(weight_forms.FORMS)
     assert record["measured_in"] == {"float32": "native step", "int8": "native step", "bfloat16": "torch step"}
     assert record["data"]["held_out_bytes"] == math.ceil(len(data.read_bytes()) * 0.1)

@@ -92,6 +92,36 @@ class NativeStep:
             scales,
         )
         self.kernels = self._step.kernels  # the kernel path that runs: vnni, avx2 or scalar
+        self.name = f"native ({self.kernels} kernels)"
+        self.arithmetic = f"native-v{arithmetic_version()}"  # every kernel path computes the same bits (tested)
+
+    batch_invariant = True
+
+    def prefill(self, tokens: list[int], row: int, start: int, cache, last: bool, attention: bool):
+        """model.step.DecodeStep.prefill: a chunk of one sequence, its entries in one call."""
+        n, end = len(tokens), start + len(tokens)
+        return self.forward(
+            torch.tensor(tokens),
+            torch.full((n,), row),
+            torch.arange(start, end),
+            cache,
+            logits_for=torch.tensor([n - 1] if last else [], dtype=torch.long),
+            attention_for=torch.tensor([n - 1]) if attention else None,
+            n_keys=end,
+        )
+
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache, attention_for: list[int]):
+        """model.step.DecodeStep.decode: sequence i in cache row i, one entry each, in one call."""
+        n = len(tokens)
+        return self.forward(
+            tokens,
+            torch.arange(n),
+            positions,
+            cache,
+            logits_for=torch.arange(n),
+            attention_for=torch.tensor(attention_for) if attention_for else None,
+            n_keys=int(positions.max()) + 1,
+        )
 
     def forward(
         self,

@@ -29,24 +29,15 @@ async def prometheus_metrics(metrics: MetricsDep):
 @router.get("/v1/model")
 async def model_info(served: QueryModelDep):
     llm, engine = served.llm, served.engine
+    step = engine.runner.describe()
     return {
         "model": served.name,
         "checkpoint": str(served.checkpoint),
         "config": llm.config.to_dict(),
         "num_params": llm.model.num_params(),
         "device": str(llm.device),
-        "dtype": str(engine.runner.dtype).removeprefix("torch."),
-        "decode_step": {
-            "weight_form": engine.runner.form,
-            "why": llm.form_reason,
-            "step": engine.runner.step_name,
-            "native": engine.runner.native is not None,
-            "why_not_native": engine.runner.why_torch,
-            "batch_invariant": engine.runner.batch_invariant,
-            "why_not_batch_invariant": None
-            if engine.runner.batch_invariant
-            else f"the torch step serves ({engine.runner.why_torch}): its matrix kernels change with the batch's shape",
-        },
+        "dtype": step.pop("dtype"),
+        "decode_step": {"weight_form": step.pop("weight_form"), "why": llm.form_reason, **step},
         "system_fingerprint": served.fingerprint,
         "context_length": llm.config.context_length,
         "max_batch": engine.max_batch,
