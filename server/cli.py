@@ -14,165 +14,32 @@
 --url (TINYLLM_URL, default http://127.0.0.1:8000) and --api-key (TINYLLM_API_KEY) choose the server.
 Exit codes: 0 done, 1 an error (the server's message, or a file that cannot be written), 2 a bad command
 line, 3 the server cannot be reached. Errors are one line on standard error.
+
+This file is the command line; what each command does is server/cli_commands.py, talking to the server
+server/cli_client.py, the inspection commands' tables server/cli_inspect.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from pathlib import Path
 
 import httpx
 
-from server.cli_inspect import ablation_lines, attribution_lines, explain_table, lens_table
+from server.cli_client import DEFAULT_URL, EXIT_SERVER_ERROR, EXIT_UNREACHABLE, CLIError
+from server.cli_commands import (
+    cmd_ablate,
+    cmd_attention,
+    cmd_attribute,
+    cmd_explain,
+    cmd_generate,
+    cmd_lens,
+    cmd_model,
+    cmd_tokenize,
+)
 
-DEFAULT_URL = "http://127.0.0.1:8000"
-EXIT_SERVER_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
-
-
-class CLIError(Exception):
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
-        self.code = code
-
-
-# ---------------------------------------------------------------- talking to the server
-
-
-def client(args) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    return httpx.Client(
-        base_url=args.url.rstrip("/"), headers=headers, timeout=httpx.Timeout(args.timeout, connect=5.0)
-    )
-
-
-def check(response: httpx.Response) -> httpx.Response:
-    """Raise CLIError with the server's one-line message for a 4xx/5xx."""
-    if response.status_code < 400:
-        return response
-    response.read()
-    try:
-        error = response.json()["error"]
-        message = f"{error['message']} ({error['type']}, HTTP {response.status_code})"
-    except (ValueError, KeyError, TypeError):
-        message = f"HTTP {response.status_code}: {response.text.strip()[:200] or response.reason_phrase}"
-    if response.status_code == 401:
-        message += "; pass --api-key or set TINYLLM_API_KEY"
-    raise CLIError(message, EXIT_SERVER_ERROR)
-
-
-def request(args, method: str, path: str, **kwargs) -> httpx.Response:
-    with client(args) as c:
-        return check(c.request(method, path, **kwargs))
-
-
-# ---------------------------------------------------------------- commands
-
-
-def cmd_generate(args) -> None:
-    body = {
-        "prompt": read_text(args.text),
-        "max_new_tokens": args.max_new_tokens,
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "stop": args.stop,
-        "stream": True,
-    }
-    if args.seed is not None:
-        body["seed"] = args.seed
-    if args.heads_off:
-        body["heads_off"] = args.heads_off
-    out = sys.stdout
-    with client(args) as c, c.stream("POST", "/v1/generate", json=body) as response:
-        check(response)
-        if args.echo:
-            out.write(body["prompt"])
-        for line in response.iter_lines():
-            if not line.startswith("data: "):
-                continue
-            data = line[len("data: ") :]
-            if data == "[DONE]":
-                break
-            event = json.loads(data)
-            if "error" in event:
-                raise CLIError(f"{event['error']['message']} ({event['error']['type']})", EXIT_SERVER_ERROR)
-            if "token" in event:
-                out.write(event["text"])
-                out.flush()
-    out.write("\n")
-
-
-def cmd_attention(args) -> None:
-    text = read_text(args.text)
-    one_map = args.png or not args.npy
-    layer = args.layer if args.layer is not None or not one_map else 0
-    head = args.head if args.head is not None or not one_map else 0
-    body = {"text": text, "layers": None if layer is None else [layer], "heads": None if head is None else [head]}
-    if args.png:
-        save(args.png, request(args, "POST", "/v1/attention", json={**body, "format": "png"}).content)
-    if args.npy:
-        save(args.npy, request(args, "POST", "/v1/attention", json={**body, "format": "npy"}).content)
-    if args.png or args.npy:
-        return
-    result = request(args, "POST", "/v1/attention", json=body).json()
-    print(attention_summary(result["tokens"], result["attention"][0][0], layer, head))
-
-
-def attention_summary(tokens: list[dict], rows: list[list[float]], layer: int, head: int) -> str:
-    """One line per byte: the byte it attends to most, and how strongly."""
-    labels = [shown(t["text"]) for t in tokens]
-    width = max(map(len, labels))
-    lines = [f"layer {layer}, head {head}: each byte -> the byte it attends to most"]
-    for q, row in enumerate(rows):
-        k = max(range(q + 1), key=lambda j: row[j])
-        lines.append(f"{q:4d} {labels[q]:>{width}} -> {k:4d} {labels[k]:<{width}} {row[k]:.3f}")
-    return "\n".join(lines)
-
-
-def cmd_model(args) -> None:
-    print(json.dumps(request(args, "GET", "/v1/model").json(), indent=2))
-
-
-def cmd_tokenize(args) -> None:
-    result = request(args, "POST", "/v1/tokenize", json={"text": read_text(args.text)}).json()
-    print(f"{result['count']} bytes")
-    for i, t in enumerate(result["tokens"]):
-        print(f"{i:4d} {t['id']:3d} {shown(t['text']):6} chars [{t['start']}, {t['end']})")
-
-
-def cmd_explain(args) -> None:
-    text = read_text(args.text)
-    query = args.query
-    if query is None:  # the last byte, or the last character
-        query = (len(text) if args.character else len(text.encode("utf-8"))) - 1
-    body = {"text": text, "layer": args.layer, "head": args.head, "query": query, **switched_off(args)}
-    if args.character:
-        body["query_unit"] = "character"
-    print(explain_table(request(args, "POST", "/v1/attention/explain", json=body).json()))
-
-
-def cmd_lens(args) -> None:
-    body = {"text": read_text(args.text), "top_k": 1, **switched_off(args)}
-    print(lens_table(request(args, "POST", "/v1/lens", json=body).json()))
-
-
-def cmd_attribute(args) -> None:
-    body = {"text": read_text(args.text), "position": args.position, "top": args.top, **switched_off(args)}
-    if args.target is not None:
-        body["target"] = args.target
-    print(attribution_lines(request(args, "POST", "/v1/attribute", json=body).json()))
-
-
-def cmd_ablate(args) -> None:
-    body = {"text": read_text(args.text), **switched_off(args)}
-    print(ablation_lines(request(args, "POST", "/v1/ablate", json=body).json()))
-
-
-def switched_off(args) -> dict:
-    return {"heads_off": args.heads_off, "ablation": args.ablation}
+# ---------------------------------------------------------------- argument types
 
 
 def head_pair(value: str) -> list[int]:
@@ -194,20 +61,6 @@ def byte_value(value: str) -> int:
         raise argparse.ArgumentTypeError(f"{value!r} is neither a byte value nor a one-byte character") from None
 
 
-def shown(label: str) -> str:
-    """A byte's label as printed: the server's (\\n, \\xe2, ...), with a space made visible."""
-    return "\u2423" if label == " " else label
-
-
-def read_text(text: str) -> str:
-    return sys.stdin.read() if text == "-" else text
-
-
-def save(path: str, data: bytes) -> None:
-    Path(path).write_bytes(data)
-    print(f"wrote {path} ({len(data):,} bytes)", file=sys.stderr)
-
-
 # ---------------------------------------------------------------- the command line
 
 
@@ -225,7 +78,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server (default 300)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_commands(sub)
+    add_inspection_commands(sub)
+    return p
 
+
+def add_commands(sub) -> None:
+    """generate, attention, model, tokenize."""
     g = sub.add_parser("generate", help="continue a text, streaming the bytes as they come")
     g.add_argument("text", help="the prompt (- reads standard input)")
     g.add_argument("--max-new-tokens", type=int, default=128, help="bytes to generate at most (default 128)")
@@ -255,6 +114,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("text", help="the text (- reads standard input)")
     t.set_defaults(run=cmd_tokenize)
 
+
+def add_inspection_commands(sub) -> None:
+    """explain, lens, attribute, ablate: a text, and the heads to switch off while looking."""
     inspect = argparse.ArgumentParser(add_help=False)  # the options every inspection command shares
     inspect.add_argument("text", help="the text (- reads standard input)")
     inspect.add_argument(
@@ -280,7 +142,6 @@ def parser() -> argparse.ArgumentParser:
 
     ab = sub.add_parser("ablate", parents=[inspect], help="the loss per byte with some heads switched off")
     ab.set_defaults(run=cmd_ablate)
-    return p
 
 
 def main(argv: list[str] | None = None) -> None:
