@@ -100,21 +100,10 @@ def explain(model: Transformer, trace: Trace, layer: int, head: int, query: int)
     z = weights.to(values.dtype) @ values  # (hs,)
     write = z @ attn.o_proj.weight[:, rows].T  # (C,)
 
-    # The layer as the model computes it, every head at once: the query's row of the explicit softmax (what
-    # /v1/attention serves) and, unless the trace has run the layer, its fused kernel over bytes 0..query.
-    all_q, all_k, all_v = attn.project(h[None], cos[None, None], sin[None, None])  # (1, nh, T, hs) each
-    row_q = all_q[:, :, query : query + 1]  # (1, nh, 1, hs)
-    _, probs = attn.mix(row_q, all_k, all_v, mask)  # (1, nh, 1, T)
-    if trace.blocks > layer:
-        z_run = trace.z[layer][query]  # (nh, hs): every head's output at the query, as the run used it
-        after = trace.after_attention(layer)[query]
-    else:
-        seen = slice(0, query + 1)  # the causal row: the query reads bytes 0..query
-        z_run = F.scaled_dot_product_attention(row_q, all_k[:, :, seen], all_v[:, :, seen])[0, :, 0]  # (nh, hs)
-        z_run[[off_head for off_layer, off_head in trace.heads_off if off_layer == layer]] = 0
-        after = x[query] + attn.o_proj(z_run.reshape(cfg.d_model))
+    probs, z_run, after = layer_at_query(model, trace, layer, h, query, cos, sin, mask)
     switched_off = (layer, head) in trace.heads_off
     head_writes = attn.head_writes(z_run[None, :, None])[0, 0]  # (nh, C)
+    x_query = x[query]
     return Walkthrough(
         layer=layer,
         head=head,
@@ -129,12 +118,31 @@ def explain(model: Transformer, trace: Trace, layer: int, head: int, query: int)
         values=values,
         z=z,
         write=write,
-        block_input=x[query],
+        block_input=x_query,
         switched_off=switched_off,
-        weights_vs_attention=max_diff(weights, probs[0, head, 0]),
+        weights_vs_attention=max_diff(weights, probs[head]),
         z_vs_run=None if switched_off else max_diff(z, z_run[head]),
-        writes_plus_input_vs_residual=max_diff(head_writes.sum(0) + x[query], after),
+        writes_plus_input_vs_residual=max_diff(head_writes.sum(0) + x_query, after),
     )
+
+
+def layer_at_query(model: Transformer, trace: Trace, layer: int, h: torch.Tensor, query: int, cos, sin, mask):
+    """The layer at the query's row as the model computes it, every head at once, with the model's own attention:
+    the row of the explicit softmax (what /v1/attention serves): (nh, T); the heads' outputs (nh, hs) and the
+    residual after attention (C,) from the run when it has run the layer, else from the fused kernel over bytes
+    0..query. h: the block's normalised input (T, C); cos, sin: (T, hs)."""
+    attn = model.layers[layer].self_attn
+    all_q, all_k, all_v = attn.project(h[None], cos[None, None], sin[None, None])  # (1, nh, T, hs) each
+    row_q = all_q[:, :, query : query + 1]  # (1, nh, 1, hs)
+    _, probs = attn.mix(row_q, all_k, all_v, mask)  # (1, nh, 1, T)
+    if trace.blocks > layer:
+        z_run = trace.z[layer][query]  # (nh, hs): every head's output at the query, as the run used it
+        return probs[0, :, 0], z_run, trace.after_attention(layer)[query]
+    seen = slice(0, query + 1)  # the causal row: the query reads bytes 0..query
+    z_run = F.scaled_dot_product_attention(row_q, all_k[:, :, seen], all_v[:, :, seen])[0, :, 0]  # (nh, hs)
+    z_run[[off_head for off_layer, off_head in trace.heads_off if off_layer == layer]] = 0
+    after = trace.block_input(layer)[query] + attn.o_proj(z_run.reshape(model.config.d_model))
+    return probs[0, :, 0], z_run, after
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -8,6 +8,8 @@ valid is the caller's to track (the runner's sequences), and attention never rea
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from model.config import ModelConfig
@@ -51,3 +53,37 @@ class KVCache:
 
     def nbytes(self) -> int:
         return sum(2 * k.numel() * k.element_size() for k in self.k)
+
+
+@dataclass
+class CacheSlots:
+    """Where a forward pass writes its keys and values in the KV cache, and how far it reads back.
+
+    Batch row b is cache row first_row + b (a batch always sits in consecutive rows); token t of it goes
+    to position positions[b, t]. Attention reads each row's positions up to the query's own.
+    """
+
+    first_row: int
+    positions: torch.Tensor  # (B, T) absolute positions
+
+    @property
+    def n_keys(self) -> int:
+        """How many cache positions attention reads: up to the furthest query (a host read of positions)."""
+        return int(self.positions.max()) + 1
+
+    def write_and_read(self, cache: tuple[torch.Tensor, torch.Tensor], k: torch.Tensor, v: torch.Tensor, n_keys=None):
+        """Store k, v (B, nh, T, hs) in one layer's cache; return its rows' keys and values (B, nh, n_keys, hs)."""
+        k_cache, v_cache = cache  # (rows, nh, max_len, hs) each
+        B, n_keys = self.positions.shape[0], n_keys or self.n_keys
+        rows = torch.arange(self.first_row, self.first_row + B, device=k.device).unsqueeze(1)  # (B, 1)
+        # Indexing [rows, :, positions] addresses a (B, T, nh, hs) block of the cache.
+        k_cache[rows, :, self.positions] = k.transpose(1, 2)
+        v_cache[rows, :, self.positions] = v.transpose(1, 2)
+        return k_cache[self.first_row : self.first_row + B, :, :n_keys], v_cache[
+            self.first_row : self.first_row + B, :, :n_keys
+        ]
+
+    def mask(self, n_keys=None) -> torch.Tensor:
+        """(B, 1, T, n_keys): True where a query may attend to a key (keys up to its own position)."""
+        key_pos = torch.arange(n_keys or self.n_keys, device=self.positions.device)
+        return (key_pos <= self.positions.unsqueeze(-1)).unsqueeze(1)

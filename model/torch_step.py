@@ -13,8 +13,8 @@ import copy
 import torch
 import torch.nn as nn
 
-from model.kv_cache import KVCache
-from model.model import CacheSlots, Transformer
+from model.kv_cache import CacheSlots, KVCache
+from model.model import Transformer
 from model.quantize import int8_group
 from model.weight_forms import linear_in
 

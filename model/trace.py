@@ -37,8 +37,8 @@ import torch
 
 from model.config import ModelConfig
 from model.hooks import HookFn, Hooks, point
-from model.kv_cache import KVCache
-from model.model import CacheSlots, Transformer
+from model.kv_cache import CacheSlots, KVCache
+from model.model import Transformer
 
 Ablation = Literal["zero", "mean"]
 ABLATIONS: tuple[Ablation, ...] = get_args(Ablation)

@@ -10,8 +10,7 @@ import torch
 
 from model import checkpoint, form_quality
 from model.generate import generate
-from model.kv_cache import KVCache
-from model.model import CacheSlots
+from model.kv_cache import CacheSlots, KVCache
 from model.native import step as native
 from model.runner import Runner
 from model.sampling import SamplingParams
