@@ -107,7 +107,7 @@ def pytest_report_header(config) -> list[str]:
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     """`pytest -q` (make test) prints no header: a failed run names its kernels at the end instead."""
-    if config.option.verbose < 0 and terminalreporter.stats.get("failed"):
+    if config.option.verbose < 0 and (terminalreporter.stats.get("failed") or terminalreporter.stats.get("error")):
         terminalreporter.write_sep("-", "kernels")
         for line in kernel_lines():
             terminalreporter.write_line(line)
