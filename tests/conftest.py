@@ -1,9 +1,12 @@
 """Shared fixtures: a tiny random checkpoint on disk, a live server on it, an in-process app client, a headless
-browser and a page of the live server (tests/browser.py), and the `gpu` skip."""
+browser and a page of the live server (tests/browser.py), the `gpu` skip, and the report header naming the
+kernels that ran."""
 
 from __future__ import annotations
 
 import contextlib
+import platform
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from browser import CHROMIUM, CHROMIUM_ARGS, open_page, sync_playwright
 from model import checkpoint
+from model.native import step as native
 from server.app import create_app
 from server.config import Settings
 from server.process import running_server
@@ -92,3 +96,48 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_report_header(config) -> list[str]:
+    """Which kernels computed this run's numbers, so that a failure report names the machine kind: torch's
+    float32 kernels round differently per CPU, matrix shape and BLAS; the native step's bits are the same on every
+    x86-64 kernel path."""
+    return kernel_lines()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """`pytest -q` (make test) prints no header: a failed run names its kernels at the end instead."""
+    if config.option.verbose < 0 and (terminalreporter.stats.get("failed") or terminalreporter.stats.get("error")):
+        terminalreporter.write_sep("-", "kernels")
+        for line in kernel_lines():
+            terminalreporter.write_line(line)
+
+
+def kernel_lines() -> list[str]:
+    """The native step's kernel path (or why it is unavailable); torch's CPU capability, BLAS/LAPACK, parallel
+    backend and threads; the CPU's model name."""
+    if native.UNAVAILABLE is None:
+        paths = native.kernels_here()
+        step = f"native step: {paths[0]} kernels (this CPU runs {', '.join(paths)})"
+    else:
+        step = f"native step: unavailable: {native.UNAVAILABLE}"
+    built = torch.__config__.show()
+    blas = " ".join(re.findall(r"(?:BLAS|LAPACK)_INFO=\w+", built)) or "no BLAS named"
+    library = re.search(r"Intel\(R\) oneAPI Math Kernel Library Version [^\n]*|OpenBLAS[^\n]*", built)
+    backend = re.search(r"ATen parallel backend: (\w+)", torch.__config__.parallel_info())
+    return [
+        step,
+        f"torch {torch.__version__}: CPU capability {torch.backends.cpu.get_cpu_capability()}, {blas}"
+        f"{f' ({library.group(0).strip()})' if library else ''}, {backend.group(1) if backend else '?'} "
+        f"with {torch.get_num_threads()} threads",
+        f"cpu: {cpu_model()}",
+    ]
+
+
+def cpu_model() -> str:
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    name = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
+    return name.group(1).strip() if name else platform.processor() or platform.machine()

@@ -36,6 +36,24 @@ def sharp_model(seed: int = 0) -> Transformer:
     return model
 
 
+FLOAT32_UNIT_ROUNDOFF = 2.0**-24  # u: a float32 rounding moves a value by at most this fraction of it
+
+
+def float32_bound(terms: torch.Tensor, depth: int, dim=-1, computations: int = 2) -> torch.Tensor:
+    """How far apart `computations` float32 computations of the same sums, from the same float32 inputs, may land
+    when torch adds the terms in different orders: another matrix shape, thread count or batch size makes its CPU
+    kernels block and vectorise the sum differently, and nothing in torch fixes the order per row.
+
+    In any order, a float32 result whose every term went through at most `depth` roundings (a dot product of n
+    terms: n, its products and n - 1 additions) is within γ_depth·Σ|terms| of the exact sum, γ_n = n·u/(1 - n·u)
+    (Higham, Accuracy and Stability of Numerical Algorithms, §3.1, Lemma 3.3 for chains of them), so two
+    computations are within 2·γ_depth·Σ|terms| of each other. terms: the exact products (float64 from the float32
+    inputs), summed over `dim`; the answer is one bound per sum."""
+    n_u = depth * FLOAT32_UNIT_ROUNDOFF
+    assert n_u < 1, f"a chain of {depth} roundings bounds nothing in float32"
+    return computations * n_u / (1 - n_u) * terms.double().abs().sum(dim)
+
+
 def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (batch, length), generator=torch.Generator().manual_seed(seed))
 

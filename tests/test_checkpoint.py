@@ -37,6 +37,7 @@ def test_round_trip_gives_identical_logits(tmp_path):
     loaded = checkpoint.load_model(tmp_path / "ck")
     assert loaded.config == model.config
     assert not loaded.training, "loaded in eval mode"
+    # bitwise: the same weights (bitwise, below) through the same ops at the same shapes
     assert torch.equal(logits_of(loaded), logits_of(model))
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name

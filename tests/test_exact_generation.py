@@ -74,6 +74,7 @@ def test_no_head_off_and_no_explain_is_the_plain_generation_bitwise(model):
     sampled = SamplingParams(temperature=0.9, top_k=50, valid_utf8=False)
     plain = list(generate(Runner(model, exact_rows=1), prompt, 25, sampled, seed=7))
     again = list(generate(Runner(model, exact_rows=1), prompt, 25, sampled, seed=7, heads_off=[], explain=False))
+    # bitwise: heads_off [] without explain is the plain path, the same step at the same shapes
     assert [(s.token, s.logprob) for s in again] == [(s.token, s.logprob) for s in plain]
     assert all(s.explain is None for s in again)
 

@@ -67,6 +67,7 @@ def test_no_head_off_is_bitwise_the_plain_request(server):
     for body in ({"temperature": 0}, {"temperature": 0.9, "top_k": 40, "seed": 5}):
         body = {"max_new_tokens": 20, "logprobs": 3, **body}
         plain = generate(server, **body)
+        # bitwise: heads_off [] is the plain request, generated alone in the same step
         assert generate(server, heads_off=[], **body)["tokens"] == plain["tokens"]
         assert generate(server, heads_off=[], ablation="zero", **body)["tokens"] == plain["tokens"]
 
@@ -92,7 +93,8 @@ def test_explained_bytes_push_sums_are_their_logits_and_the_attribution_of_the_f
         sizes = [abs(c["logit"]) for c in explain["top"]]
         assert sizes == sorted(sizes, reverse=True)
 
-    # Streamed, each token event carries the same; with top 3, the 3 largest.
+    # Streamed, each token event carries the same; with top 3, the 3 largest (bitwise: the same request runs alone in
+    # the exact model, the same ops at the same shapes each time).
     with httpx.stream("POST", f"{server.url}/v1/generate", json={"prompt": PROMPT, **body, "stream": True}) as r:
         events = sse_events(r.iter_lines())
     assert [e["token"] for e in events if "token" in e] == out["tokens"]
@@ -113,7 +115,7 @@ def scored(server, **body) -> list[float | None]:
 def test_prompt_scoring_without_heads(server, sharp):
     ids = list(PROMPT.encode())
     plain = scored(server)
-    assert scored(server, heads_off=[]) == plain
+    assert scored(server, heads_off=[]) == plain  # bitwise: the same pass (Runner.score's plain forward) again
     zeroed = scored(server, heads_off=[[0, 0], [1, 1]])
     expected = log_softmax(reference(sharp, ids, heads_off=[(0, 0), (1, 1)]).logits[:-1])[range(len(ids) - 1), ids[1:]]
     assert zeroed[0] is None

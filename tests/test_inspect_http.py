@@ -89,7 +89,9 @@ def test_heads_off_agree_between_explain_and_attention(sharp_server, sharp):
     heads_off = [[0, 0], [0, 1]]  # every head of layer 0: layer 1 reads a stream without that attention
     maps = served_maps(sharp_server, TEXT, heads_off=heads_off)
     plain = served_maps(sharp_server, TEXT)
-    np.testing.assert_array_equal(maps[0], plain[0])  # a switched-off head's own map is still what it computed
+    # a switched-off head's own map is still what it computed; bitwise: the heads-off run (model.trace) is op for op
+    # the plain model at the same shape, and layer 0's maps come before anything is switched off
+    np.testing.assert_array_equal(maps[0], plain[0])
     assert np.abs(maps[1] - plain[1]).max() > 1e-3
     close(maps[1], reference(sharp, IDS, attention_removed=[0]).probs[1])
     out = post(sharp_server, "/v1/attention/explain", text=TEXT, layer=1, head=1, query=T - 1, heads_off=heads_off)
@@ -129,6 +131,7 @@ def test_attribution_sums_to_the_logit(sharp_server, sharp):
 
 def test_ablate_with_no_head_off_changes_nothing_and_scores_like_the_server(sharp_server, sharp):
     out = post(sharp_server, "/v1/ablate", text=TEXT, heads_off=[])
+    # bitwise: with no head off both losses read the same kept run
     assert out["loss_bits"] == out["loss_bits_ablated"] and out["change_bits_per_byte"] == 0
     assert out["loss_bits"][0] is None and len(out["loss_bits"]) == T
     close(out["loss_bits"][1:], -np.array(scored_logprobs(sharp_server, "sharp", TEXT)) / math.log(2))
@@ -137,7 +140,7 @@ def test_ablate_with_no_head_off_changes_nothing_and_scores_like_the_server(shar
     logits = reference(sharp, IDS, attention_removed=[0]).logits[:-1]
     logprobs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     close(off["loss_bits_ablated"][1:], -logprobs[np.arange(T - 1), IDS[1:]] / math.log(2))
-    assert off["loss_bits"] == out["loss_bits"]
+    assert off["loss_bits"] == out["loss_bits"]  # the plain run again: the same ops at the same shapes
     assert off["change_bits_per_byte"] == pytest.approx(off["bits_per_byte_ablated"] - off["bits_per_byte"])
     mean = post(sharp_server, "/v1/ablate", text=TEXT, heads_off=[[0, 0], [0, 1]], ablation="mean")
     assert mean["ablation"] == "mean" and mean["bits_per_byte_ablated"] != off["bits_per_byte_ablated"]

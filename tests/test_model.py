@@ -50,5 +50,6 @@ def test_changing_a_later_byte_never_changes_earlier_logits(need_weights):
         changed = ids.clone()
         changed[0, t] = (changed[0, t] + 1) % 256
         logits, _ = model(changed, need_weights=need_weights)
+        # bitwise: the same shapes, and an earlier row reads no later byte (its score is -inf, its weight 0 exactly)
         assert torch.equal(logits[:, :t], base[:, :t]), f"changing byte {t} changed earlier logits"
         assert not torch.allclose(logits[:, t], base[:, t]), f"changing byte {t} should change its own logits"

@@ -182,6 +182,8 @@ def test_a_row_samples_the_same_alone_as_in_any_batch():
             logits[i : i + 1].clone(), params[i : i + 1], none[:1], [0], seeds[i : i + 1], steps[i : i + 1]
         )
         assert alone == [batched[i]], f"row {i}"
+        # bitwise: torch's log_softmax over the last dimension reduces each row on its own, in an order fixed by the
+        # row's length; generation's logprobs rely on it, and this is where a torch that did not would show
         assert torch.equal(torch.log_softmax(logits[i : i + 1], -1)[0], batched_logprobs[i]), f"row {i} logprobs"
 
 

@@ -42,6 +42,8 @@ def logits_of(model, ids, need_weights=False) -> torch.Tensor:
 
 
 def test_no_head_off_is_bitwise_the_model(model):
+    """Bitwise because run() is op for op Transformer.forward at the same shape, (1, T, C), on the same weights:
+    the same kernels sum in the same order. (Comparisons across shapes, as in the cache tests, take a tolerance.)"""
     plain = logits_of(model, IDS)
     assert torch.equal(run(model, IDS).logits, plain)
     assert torch.equal(run(model, IDS, heads_off=[], ablation="mean").logits, plain)
@@ -60,6 +62,7 @@ def test_every_head_of_a_layer_off_is_the_model_without_that_attention(model, sa
     without = copy.deepcopy(model)  # the same model whose layer writes nothing from its attention
     with torch.no_grad():
         without.layers[layer].self_attn.o_proj.weight.zero_()
+    # bitwise: zeroed outputs before W_O and a zero W_O both add exact zeros; the rest is the same ops and shapes
     assert torch.equal(ablated, logits_of(without, IDS))
 
     expected = reference(saved, IDS, attention_removed=[layer]).logits
@@ -79,13 +82,13 @@ def test_mean_ablation_writes_the_head_mean_at_every_position(model):
     plain, trace = run(model, IDS), run(model, IDS, [(1, 1)], "mean")
     z = trace.z[1][:, 1]  # (T, hs)
     assert torch.allclose(z, plain.z[1][:, 1].mean(0).expand_as(z), atol=1e-6)  # layer 1's input is unchanged
-    assert torch.equal(trace.z[1][:, 0], plain.z[1][:, 0])  # the other head works as before
+    assert torch.equal(trace.z[1][:, 0], plain.z[1][:, 0])  # the other head works as before: the same ops, inputs
     assert not torch.equal(trace.logits, plain.logits)
 
 
 def test_heads_off_change_nothing_before_their_layer(model):
     plain, trace = run(model, IDS), run(model, IDS, [(1, 0), (1, 1)])
-    for i in range(3):  # the embedding, after block 0's attention, after block 0's MLP
+    for i in range(3):  # the embedding, after block 0's attention, after block 0's MLP: the same ops on the same input
         assert torch.equal(trace.residuals[i], plain.residuals[i])
     assert not torch.equal(trace.residuals[3], plain.residuals[3])
 
@@ -120,6 +123,7 @@ def test_a_run_stopped_early_and_extended_is_the_whole_run(model):
     part = run(model, IDS, [(0, 1), (1, 0)], "mean", blocks=1)
     assert part.blocks == 1 and len(part.residuals) == 3 and part.logits is None
     assert extend(model, part, model.config.n_layer) is part and part.blocks == model.config.n_layer
+    # bitwise: extend runs each remaining block as run() does, the same ops at the same shapes
     assert torch.equal(part.logits, whole.logits)
     assert all(torch.equal(a, b) for a, b in zip(part.residuals, whole.residuals, strict=True))
     assert all(torch.equal(a, b) for a, b in zip(part.z, whole.z, strict=True))
