@@ -163,7 +163,7 @@ class AttentionRequest(ChoosesModel, SwitchesHeadsOff):
     layers: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="layer indices (null = all)")
     heads: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="head indices (null = all)")
     aggregate: Literal["none", "mean"] = Field("none", description="mean: average over the chosen heads")
-    format: Literal[tuple(FORMATS)] = Field(
+    format: Literal[tuple(FORMATS)] = Field(  # FORMATS' keys: a format is added there alone
         "json", description="summary: what each head does (shares of attention, entropy, a label), not the maps"
     )
     dtype: Literal["float32", "float16"] = Field("float32", description="element type of the npy body")
