@@ -101,18 +101,18 @@ class TinyLLM:
         self,
         prompt: str | bytes,
         max_new_tokens: int = 200,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        repetition_penalty: float = 1.0,
+        *,
         seed: int | None = None,
         stop: list[str] = (),
         utf8: str = "valid",
         heads_off: list[Head] = (),
         explain: bool = False,
+        **sampling,
     ) -> Generation:
-        """Generate up to max_new_tokens bytes after the prompt; temperature 0 is greedy. utf8: "valid" (only
-        bytes that keep the text valid UTF-8, never a character cut by max_new_tokens) or "any" (the raw model).
+        """Generate up to max_new_tokens bytes after the prompt. **sampling: the fields of SamplingParams
+        (model/sampling.py: temperature, 0 for greedy; top_k, top_p and the penalties), as the server takes them;
+        an unknown one is a TypeError. utf8: "valid" (only bytes that keep the text valid UTF-8, never a character cut
+        by max_new_tokens: SamplingParams.valid_utf8) or "any" (the raw model).
 
         heads_off: (layer, head) pairs whose outputs are zeroed; explain: each step's `.explain` is the
         attribution of its byte's logit (model.attribution.Attribution: `.top(n)`, `.heads`, `.logit`). Either runs
@@ -120,13 +120,7 @@ class TinyLLM:
         ids = list(prompt) if isinstance(prompt, bytes) else self.tokenizer.encode(prompt)
         if utf8 not in ("valid", "any"):
             raise ValueError(f'utf8 must be "valid" or "any", got {utf8!r}')
-        params = SamplingParams(
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            repetition_penalty=repetition_penalty,
-            valid_utf8=utf8 == "valid",
-        )
+        params = SamplingParams(**sampling, valid_utf8=utf8 == "valid")
         out, steps = [], []
         assembler = TextAssembler([s.encode("utf-8") for s in stop if s])  # the server's stop-string rules
         tokens = generate(self.runner, ids, max_new_tokens, params, seed, heads_off=heads_off, explain=explain)

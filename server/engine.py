@@ -1,6 +1,6 @@
 """The serving engine: continuous batching on one worker thread. It schedules; the runner computes.
 
-Each loop the worker (1) runs queued whole-text calls (attention maps, prompt scoring), (2) drops
+Each loop the worker (1) runs queued whole-text jobs (attention maps, prompt scoring, inspection), (2) drops
 cancelled and timed-out jobs, (3) prefills one chunk of one waiting prompt into the runner's prefill row,
 (4) decodes one token for every active job in one batched step, and (5) advances each exact job (heads switched
 off, tokens explained) by one prompt chunk or one token in the exact model. Active jobs always sit in cache rows
@@ -8,8 +8,10 @@ off, tokens explained) by one prompt chunk or one token in the exact model. Acti
 never join that batch: each has a cache row of its own (the runner's exact rows) and a queue of its own, so what
 the other jobs get does not change with them.
 
-Requests talk to the worker through asyncio queues; the engine imports nothing from the HTTP layer and
-touches no tensor: everything about the model goes through the runner.
+Requests reach the worker through asyncio: `submit` (generation), and the whole-text jobs `attention`, `score` and
+`inspect` (server/inspection.py), awaited while the worker runs them between two steps. The engine imports nothing
+from the HTTP layer and touches no tensor: the runner computes, and inspection jobs read the runner's model through
+TinyLLM's looking-inside methods (model/api.py).
 """
 
 from __future__ import annotations
@@ -22,17 +24,25 @@ import threading
 import time
 from collections.abc import Callable
 
+from model.api import TinyLLM
 from model.generate import FinishReason, finish_reason
 from model.runner import Runner, Scored
 from model.sequence import TokenOutput
+from model.trace import Ablation, Head
+from server.inspection import Inspection, Result
 from server.jobs import EngineRequest, FinishEvent, Job, QueueFull, TokenEvent
 
 log = logging.getLogger("tinyllm.engine")
 
 
 class Engine:
-    def __init__(self, runner: Runner, max_queue: int = 256, prefill_chunk: int = 128):
+    """llm: TinyLLM over the runner's model, which inspection jobs read (None: this engine runs no inspection)."""
+
+    def __init__(self, runner: Runner, max_queue: int = 256, prefill_chunk: int = 128, llm: TinyLLM | None = None):
+        if llm is not None and llm.model is not runner.model:
+            raise ValueError("inspection must read the model the runner serves: llm.model is not runner.model")
         self.runner = runner
+        self.llm = llm
         self.config = runner.config
         self.max_batch = runner.max_batch
         self.max_queue = max_queue
@@ -90,13 +100,21 @@ class Engine:
         return await self._call(self.runner.attention, ids)
 
     async def score(
-        self, prompts: list[list[int]], top_n: int, heads_off: list[tuple[int, int]] = (), ablation: str = "zero"
+        self, prompts: list[list[int]], top_n: int, heads_off: list[Head] = (), ablation: Ablation = "zero"
     ) -> list[list[Scored]]:
         """Each prompt's bytes with their log-probabilities given the bytes before them (without heads_off)."""
         return await self._call(lambda: [self.runner.score(ids, top_n, heads_off, ablation) for ids in prompts])
 
+    async def inspect(self, job: Inspection[Result]) -> Result:
+        """job.run(llm), run as attention maps and scoring are: it reads the exact model, never the KV cache, so what
+        other requests get does not change with it. Its exception is raised here."""
+        if self.llm is None:
+            raise RuntimeError("this engine was made without a TinyLLM (Engine(..., llm=)) and runs no inspection")
+        return await self._call(job.run, self.llm)
+
     async def _call(self, fn: Callable, *args):
-        """Run fn(*args) on the worker thread between steps (model work never runs on the event loop)."""
+        """Run fn(*args) on the worker thread between two steps, alone, with every core (Runner.every_core): model
+        work never runs on the event loop, and no decode step runs beside it."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
         with self.lock:
             self.calls.append((lambda: fn(*args), fut))

@@ -5,19 +5,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from model.tokenizer import VOCAB_SIZE
-from server.schemas import ChoosesModel, Contribution, HeadPair, SwitchesHeadsOff, TextByte, valid_text
+from model.trace import Ablation
+from server.schemas import ChoosesModel, Contribution, HeadPair, SwitchesHeadsOff, Text, TextByte
 
 
 class InspectsText(ChoosesModel, SwitchesHeadsOff):
-    text: str = Field(min_length=1, description="the text to look into (its bytes are the tokens)")
-
-    @field_validator("text")
-    @classmethod
-    def _text(cls, v):
-        return valid_text(v, "text")
+    text: Text = Field(min_length=1, description="the text to look into (its bytes are the tokens)")
 
 
 class Inspected(BaseModel):
@@ -26,7 +22,7 @@ class Inspected(BaseModel):
     model: str
     tokens: list[TextByte]
     heads_off: list[HeadPair]
-    ablation: Literal["zero", "mean"]
+    ablation: Ablation
 
 
 # ---------------------------------------------------------------- POST /v1/attention/explain

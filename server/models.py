@@ -103,7 +103,7 @@ class ServedModels:
         self.by_name = {}
         for path, llm in llms.items():
             runner = Runner(llm.model, settings.max_batch, llm.form, settings.native, exact_rows=EXACT_ROWS)
-            engine = Engine(runner, settings.max_queue, settings.prefill_chunk)
+            engine = Engine(runner, settings.max_queue, settings.prefill_chunk, llm=llm)
             fingerprint = runner.fingerprint(checkpoint.content_sha256(path))
             self.by_name[model_name(path)] = ServedModel(model_name(path), path, llm, engine, fingerprint)
         self.default = next(iter(self.by_name.values()))

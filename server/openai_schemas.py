@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 from model.tokenizer import tokenizer
-from server.schemas import SamplingFields, Strict, SwitchesHeadsOff, Usage, valid_text
+from server.schemas import SamplingFields, Strict, SwitchesHeadsOff, Text, Usage, unicode_text
 
 Byte = Annotated[int, Field(ge=0, le=255)]
-Text = Annotated[str, StringConstraints(min_length=1)]
-StopText = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+# The members of the prompt and stop unions (not server.schemas.Text: a validator inside a member would rename it in
+# the location a refusal names, "stop.constrained-str"); the union fields' validator checks their texts.
+PromptString = Annotated[str, StringConstraints(min_length=1)]
+StopString = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
 
 class StreamOptions(Strict):
@@ -36,8 +38,8 @@ class CompletionRequest(SamplingFields, SwitchesHeadsOff):
 
     model: str = Field(description="the served model's id (GET /v1/models)")
     prompt: (
-        Text
-        | Annotated[list[Text], Field(min_length=1)]
+        PromptString
+        | Annotated[list[PromptString], Field(min_length=1)]
         | Annotated[list[Byte], Field(min_length=1)]
         | Annotated[list[Annotated[list[Byte], Field(min_length=1)]], Field(min_length=1)]
     ) = Field(description="a string, a list of strings, byte ids, or a list of byte-id lists")
@@ -45,7 +47,7 @@ class CompletionRequest(SamplingFields, SwitchesHeadsOff):
     n: int = Field(1, ge=1, le=128, description="choices per prompt")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: StopText | Annotated[list[StopText], Field(max_length=16)] | None = Field(
+    stop: StopString | Annotated[list[StopString], Field(max_length=16)] | None = Field(
         None, description="strings that end a choice (not included in its text)"
     )
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1, description="choice j of a prompt uses seed + j")
@@ -59,19 +61,12 @@ class CompletionRequest(SamplingFields, SwitchesHeadsOff):
     logit_bias: dict[str, float] | None = Field(None, description="only null or {}")
     suffix: str | None = Field(None, description='only null or ""')
 
-    @field_validator("prompt")
+    @field_validator("prompt", "stop")
     @classmethod
-    def _prompt(cls, v):
-        for p in [v] if isinstance(v, str) else v:
-            if isinstance(p, str):
-                valid_text(p, "prompt")
-        return v
-
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, v):
-        for s in [v] if isinstance(v, str) else v or []:
-            valid_text(s, "stop")
+    def _texts(cls, v, info: ValidationInfo):
+        for item in [v] if isinstance(v, str) else v or []:
+            if isinstance(item, str):
+                unicode_text(item, info)
         return v
 
     def stop_bytes(self) -> list[bytes]:
@@ -130,14 +125,9 @@ class TokenizePromptRequest(Strict):
     model_config = ConfigDict(json_schema_extra={"examples": [{"prompt": "Hé 🙂", "return_token_strs": True}]})
 
     model: str | None = Field(None, description="the served model's id, if given")
-    prompt: str = Field(description="the text to tokenize: each UTF-8 byte is a token")
+    prompt: Text = Field(description="the text to tokenize: each UTF-8 byte is a token")
     add_special_tokens: bool = Field(True, description="accepted; there are no special tokens to add")
     return_token_strs: bool = Field(False, description="also return each token's text")
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt(cls, v):
-        return valid_text(v, "prompt")
 
 
 class TokenizePromptResponse(BaseModel):

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import threading
 import time
+import types
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ import torch
 from model.generate import FinishReason
 from model.sequence import Sequence, TokenOutput
 from server.engine import Engine
+from server.inspection import Inspection
 from server.jobs import EngineRequest, FinishEvent, QueueFull, TokenEvent
 from support import TINY_CONFIG
 
@@ -320,3 +323,46 @@ def test_exact_jobs_run_one_by_one_in_rows_of_their_own_beside_the_batch():
     assert exact_rows == {runner.exact_row(0), runner.exact_row(1)}, "two exact rows, the third job reused one"
     chunks = [c[2:] for c in runner.calls if c[0] == "prefill_exact" and c[3] - c[2] > 1]
     assert sorted(chunks) == [(0, 4)] * 3 + [(4, 6)] * 3, "prompts in chunks of prefill_chunk"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class WhereAmI(Inspection[tuple]):
+    """An inspection job that says on which thread it ran, and with which llm; or fails."""
+
+    fail: bool = False
+
+    def run(self, llm):
+        if self.fail:
+            raise ValueError("injected inspection failure")
+        return threading.current_thread().name, llm
+
+
+def test_an_inspection_job_runs_on_the_worker_thread_and_its_failure_reaches_only_its_caller():
+    runner = FakeRunner()
+    runner.model = object()
+    llm = types.SimpleNamespace(model=runner.model)
+
+    async def scenario(engine):
+        job = engine.submit(request(b"ab", 20))
+        where = await engine.inspect(WhereAmI(ids=[1, 2], heads_off=[]))
+        with pytest.raises(ValueError, match="injected"):
+            await engine.inspect(WhereAmI(ids=[1], heads_off=[], fail=True))
+        return where, await collect(job)
+
+    (thread, used), (tokens, finish) = run(runner, scenario, llm=llm)
+    assert thread == "tinyllm-engine" and used is llm
+    assert ("every_core",) in runner.calls, "a whole-text job may use every core"
+    assert finish.reason == FinishReason.LENGTH and len(tokens) == 20, "the generation beside it went on"
+
+
+def test_an_engine_inspects_only_the_model_its_runner_serves():
+    runner = FakeRunner()
+    runner.model = object()
+    with pytest.raises(ValueError, match="llm.model is not runner.model"):
+        Engine(runner, llm=types.SimpleNamespace(model=object()))
+
+    async def scenario(engine):
+        with pytest.raises(RuntimeError, match="runs no inspection"):
+            await engine.inspect(WhereAmI(ids=[1], heads_off=[]))
+
+    run(runner, scenario)

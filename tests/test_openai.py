@@ -317,6 +317,24 @@ def test_presence_and_frequency_penalties(client, llm, presence, frequency):
     assert penalised != plain
 
 
+PENALTIES = [{"presence_penalty": 1.5}, {"frequency_penalty": 0.8, "repetition_penalty": 1.3}]
+
+
+@pytest.mark.parametrize("penalties", PENALTIES)
+def test_tinyllm_generate_takes_the_penalties_and_gives_the_servers_bytes(client, llm, penalties):
+    """TinyLLM.generate takes every field of SamplingParams, the penalties included: sampled with a seed, it gives the
+    server's bytes for the same request, and the penalties change them."""
+    kw = dict(max_new_tokens=40, temperature=0.9, top_k=60, seed=11)
+    ours = llm.generate("aaaa", **kw, **penalties)
+    standard = {k: v for k, v in penalties.items() if k != "repetition_penalty"}  # an extra field for OpenAI's client
+    extra = {"top_k": kw["top_k"], **({"repetition_penalty": 1.3} if "repetition_penalty" in penalties else {})}
+    r = complete(client, prompt="aaaa", max_tokens=40, temperature=0.9, seed=11, extra_body=extra, **standard)
+    assert r.choices[0].text == ours.text and len(ours.tokens) == 40
+    assert llm.generate("aaaa", **kw).tokens != ours.tokens, "the penalties changed nothing"
+    with pytest.raises(TypeError, match="presence_penalt"):
+        llm.generate("aaaa", presence_penalt=1.0)
+
+
 def test_penalty_function_is_openais_definition():
     logits = torch.zeros(256)
     out = apply_presence_frequency_penalty(logits, torch.tensor([5, 5, 7]), presence=0.5, frequency=0.25)

@@ -14,11 +14,11 @@ from fastapi import APIRouter, Request
 from model.config import ModelConfig
 from model.tokenizer import tokenizer
 from server import sse
+from server.checks import check_ablation_while_generating, check_heads_off, check_indices
 from server.config import Settings
 from server.deps import MetricsDep, ModelsDep, SettingsDep, StreamsDep
 from server.errors import ERROR_RESPONSES, APIError, check_finish, error_body, finish_error
 from server.jobs import EngineRequest, FinishEvent, TokenEvent
-from server.routes.attention import check_heads_off, check_indices
 from server.schemas import GenerateRequest, GenerateResponse
 
 router = APIRouter(tags=["generation"])
@@ -92,13 +92,7 @@ def engine_request(body: GenerateRequest, cfg: ModelConfig, settings: Settings) 
             check_indices(body.attention.layers, cfg.n_layer, "attention.layers"),
             check_indices(body.attention.heads, cfg.n_head, "attention.heads"),
         )
-    if body.ablation == "mean":
-        raise APIError(
-            400,
-            'ablation "mean" replaces a head\'s output by its mean over the text, which is not defined while the text '
-            'is still growing: generation switches heads off with "zero"',
-            param="ablation",
-        )
+    check_ablation_while_generating(body.ablation)
     req = EngineRequest(
         prompt=ids,
         max_new_tokens=body.max_new_tokens,

@@ -1,22 +1,27 @@
 """Looking inside, step by step: one head's arithmetic (POST /v1/attention/explain), the logit lens (POST /v1/lens),
 direct logit attribution (POST /v1/attribute) and ablation (POST /v1/ablate).
 
-Each reads a run of the exact model with the request's heads switched off (TinyLLM.trace: model/trace.py, and the
-modules that read it), on the engine's worker thread between decode steps; nothing another request reads is
-touched. The model's last run is kept, so the page's clicks on other heads and bytes of the same text cost no
-forward pass. Answers are encoded by orjson; explain's vectors go to it as float32 arrays, written as the shortest
-decimals that read back as the same float32 (about half the bytes of float64 digits, and faster to write and read).
+Each route checks its request, then awaits an inspection job (server/inspection.py) that the model's engine runs
+between decode steps (Engine.inspect): a run of the exact model with the request's heads switched off, read by
+model/explain.py, lens.py, attribution.py or ablation.py; nothing another request reads is touched. The model's last
+run is kept, so the page's clicks on other heads and bytes of the same text cost no forward pass. Every answer
+starts with the same fields (Inspected: the model, the text's bytes, the heads switched off and how) and is encoded
+by orjson; explain's vectors go to it as float32 arrays, written as the shortest decimals that read back as the same
+float32 (about half the bytes of float64 digits, and faster to write and read).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
 import torch
 from fastapi import APIRouter, Response
-from pydantic import BaseModel
 
 from model.tokenizer import VOCAB_SIZE, char_spans, tokenizer
+from model.trace import Head
+from server.checks import check_indices, checked_text
 from server.deps import ModelsDep
 from server.errors import ERROR_RESPONSES, APIError
 from server.inspect_schemas import (
@@ -28,26 +33,52 @@ from server.inspect_schemas import (
     ExplainChecks,
     ExplainRequest,
     ExplainResponse,
+    Inspected,
     InspectsText,
     LensRequest,
     LensResponse,
 )
-from server.routes.attention import check_heads_off, check_indices, on_worker, text_ids
-from server.routes.tokenize import text_bytes
+from server.inspection import Ablate, Attribute, ExplainHead, Inspection, LogitLens, Result
+from server.models import ServedModel
+from server.schemas import text_bytes
 
 router = APIRouter(tags=["inspect"])
 
 
-def checked(body: InspectsText, models: ModelsDep):
-    """The served model, the text's bytes and the heads to switch off, each checked against the model."""
-    served = models.get(body.model)
-    cfg = served.engine.config
-    return served, text_ids(body.text, cfg), check_heads_off(body.heads_off, cfg)
+@dataclass
+class Asked:
+    """An inspection request checked against its model: the served model, the text's bytes, the heads to switch off."""
 
+    body: InspectsText
+    served: ServedModel
+    ids: list[int]
+    heads_off: list[Head]
 
-def answer(body: BaseModel) -> Response:
-    """body as JSON; its nested models by their fields (vars), float32 arrays in the shortest float32 digits."""
-    return Response(orjson.dumps(body, default=vars, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+    @classmethod
+    def check(cls, body: InspectsText, models: ModelsDep) -> Asked:
+        return cls(body, *checked_text(body, models))
+
+    async def run(self, job: type[Inspection[Result]], **what) -> Result:
+        """The job of this text, heads off and ablation, and `what` it reads, run by the model's engine."""
+        return await self.served.engine.inspect(
+            job(ids=self.ids, heads_off=self.heads_off, ablation=self.body.ablation, **what)
+        )
+
+    def answer(self, response: type[Inspected], validate: bool = True, **fields) -> Response:
+        """The response model's JSON: the fields every answer starts with, then `fields`. Nested models go by their
+        fields (vars), float32 arrays in the shortest float32 digits. validate=False builds it without validation
+        (model_construct), so that arrays stay arrays for orjson to write."""
+        build = response if validate else response.model_construct
+        body = build(
+            model=self.served.name,
+            tokens=text_bytes(self.body.text),
+            heads_off=self.heads_off,
+            ablation=self.body.ablation,
+            **fields,
+        )
+        return Response(
+            orjson.dumps(body, default=vars, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
+        )
 
 
 def float32(t: torch.Tensor) -> np.ndarray:
@@ -63,121 +94,101 @@ def byte_index(value: int, n: int, param: str, unit: str = "byte") -> int:
 @router.post("/v1/attention/explain", response_model=ExplainResponse, responses=ERROR_RESPONSES)
 async def explain_head(body: ExplainRequest, models: ModelsDep):
     """One head's softmax(q·kᵀ/√d_k)·V for one query byte, every step with the model's own numbers, and checks."""
-    served, ids, heads_off = checked(body, models)
-    cfg = served.engine.config
+    asked = Asked.check(body, models)
+    cfg = asked.served.engine.config
     check_indices([body.layer], cfg.n_layer, "layer")
     check_indices([body.head], cfg.n_head, "head")
     if body.query_unit == "character":  # the character's last byte: the one that has read all of it
-        spans = char_spans(ids)
+        spans = char_spans(asked.ids)
         query = spans[byte_index(body.query, len(spans), "query", "character")][1] - 1
     else:
-        query = byte_index(body.query, len(ids), "query")
-    w = await on_worker(served, served.llm.explain, bytes(ids), body.layer, body.head, query, heads_off, body.ablation)
-    # Built without validation (model_construct): the vectors stay float32 arrays for answer() to write.
-    return answer(
-        ExplainResponse.model_construct(
-            model=served.name,
-            tokens=text_bytes(body.text),
-            heads_off=heads_off,
-            ablation=body.ablation,
-            layer=w.layer,
-            head=w.head,
-            query=w.query,
-            query_character=body.query if body.query_unit == "character" else None,
-            head_dim=cfg.head_dim,
-            sqrt_d_k=w.sqrt_d_k,
-            q_before_rope=float32(w.q_before_rope),
-            q=float32(w.q),
-            keys=float32(w.keys),
-            raw_scores=float32(w.raw_scores),
-            scaled_scores=float32(w.scaled_scores),
-            mask=w.mask.cpu().numpy(),
-            weights=float32(w.weights),
-            values=float32(w.values),
-            z=float32(w.z),
-            write=float32(w.write),
-            block_input_norm=float(w.block_input.norm()),
-            write_norm=float(w.write.norm()),
-            switched_off=w.switched_off,
-            checks=ExplainChecks(
-                weights_vs_attention=w.weights_vs_attention,
-                z_vs_run=w.z_vs_run,
-                writes_plus_input_vs_residual=w.writes_plus_input_vs_residual,
-            ),
-        )
+        query = byte_index(body.query, len(asked.ids), "query")
+    w = await asked.run(ExplainHead, layer=body.layer, head=body.head, query=query)
+    return asked.answer(
+        ExplainResponse,
+        validate=False,  # the vectors stay float32 arrays
+        layer=w.layer,
+        head=w.head,
+        query=w.query,
+        query_character=body.query if body.query_unit == "character" else None,
+        head_dim=cfg.head_dim,
+        sqrt_d_k=w.sqrt_d_k,
+        q_before_rope=float32(w.q_before_rope),
+        q=float32(w.q),
+        keys=float32(w.keys),
+        raw_scores=float32(w.raw_scores),
+        scaled_scores=float32(w.scaled_scores),
+        mask=w.mask.cpu().numpy(),
+        weights=float32(w.weights),
+        values=float32(w.values),
+        z=float32(w.z),
+        write=float32(w.write),
+        block_input_norm=float(w.block_input.norm()),
+        write_norm=float(w.write.norm()),
+        switched_off=w.switched_off,
+        checks=ExplainChecks(
+            weights_vs_attention=w.weights_vs_attention,
+            z_vs_run=w.z_vs_run,
+            writes_plus_input_vs_residual=w.writes_plus_input_vs_residual,
+        ),
     )
 
 
 @router.post("/v1/lens", response_model=LensResponse, responses=ERROR_RESPONSES)
 async def lens(body: LensRequest, models: ModelsDep):
     """The logit lens: the next-byte distribution read from the residual stream after every layer."""
-    served, ids, heads_off = checked(body, models)
-    out = await on_worker(served, served.llm.logit_lens, bytes(ids), body.top_k, heads_off, body.ablation)
-    return answer(
-        LensResponse(
-            model=served.name,
-            tokens=text_bytes(body.text),
-            heads_off=heads_off,
-            ablation=body.ablation,
-            stages=out.stages,
-            top_ids=out.top_ids.tolist(),
-            top_probs=out.top_probs.tolist(),
-            next_rank=out.next_rank.tolist(),
-            next_prob=out.next_prob.tolist(),
-            bits_per_byte=out.bits_per_byte,
-            byte_labels=[tokenizer.label(b) for b in range(VOCAB_SIZE)],
-        )
+    asked = Asked.check(body, models)
+    out = await asked.run(LogitLens, top_k=body.top_k)
+    return asked.answer(
+        LensResponse,
+        stages=out.stages,
+        top_ids=out.top_ids.tolist(),
+        top_probs=out.top_probs.tolist(),
+        next_rank=out.next_rank.tolist(),
+        next_prob=out.next_prob.tolist(),
+        bits_per_byte=out.bits_per_byte,
+        byte_labels=[tokenizer.label(b) for b in range(VOCAB_SIZE)],
     )
 
 
 @router.post("/v1/attribute", response_model=AttributeResponse, responses=ERROR_RESPONSES)
 async def attribute_logit(body: AttributeRequest, models: ModelsDep):
     """Direct logit attribution: each head's, each MLP's and the embedding's push on one byte's logit."""
-    served, ids, heads_off = checked(body, models)
-    position = byte_index(body.position, len(ids), "position")
-    if body.target is None and position == len(ids) - 1:
+    asked = Asked.check(body, models)
+    position = byte_index(body.position, len(asked.ids), "position")
+    if body.target is None and position == len(asked.ids) - 1:
         raise APIError(
             400, f"position {position} is the text's last byte: nothing comes after it; name a target", param="target"
         )
-    a = await on_worker(served, served.llm.attribute, bytes(ids), position, body.target, heads_off, body.ablation)
-    return answer(
-        AttributeResponse(
-            model=served.name,
-            tokens=text_bytes(body.text),
-            heads_off=heads_off,
-            ablation=body.ablation,
-            position=a.position,
-            target=a.target,
-            target_text=tokenizer.label(a.target),
-            logit=a.logit,
-            norm_scale=a.scale,
-            embedding=a.embedding,
-            heads=a.heads.tolist(),
-            mlps=a.mlps.tolist(),
-            total=a.total,
-            residual_error=a.error,
-            top=[Contribution(kind=c.kind, layer=c.layer, head=c.head, logit=c.logit) for c in a.top(body.top)],
-        )
+    a = await asked.run(Attribute, position=position, target=body.target)
+    return asked.answer(
+        AttributeResponse,
+        position=a.position,
+        target=a.target,
+        target_text=tokenizer.label(a.target),
+        logit=a.logit,
+        norm_scale=a.scale,
+        embedding=a.embedding,
+        heads=a.heads.tolist(),
+        mlps=a.mlps.tolist(),
+        total=a.total,
+        residual_error=a.error,
+        top=[Contribution(kind=c.kind, layer=c.layer, head=c.head, logit=c.logit) for c in a.top(body.top)],
     )
 
 
 @router.post("/v1/ablate", response_model=AblateResponse, responses=ERROR_RESPONSES)
 async def ablate(body: AblateRequest, models: ModelsDep):
     """Each byte's loss with every head, and with heads_off switched off; the change in bits per byte."""
-    served, ids, heads_off = checked(body, models)
-    if len(ids) < 2:
+    asked = Asked.check(body, models)
+    if len(asked.ids) < 2:
         raise APIError(400, "text is 1 byte; a loss needs at least 2 (the first byte has no prediction)", param="text")
-    out = await on_worker(served, served.llm.ablate, bytes(ids), heads_off, body.ablation)
-    return answer(
-        AblateResponse(
-            model=served.name,
-            tokens=text_bytes(body.text),
-            heads_off=heads_off,
-            ablation=body.ablation,
-            loss_bits=[None, *out.bits.tolist()],
-            loss_bits_ablated=[None, *out.bits_ablated.tolist()],
-            bits_per_byte=out.bits_per_byte,
-            bits_per_byte_ablated=out.bits_per_byte_ablated,
-            change_bits_per_byte=out.change,
-        )
+    out = await asked.run(Ablate)
+    return asked.answer(
+        AblateResponse,
+        loss_bits=[None, *out.bits.tolist()],
+        loss_bits_ablated=[None, *out.bits_ablated.tolist()],
+        bits_per_byte=out.bits_per_byte,
+        bits_per_byte_ablated=out.bits_per_byte_ablated,
+        change_bits_per_byte=out.change,
     )

@@ -20,6 +20,7 @@ import uuid
 from fastapi import APIRouter, Request
 
 from model import utf8
+from server.checks import check_ablation_while_generating, check_heads_off
 from server.config import Settings
 from server.deps import ModelsDep, SettingsDep, StreamsDep
 from server.engine import Engine
@@ -28,7 +29,6 @@ from server.jobs import EngineRequest, Job, QueueFull
 from server.models import ServedModel
 from server.openai_choices import ChoiceStream, pieces, sse_chunks, usage
 from server.openai_schemas import Completion, CompletionRequest, ModelCard, ModelList
-from server.routes.attention import check_heads_off
 
 router = APIRouter(tags=["OpenAI-compatible"])
 
@@ -62,13 +62,8 @@ async def completions(
     prompts = body.prompts()
     max_tokens = check_request(body, prompts, engine, settings)
     heads_off = check_heads_off(body.heads_off, engine.config)
-    if body.ablation == "mean" and max_tokens > 0:
-        raise APIError(
-            400,
-            'ablation "mean" is for scoring a prompt (max_tokens 0): a mean over a text that is still growing is not '
-            'defined; generate with "zero"',
-            param="ablation",
-        )
+    if max_tokens > 0:  # scoring alone (max_tokens 0) may switch heads off with their means
+        check_ablation_while_generating(body.ablation)
     scores = None
     if body.echo and body.logprobs is not None:
         scores = await engine.score([ids for _, ids in prompts], body.logprobs, heads_off, body.ablation)

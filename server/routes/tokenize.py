@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from model.tokenizer import tokenizer
 from server.deps import ModelsDep
 from server.errors import ERROR_RESPONSES
-from server.schemas import TextByte, TokenizeRequest, TokenizeResponse
+from server.schemas import TokenizeRequest, TokenizeResponse, text_bytes
 
 router = APIRouter(tags=["text"])
 
@@ -17,10 +17,3 @@ async def tokenize(body: TokenizeRequest, models: ModelsDep):
     models.get(body.model)  # every model reads bytes alike; an unknown name is still a 404
     ids = tokenizer.encode(body.text)
     return TokenizeResponse(tokens=text_bytes(body.text), count=len(ids), labels=tokenizer.char_labels(ids))
-
-
-def text_bytes(text: str) -> list[TextByte]:
-    """Every UTF-8 byte of text: its id, label, and the [start, end) characters of its character."""
-    ids = tokenizer.encode(text)
-    spans = tokenizer.byte_char_spans(text)
-    return [TextByte(id=i, text=tokenizer.label(i), start=s, end=e) for i, (s, e) in zip(ids, spans)]
