@@ -122,6 +122,7 @@ def add_inspection_commands(sub) -> None:
     inspect.add_argument(
         "--heads-off", type=head_pair, action="append", default=[], metavar="L.H", help="switch a head off (repeatable)"
     )
+    # model.trace.ABLATIONS, written out: the command line is an HTTP client and does not import torch
     inspect.add_argument("--ablation", choices=["zero", "mean"], default="zero", help="what replaces a head's output")
 
     e = sub.add_parser("explain", parents=[inspect], help="one head's attention for one byte, step by step")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-EXIT_SERVER_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+EXIT_SERVER_ERROR, EXIT_UNREACHABLE = 1, 3  # 2 is a usage error, argparse's own
 
 
 class CLIError(Exception):
