@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny random checkpoint on disk, a live server on it, an in-process app client, a headless
-browser and a page of the live server (tests/browser.py), and the `gpu` skip."""
+browser and a page of the live server (tests/browser.py), the `gpu` skip, and the `native` mark (a test that needs
+the native step: skipped without it, failed under TINYLLM_REQUIRE_NATIVE=1)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from model import checkpoint
 from server.app import create_app
 from server.config import Settings
 from server.process import running_server
-from support import sharp_model, tiny_model, wait_healthy
+from support import require_native, sharp_model, tiny_model, wait_healthy
 
 
 @pytest.fixture(scope="session")
@@ -83,6 +84,11 @@ def app_client():
             yield client
 
     return make
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("native"):
+        require_native()
 
 
 def pytest_collection_modifyitems(config, items):
