@@ -108,7 +108,12 @@ class ServedModels:
         self.by_name = {}
         for path, llm in llms.items():
             runner = Runner(
-                llm.model, settings.max_batch, llm.form, settings.native, settings.kernels, exact_rows=EXACT_ROWS
+                llm.model,
+                settings.max_batch,
+                llm.form,
+                settings.native,
+                kernels=settings.kernels,
+                exact_rows=EXACT_ROWS,
             )
             engine = Engine(runner, settings.max_queue, settings.prefill_chunk)
             fingerprint = runner.fingerprint(checkpoint.content_sha256(path))
