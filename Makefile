@@ -6,11 +6,15 @@ BIN := .venv/bin
 
 .PHONY: setup eval serve test lint browser clean
 
+# A binary built from other sources than those here (model/native/sources.py) is rebuilt.
 setup: .venv/.installed
+	@$(BIN)/python -c "import sys; from model.native import step; sys.exit(bool(step.STALE))" || { \
+		echo "native step: the binary is stale, rebuilding"; rm -f $<; $(MAKE) --no-print-directory $<; }
 
 # The native step (model/native/) is compiled here, against the torch just installed: --no-build-isolation, so
 # that pip fetches no other torch to build with. setuptools is upgraded first: the venv's may be too old to
-# build an editable install from pyproject.toml.
+# build an editable install from pyproject.toml. A compiler that is missing or broken leaves the package without
+# the step (the last line says why), never the install failed.
 .venv/.installed: pyproject.toml setup.py model/native/step.cpp model/native/kernels.h
 	$(PYTHON) -m venv .venv
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"

@@ -13,6 +13,7 @@ loss = llm.ablate("The cat sat on the mat", heads_off=[(0, 1)])           # the 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +24,7 @@ from model.attribution import Attribution, attribute
 from model.explain import Walkthrough, blocks_needed, explain
 from model.generate import FinishReason, TextAssembler, generate
 from model.lens import Lens, logit_lens
+from model.native import step as native
 from model.runner import Runner
 from model.sampling import SamplingParams
 from model.sequence import TokenOutput
@@ -72,30 +74,48 @@ class TinyLLM:
         training_info: dict | None = None,
         form: str = "float32",
         form_reason: str = "",
+        kernels: str = "auto",
     ):
+        native.check_kernels(kernels)
         self.model = model
         self.device = device
         self.config = model.config
         self.training_info = training_info or {}  # the checkpoint's training.json
         self.form, self.form_reason = form, form_reason  # the weight form generation runs in, and why
+        self.kernels = kernels  # the native step's kernel path: auto, or one pinned (native.KERNELS)
         self.tokenizer = tokenizer
         self._runner: Runner | None = None
         self._recent_runs: RecentRuns | None = None
+        # One call at a time: the runner's cache row and the recent runs are this object's single copies, so two
+        # threads' generations would write over each other's keys and values. Reentrant: explain calls trace.
+        self._lock = threading.RLock()
 
     @classmethod
-    def load(cls, path, device: str = "auto", dtype: str | torch.dtype | None = "auto", form: str = "auto") -> TinyLLM:
+    def load(
+        cls,
+        path,
+        device: str = "auto",
+        dtype: str | torch.dtype | None = "auto",
+        form: str = "auto",
+        kernels: str = "auto",
+    ) -> TinyLLM:
         """dtype: the model's (auto: float32 on a CPU, bfloat16 on CUDA); form: the weight form generation runs in
-        on a CPU (auto: the checkpoint's default, int8 where its weight_forms.json allows it)."""
+        on a CPU (auto: the checkpoint's default, int8 where its weight_forms.json allows it); kernels: the native
+        step's kernel path (auto: the fastest this CPU runs; vnni, avx2 or scalar pins one, a ValueError where
+        the CPU lacks it or the native step is not built)."""
+        native.check_kernels(kernels)  # before the checkpoint is read
         dev = resolve_device(device)
         model = checkpoint.load_model(path, device=dev, dtype=resolve_dtype(dtype, dev))
-        return cls(model, dev, checkpoint.load_training(path), *resolve_form(form, path, dev))
+        form, form_reason = resolve_form(form, path, dev)
+        return cls(model, dev, checkpoint.load_training(path), form, form_reason, kernels)
 
     @property
     def runner(self) -> Runner:
         """A one-sequence runner for this object's own calls (the server's engine makes its own)."""
-        if self._runner is None:
-            self._runner = Runner(self.model, max_batch=1, form=self.form, exact_rows=1)
-        return self._runner
+        with self._lock:
+            if self._runner is None:
+                self._runner = Runner(self.model, max_batch=1, form=self.form, kernels=self.kernels, exact_rows=1)
+            return self._runner
 
     def generate(
         self,
@@ -121,6 +141,10 @@ class TinyLLM:
         if utf8 not in ("valid", "any"):
             raise ValueError(f'utf8 must be "valid" or "any", got {utf8!r}')
         params = SamplingParams(**sampling, valid_utf8=utf8 == "valid")
+        with self._lock:
+            return self._generate(ids, max_new_tokens, params, seed, stop, heads_off, explain)
+
+    def _generate(self, ids, max_new_tokens, params, seed, stop, heads_off, explain) -> Generation:
         out, steps = [], []
         assembler = TextAssembler([s.encode("utf-8") for s in stop if s])  # the server's stop-string rules
         tokens = generate(self.runner, ids, max_new_tokens, params, seed, heads_off=heads_off, explain=explain)
@@ -143,7 +167,8 @@ class TinyLLM:
     def attention(self, text: str | bytes) -> torch.Tensor:
         """Attention probabilities of every layer and head over `text`: (n_layer, n_head, T, T), float32."""
         ids = list(text) if isinstance(text, bytes) else self.tokenizer.encode(text)
-        return self.runner.attention(ids)
+        with self._lock:
+            return self.runner.attention(ids)
 
     # ------------------------------------------------------------ looking inside (model/trace.py and its readers)
 
@@ -153,10 +178,11 @@ class TinyLLM:
         """A run of the exact model over `text` with heads_off switched off (model.trace), through its first
         `blocks` blocks (all by default). The last two are kept, so the methods below read the same text again
         without a forward pass (or only run the blocks a kept run has not)."""
-        if self._recent_runs is None:
-            self._recent_runs = RecentRuns(self.model)
         ids = list(text) if isinstance(text, bytes) else self.tokenizer.encode(text)
-        return self._recent_runs(ids, heads_off, ablation, blocks)
+        with self._lock:
+            if self._recent_runs is None:
+                self._recent_runs = RecentRuns(self.model)
+            return self._recent_runs(ids, heads_off, ablation, blocks)
 
     def explain(
         self,
@@ -168,14 +194,16 @@ class TinyLLM:
         ablation: Ablation = "zero",
     ) -> Walkthrough:
         """One head's softmax(q·kᵀ/√d_k)·V for the byte at index `query`, step by step (model.explain)."""
-        trace = self.trace(text, heads_off, ablation, blocks_needed(self.model.config, layer, heads_off, ablation))
-        return explain(self.model, trace, layer, head, query)
+        with self._lock:
+            trace = self.trace(text, heads_off, ablation, blocks_needed(self.model.config, layer, heads_off, ablation))
+            return explain(self.model, trace, layer, head, query)
 
     def logit_lens(
         self, text: str | bytes, top_k: int = 5, heads_off: list[Head] = (), ablation: Ablation = "zero"
     ) -> Lens:
         """The next-byte distribution read from the residual stream after every layer (model.lens)."""
-        return logit_lens(self.model, self.trace(text, heads_off, ablation), top_k)
+        with self._lock:
+            return logit_lens(self.model, self.trace(text, heads_off, ablation), top_k)
 
     def attribute(
         self,
@@ -187,8 +215,10 @@ class TinyLLM:
     ) -> Attribution:
         """Each head's, MLP's and the embedding's push on the logit of `target` (default: the byte that comes next)
         at `position` (model.attribution)."""
-        return attribute(self.model, self.trace(text, heads_off, ablation), [position], [target])[0]
+        with self._lock:
+            return attribute(self.model, self.trace(text, heads_off, ablation), [position], [target])[0]
 
     def ablate(self, text: str | bytes, heads_off: list[Head], ablation: Ablation = "zero") -> AblationLoss:
         """Each byte's loss with every head and with heads_off switched off (model.ablation)."""
-        return ablation_loss(self.trace(text), self.trace(text, heads_off, ablation))
+        with self._lock:
+            return ablation_loss(self.trace(text), self.trace(text, heads_off, ablation))

@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         description="generate in the native step (model/native/: float32 or int8 on a CPU, batch-invariant) where "
         "it is built and has the form; --no-native: the torch step",
     )
+    kernels: Literal["auto", "vnni", "avx2", "scalar"] = Field(
+        "auto",
+        description="the native step's kernel path (auto = the fastest this CPU runs; they compute the same bits): "
+        "pins one for a test or a comparison; a path this CPU cannot run, or no native step, stops the start",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     threads: int = Field(
         0,

@@ -15,6 +15,7 @@ from pathlib import Path
 from model import checkpoint
 from model.api import TinyLLM, resolve_device
 from model.checkpoint import CheckpointError
+from model.native import step as native
 from model.runner import Runner
 from server.config import Settings
 from server.engine import Engine
@@ -71,6 +72,10 @@ def load_checkpoints(settings: Settings) -> dict[Path, TinyLLM]:
         raise CheckpointError("--dtype float16 is for CUDA; on a CPU choose auto, float32, bfloat16 or int8")
     if device.type != "cpu" and settings.dtype == "int8":
         raise CheckpointError("--dtype int8 is a CPU weight form; on CUDA choose auto, float32, bfloat16 or float16")
+    try:
+        native.check_kernels(settings.kernels)
+    except ValueError as e:
+        raise CheckpointError(f"--kernels {settings.kernels}: {e}") from None
     if device.type == "cpu":
         dtype, form = "float32", settings.dtype
     else:
@@ -102,7 +107,14 @@ class ServedModels:
     def __init__(self, llms: dict[Path, TinyLLM], settings: Settings):
         self.by_name = {}
         for path, llm in llms.items():
-            runner = Runner(llm.model, settings.max_batch, llm.form, settings.native, exact_rows=EXACT_ROWS)
+            runner = Runner(
+                llm.model,
+                settings.max_batch,
+                llm.form,
+                settings.native,
+                kernels=settings.kernels,
+                exact_rows=EXACT_ROWS,
+            )
             engine = Engine(runner, settings.max_queue, settings.prefill_chunk, llm=llm)
             fingerprint = runner.fingerprint(checkpoint.content_sha256(path))
             self.by_name[model_name(path)] = ServedModel(model_name(path), path, llm, engine, fingerprint)

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny random checkpoint on disk, a live server on it, an in-process app client, a headless
-browser and a page of the live server (tests/browser.py), the `gpu` skip, and the report header naming the
-kernels that ran."""
+browser and a page of the live server (tests/browser.py), the `gpu` skip, the `native` mark (a test that needs the
+native step: skipped without it, failed under TINYLLM_REQUIRE_NATIVE=1), and the report header naming the kernels
+that ran."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from model.native import step as native
 from server.app import create_app
 from server.config import Settings
 from server.process import running_server
-from support import sharp_model, tiny_model, wait_healthy
+from support import require_native, sharp_model, tiny_model, wait_healthy
 
 
 @pytest.fixture(scope="session")
@@ -87,6 +88,11 @@ def app_client():
             yield client
 
     return make
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("native"):
+        require_native()
 
 
 def pytest_collection_modifyitems(config, items):

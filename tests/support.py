@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 import time
 
 import httpx
+import pytest
 import torch
 
 from model.config import ModelConfig
 from model.model import Transformer
+from model.native import step as native
 from server.process import ROOT
 
 TINY_CONFIG = ModelConfig(context_length=64, n_layer=2, n_head=2, d_model=32, mlp_hidden=64)
@@ -81,6 +84,16 @@ def assert_envelope(r, status: int, param: str | None = None, openai: bool = Fal
 def sse_events(lines) -> list[dict]:
     """The JSON payloads of server-sent-event lines, without the closing [DONE]."""
     return [json.loads(line[6:]) for line in lines if line.startswith("data: ") and line != "data: [DONE]"]
+
+
+def require_native() -> None:
+    """For a test that needs the native step: skip it when the step is not built (or its binary is stale), but
+    under TINYLLM_REQUIRE_NATIVE=1 (CI, .ci/run) fail it, so a failed build cannot pass as green."""
+    if native.UNAVAILABLE is None:
+        return
+    if os.environ.get("TINYLLM_REQUIRE_NATIVE") == "1":
+        pytest.fail(f"TINYLLM_REQUIRE_NATIVE=1, but {native.UNAVAILABLE}", pytrace=False)
+    pytest.skip(native.UNAVAILABLE)
 
 
 def start_fails(checkpoint, *args: str) -> str:

@@ -19,7 +19,6 @@ import pytest
 
 from model import checkpoint
 from model.attribution import attribute
-from model.native import step as native
 from model.trace import run
 from reference import reference
 from support import assert_envelope, sse_events
@@ -181,7 +180,7 @@ def post_all(url: str, bodies: list[dict], stagger: float) -> list[list]:
     return asyncio.run(main())
 
 
-@pytest.mark.skipif(native.UNAVAILABLE is not None, reason=str(native.UNAVAILABLE))
+@pytest.mark.native
 def test_other_requests_get_the_same_bytes_and_logprobs_beside_ablated_and_explained_ones(server):
     alone = post_all(server.url, PLAIN, stagger=0)
     exact_alone = [post_all(server.url, [body], stagger=0)[0] for body in EXACT]

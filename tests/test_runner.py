@@ -13,7 +13,7 @@ from model.runner import Runner
 from model.sampling import SamplingParams
 from model.sequence import Sequence
 from model.tokenizer import tokenizer
-from support import TINY_CONFIG, random_ids, sharp_model
+from support import TINY_CONFIG, random_ids, require_native, sharp_model
 
 TEXT = "Hé! naïve café — 日本語 🙂 ok\n"  # 1-, 2-, 3- and 4-byte characters
 GREEDY = SamplingParams(temperature=0, valid_utf8=False)  # random bytes: the cache, not UTF-8, is tested
@@ -21,7 +21,10 @@ GREEDY = SamplingParams(temperature=0, valid_utf8=False)  # random bytes: the ca
 
 @pytest.fixture(params=[True, False], ids=["native", "torch"])
 def native(request) -> bool:
-    """Whether the runner generates in the native step (else the torch step)."""
+    """Whether the runner generates in the native step (else the torch step). The native case never runs the torch
+    step in its place: it skips without the step, or fails under TINYLLM_REQUIRE_NATIVE=1."""
+    if request.param:
+        require_native()
     return request.param
 
 

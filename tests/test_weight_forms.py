@@ -111,6 +111,7 @@ def test_a_checkpoint_serves_int8_by_default_only_when_its_record_allows_it(tmp_
     assert form_quality.default_form(ck)[0] == "float32", "int8 costs too much here"
 
 
+@pytest.mark.native
 def test_the_command_records_each_forms_validation_loss(tmp_path):
     ck = tmp_path / "ck"
     checkpoint.save(ck, tiny_model(seed=3), training={})

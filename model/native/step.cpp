@@ -33,6 +33,12 @@ namespace {
 // Bumped whenever the arithmetic changes: it is part of the server's system_fingerprint.
 constexpr int ARITHMETIC_VERSION = 1;
 
+// sha256 of the sources this binary is built from (setup.py defines it, model/native/sources.py computes it):
+// model/native/step.py refuses a binary whose hash is not that of the sources on disk. Empty when built otherwise.
+#ifndef TINYLLM_SOURCE_HASH
+#define TINYLLM_SOURCE_HASH ""
+#endif
+
 // ------------------------------------------------------------------ activations and weights
 
 // Activations of `rows` entries, quantized per group of `group` values (Kernels::quantize).
@@ -360,6 +366,7 @@ class Step {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "TinyLLM's native forward step (model/native/step.cpp)";
   m.attr("ARITHMETIC_VERSION") = ARITHMETIC_VERSION;
+  m.attr("SOURCE_HASH") = TINYLLM_SOURCE_HASH;
   m.def("cpu_has", &cpu_has, "whether this CPU runs the kernels named (scalar, avx2, vnni)");
   pybind11::class_<Step>(m, "Step")
       .def(pybind11::init<int64_t, int64_t, int64_t, int64_t, double, const std::string&, int64_t, const std::string&,

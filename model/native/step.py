@@ -17,31 +17,71 @@ import torch
 
 from model.kv_cache import KVCache
 from model.model import Transformer
+from model.native import sources
 from model.quantize import int8_group, quantize_groups
-
-try:
-    from model.native import _step
-except ImportError as e:  # not built (no compiler at install time) or not loadable on this machine
-    _step = None
-    UNAVAILABLE: str | None = f"the native step is not built or cannot be loaded ({e})"
-else:
-    UNAVAILABLE = None
 
 FORMS = ("float32", "int8")
 KERNELS = ("vnni", "avx2", "scalar")  # the kernel paths (model/native/kernels.h), fastest first
+MAX_HEAD_DIM = 512  # step.cpp's rope() works in a buffer of this many floats
+
+
+def stale_reason(module) -> str | None:
+    """Why a loaded binary is not the one built from the sources on disk, or None when it is (or when there are no
+    sources to compare with: an installed wheel). A failed rebuild can leave an old binary behind; it would serve
+    the old arithmetic under the old fingerprint."""
+    current = sources.source_hash()
+    built = getattr(module, "SOURCE_HASH", "")  # binaries from before the hash was compiled in have none
+    if current is None or built == current:
+        return None
+    return (
+        f"the native step's binary is stale: built from sources {built[:12] or '(unknown)'} (arithmetic version "
+        f"{module.ARITHMETIC_VERSION}), but the sources here are {current[:12]} (arithmetic version "
+        f"{sources.source_arithmetic_version()}); rebuild it (make setup)"
+    )
+
+
+try:
+    from model.native import _step
+except ImportError as e:  # not built (no or a broken compiler at install time) or not loadable on this machine
+    _step = None
+    STALE: str | None = None
+    UNAVAILABLE: str | None = f"the native step is not built or cannot be loaded ({e})"
+else:
+    STALE = stale_reason(_step)
+    UNAVAILABLE = STALE
 
 
 def why_not(model: Transformer, form: str) -> str | None:
-    """Why the native step cannot serve `model` in `form`, or None when it can."""
+    """Why the native step cannot serve `model` in `form`, or None when it can: every input step.cpp's constructor
+    refuses is refused here first, with a reason, so that the torch step serves such a model instead."""
     if UNAVAILABLE:
         return UNAVAILABLE
+    cfg = model.config
     if model.lm_head.weight.device.type != "cpu":
         return "the native step runs on the CPU"
+    dtype = model.lm_head.weight.dtype
+    if dtype != torch.float32 or model.rope_cos.dtype != torch.float32:  # its weights, rope tables and KV cache
+        return f"the native step needs a float32 model (this one is {str(dtype).removeprefix('torch.')})"
     if form not in FORMS:
         return f"the native step has no {form} form (it has {', '.join(FORMS)})"
-    if form == "int8" and int8_group(model.config) is None:
+    if cfg.head_dim > MAX_HEAD_DIM or cfg.head_dim % 2:
+        return f"the native step needs an even head_dim of at most {MAX_HEAD_DIM} (this model's is {cfg.head_dim})"
+    if form == "int8" and int8_group(cfg) is None:
         return "int8 needs d_model and mlp_hidden divisible by 32"
     return None
+
+
+def check_kernels(kernels: str) -> None:
+    """A ValueError unless `kernels` (auto or one of KERNELS) can run here: asked for a path, the native step
+    must be built and the CPU must run it."""
+    if kernels == "auto":
+        return
+    if kernels not in KERNELS:
+        raise ValueError(f"unknown kernels {kernels!r}; one of auto, {', '.join(KERNELS)}")
+    if UNAVAILABLE:
+        raise ValueError(f"the {kernels} kernels were asked for, but {UNAVAILABLE}")
+    if kernels not in kernels_here():
+        raise ValueError(f"this CPU cannot run the {kernels} kernels (it runs {', '.join(kernels_here())})")
 
 
 def arithmetic_version() -> int:
