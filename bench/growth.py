@@ -72,7 +72,7 @@ def main() -> None:
     )
     body = f"""
 `{args.checkpoint}`, {str(dtype).removeprefix("torch.")} on {device}, batch 1, medians of repeated runs; cached steps
-and prefill as the server generates: `{runner.step_name}` in {form} weights. The cached step feeds one token at
+and prefill as the server generates: `{runner.describe()["step"]}` in {form} weights. The cached step feeds one token at
 position *n* against a cache holding *n* positions; the recompute runs the whole sequence of *n + 1* bytes in
 the torch model (float32), as a server without a KV cache must for every token.
 

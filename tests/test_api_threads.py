@@ -34,7 +34,7 @@ def generate_together(llm: TinyLLM, calls: list[dict]) -> list[list[int]]:
 )
 def test_concurrent_generations_equal_the_same_calls_in_turn(tiny_checkpoint, dtype):
     llm = TinyLLM.load(tiny_checkpoint, device="cpu", dtype=dtype, form="float32")  # bfloat16: the torch step
-    assert (llm.runner.native is not None) == (dtype == "float32")
+    assert llm.runner.describe()["native"] == (dtype == "float32")
     calls = [dict(prompt=p, max_new_tokens=48, temperature=0.9, seed=i, utf8="any") for i, p in enumerate(PROMPTS)]
     in_turn = [llm.generate(**c).tokens for c in calls]
     for _trial in range(3):

@@ -85,7 +85,7 @@ def test_a_bfloat16_model_on_the_cpu_generates_in_the_torch_step(tiny_checkpoint
     llm = TinyLLM.load(tiny_checkpoint, device="cpu", dtype="bfloat16", form="float32")
     out = llm.generate("Hi", max_new_tokens=6, temperature=0, utf8="any")
     assert len(out.tokens) == 6
-    assert llm.runner.native is None and "needs a float32 model" in llm.runner.why_torch
+    assert llm.runner.why_not_native is not None and "needs a float32 model" in llm.runner.why_not_native
 
 
 @pytest.mark.native
@@ -96,7 +96,7 @@ def test_a_pinned_kernel_path_runs_in_the_python_api(tiny_checkpoint, kernels):
             TinyLLM.load(tiny_checkpoint, device="cpu", form="float32", kernels=kernels)
         return
     llm = TinyLLM.load(tiny_checkpoint, device="cpu", form="float32", kernels=kernels)
-    assert llm.runner.step_name == f"native ({kernels} kernels)"
+    assert llm.runner.describe()["step"] == f"native ({kernels} kernels)"
 
 
 def test_unknown_kernels_are_refused():
