@@ -61,14 +61,18 @@ class ExplainResponse(Inspected):
     layer: int
     head: int
     query: int = Field(description="the querying byte's index")
-    query_character: int | None = Field(description="its character's index, when the query was given as one")
+    query_character: int = Field(description="the index of the character the query byte belongs to")
     head_dim: int
     sqrt_d_k: float
     q_before_rope: list[float] = Field(description="h_query · W_Qᵀ (this head's rows)")
     q: list[float] = Field(description="the query after RoPE")
     keys: list[list[float]] = Field(description="[byte][dim]: every byte's key after RoPE (later bytes are masked)")
-    raw_scores: list[float] = Field(description="per byte: q·k")
-    scaled_scores: list[float] = Field(description="per byte: q·k / √d_k")
+    raw_scores: list[float | None] = Field(
+        description="per byte: q·k; null after the query (masked: the softmax sees −∞ there)"
+    )
+    scaled_scores: list[float | None] = Field(
+        description="per byte: q·k / √d_k; null after the query (masked: the softmax sees −∞ there)"
+    )
     mask: list[bool] = Field(description="per byte: true where the query may attend (bytes 0..query)")
     weights: list[float] = Field(description="per byte: softmax of the masked scaled scores (0 where masked)")
     values: list[list[float]] = Field(description="[byte][dim]: every byte's value vector")
