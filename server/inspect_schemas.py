@@ -105,6 +105,26 @@ class LensResponse(Inspected):
     byte_labels: list[str] = Field(description="the display label of each byte value 0..255, for top_ids")
 
 
+# ---------------------------------------------------------------- POST /v1/next-byte
+
+
+class NextByteRequest(InspectsText):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"text": "The cat sat on the m", "position": 19}]})
+
+    position: int | None = Field(
+        None, ge=0, description="the byte after which the next byte is predicted (null = the last)"
+    )
+
+
+class NextByteResponse(Inspected):
+    position: int
+    ids: list[int] = Field(description="every byte value 0..255, most likely first")
+    probs: list[float] = Field(
+        description="their probabilities: the exact model's softmax of its logits (temperature 1)"
+    )
+    labels: list[str] = Field(description="the display label of each byte in ids")
+
+
 # ---------------------------------------------------------------- POST /v1/attribute
 
 

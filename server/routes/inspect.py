@@ -1,5 +1,6 @@
 """Looking inside, step by step: one head's arithmetic (POST /v1/attention/explain), the logit lens (POST /v1/lens),
-direct logit attribution (POST /v1/attribute) and ablation (POST /v1/ablate).
+the whole next-byte distribution after one byte (POST /v1/next-byte), direct logit attribution (POST /v1/attribute)
+and ablation (POST /v1/ablate).
 
 Each route checks its request, then awaits an inspection job (server/inspection.py) that the model's engine runs
 between decode steps (Engine.inspect): a run of the exact model with the request's heads switched off, read by
@@ -37,6 +38,8 @@ from server.inspect_schemas import (
     InspectsText,
     LensRequest,
     LensResponse,
+    NextByteRequest,
+    NextByteResponse,
 )
 from server.inspection import Ablate, Attribute, ExplainHead, Inspection, LogitLens, Result
 from server.models import ServedModel
@@ -156,6 +159,23 @@ async def lens(body: LensRequest, models: ModelsDep):
         next_prob=out.next_prob.tolist(),
         bits_per_byte=out.bits_per_byte,
         byte_labels=[tokenizer.label(b) for b in range(VOCAB_SIZE)],
+    )
+
+
+@router.post("/v1/next-byte", response_model=NextByteResponse, responses=ERROR_RESPONSES)
+async def next_byte(body: NextByteRequest, models: ModelsDep):
+    """The model's probability of every byte coming next after one byte of the text: the logit lens's last stage
+    (the model's own output), all 256 bytes, so that temperature, top-k and top-p can be applied to all of them."""
+    asked = Asked.check(body, models)
+    position = len(asked.ids) - 1 if body.position is None else byte_index(body.position, len(asked.ids), "position")
+    out = await asked.run(LogitLens, top_k=VOCAB_SIZE)
+    ids = out.top_ids[-1, position].tolist()  # the last stage: after the final norm, the model's own distribution
+    return asked.answer(
+        NextByteResponse,
+        position=position,
+        ids=ids,
+        probs=out.top_probs[-1, position].tolist(),
+        labels=[tokenizer.label(b) for b in ids],
     )
 
 
