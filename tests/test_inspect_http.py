@@ -240,3 +240,23 @@ def test_inspecting_changes_nothing_other_requests_get(server):
     for out in during:
         assert out["tokens"] == before["tokens"]  # the same bytes, logprobs and alternatives, to the bit
     np.testing.assert_array_equal(served_maps(server, "To be, or not"), maps)
+
+
+# ------------------------------------------------------------------ the next-byte distribution
+
+
+def test_next_byte_is_the_models_whole_distribution(sharp_server):
+    out = post(sharp_server, "/v1/next-byte", text=TEXT, position=12)
+    assert out["position"] == 12 and sorted(out["ids"]) == list(range(256))
+    probs = np.array(out["probs"])
+    assert abs(probs.sum() - 1) < 1e-5 and (np.diff(probs) <= 0).all(), "every byte, most likely first"
+    lens = post(sharp_server, "/v1/lens", text=TEXT, top_k=20)
+    assert out["ids"][:20] == lens["top_ids"][-1][12]
+    close(out["probs"][:20], lens["top_probs"][-1][12], 1e-6)
+    # the probability of the byte that came is the one prompt scoring gives
+    came = out["ids"].index(IDS[13])
+    assert abs(math.log(out["probs"][came]) - scored_logprobs(sharp_server, "sharp", TEXT)[12]) < 1e-4
+    assert out["labels"][0] == lens["byte_labels"][out["ids"][0]]
+    assert post(sharp_server, "/v1/next-byte", text=TEXT)["position"] == T - 1
+    r = httpx.post(f"{sharp_server.url}/v1/next-byte", json={"text": TEXT, "position": T}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "position"

@@ -7,7 +7,7 @@ import { $, setStatus } from "./dom.js";
 import { describe } from "./labels.js";
 
 const SHOWN = 12;  // bars
-const BAR = 200;   // pixels of a probability of 1
+const BAR = 200;   // pixels of the largest probability shown
 
 export class NextBytePanel {
   constructor(selection) {
@@ -57,6 +57,7 @@ export class NextBytePanel {
     const shown = ids.slice(0, SHOWN).map((b, r) => r);
     const chosenRank = ids.indexOf(this.chosen);
     if (chosenRank >= SHOWN) shown.push(chosenRank);
+    const top = Math.max(...shown.map((r) => Math.max(probs[r], sampled[r])));  // the longest bar: BAR pixels
     for (const r of shown) {
       const row = document.createElement("div");
       row.className = "next-row";
@@ -68,7 +69,7 @@ export class NextBytePanel {
       bars.className = "next-bars";
       for (const [cls, p] of [["model", probs[r]], ["after", sampled[r]]]) {
         const bar = Object.assign(document.createElement("span"), { className: `nbar ${cls}` });
-        bar.style.width = `${Math.max(p > 0 ? 1 : 0, Math.round(p * BAR))}px`;
+        bar.style.width = `${Math.max(p > 0 ? 1 : 0, Math.round((p / top) * BAR))}px`;
         bars.appendChild(bar);
       }
       const numbers = Object.assign(document.createElement("span"), { className: "next-numbers",
@@ -79,7 +80,8 @@ export class NextBytePanel {
     const rest = probs.slice(SHOWN).reduce((a, b) => a + b, 0);
     $("next-summary").textContent = `${kept} of 256 bytes can be drawn with these settings` +
       (temperature === 0 ? " (temperature 0: the most likely, always)" : "") +
-      ` · the other ${256 - SHOWN} bytes hold ${rest.toFixed(4)} of the model's probability`;
+      ` · bars scaled to the largest shown, ${top.toFixed(4)} · the other ${256 - SHOWN} bytes hold ` +
+      `${rest.toFixed(4)} of the model's probability`;
   }
 }
 
