@@ -35,8 +35,11 @@ def explain_table(out: dict) -> str:
             f"{j:4d} {quoted(labels[j]):>5} {out['raw_scores'][j]:9.3f} {out['scaled_scores'][j]:9.3f} {weight:8.4f} "
             + "\u2588" * round(weight * BAR)
         )
+        lines[-1] = lines[-1].rstrip()  # a weight too small for a bar leaves no trailing space
     if q + 1 < len(labels):
-        lines.append(f"bytes {q + 1}..{len(labels) - 1} come later: masked (-inf before the softmax, weight 0)")
+        lines.append(
+            f"bytes {q + 1}..{len(labels) - 1} come later: masked (-inf before the softmax, null in the JSON, weight 0)"
+        )
     checks = out["checks"]
     z_check = "switched off" if checks["z_vs_run"] is None else f"{checks['z_vs_run']:.1e}"
     lines += [
@@ -49,7 +52,7 @@ def explain_table(out: dict) -> str:
 
 def write_line(out: dict) -> str:
     """What the head adds to the residual stream, honestly: nothing of z·W_O when it is switched off."""
-    norms = f"norm {out['write_norm']:.3f}; the stream before this block: {out['block_input_norm']:.3f}"
+    norms = f"norm {out['write_norm']:.3f} (the stream before this block: {out['block_input_norm']:.3f})"
     if not out["switched_off"]:
         return f"its write z·W_O into the residual stream has {norms}"
     instead = "zeros" if out["ablation"] == "zero" else "its mean over the text's positions (later bytes included)"
