@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from model.api import TinyLLM
 from server.auth import install_auth
 from server.config import Settings
+from server.docs_pages import install_docs
 from server.errors import install_handlers
 from server.limits import BodySizeLimit, StreamLimit
 from server.metrics import CountRequests, Metrics
@@ -46,6 +47,8 @@ def create_app(settings: Settings, llms: dict[Path, TinyLLM] | None = None) -> F
         title="TinyLLM",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc from this server's files (server/docs_pages.py), not a CDN
+        redoc_url=None,
         description="A byte-level transformer: generate text and look at its attention.",
     )
     app.state.settings = settings
@@ -64,5 +67,6 @@ def create_app(settings: Settings, llms: dict[Path, TinyLLM] | None = None) -> F
         )
     for module in (system, generate, attention, inspect, tokenize, openai, openai_tokenizer):
         app.include_router(module.router)
+    install_docs(app)  # before /static: its assets live under /static/docs
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -10,6 +10,7 @@
     tinyllm lens "The cat sat on the mat"                        # what it would say next after each layer
     tinyllm attribute "The cat sat on the mat" --position 20     # each head's push on the next byte's logit
     tinyllm ablate "The cat sat on the mat" --heads-off 2.1      # the loss without some heads
+    tinyllm explain "猫はマット" --layer 1 --head 0 --model multilingual  # any command: --model picks a served model
 
 --url (TINYLLM_URL, default http://127.0.0.1:8000) and --api-key (TINYLLM_API_KEY) choose the server.
 Exit codes: 0 done, 1 an error (the server's message, or a file that cannot be written), 2 a bad command
@@ -83,9 +84,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def model_option() -> argparse.ArgumentParser:
+    """--model, which every command that reads a model takes."""
+    chooses = argparse.ArgumentParser(add_help=False)
+    chooses.add_argument("--model", help="a model id from GET /v1/models (default: the first one served)")
+    return chooses
+
+
 def add_commands(sub) -> None:
     """generate, attention, model, tokenize."""
-    g = sub.add_parser("generate", help="continue a text, streaming the bytes as they come")
+    chooses = model_option()
+    g = sub.add_parser("generate", parents=[chooses], help="continue a text, streaming the bytes as they come")
     g.add_argument("text", help="the prompt (- reads standard input)")
     g.add_argument("--max-new-tokens", type=int, default=128, help="bytes to generate at most (default 128)")
     g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
@@ -99,7 +108,11 @@ def add_commands(sub) -> None:
     )
     g.set_defaults(run=cmd_generate)
 
-    a = sub.add_parser("attention", help="attention of one layer and head: a summary, a PNG heatmap, or a .npy array")
+    a = sub.add_parser(
+        "attention",
+        parents=[chooses],
+        help="attention of one layer and head: a summary, a PNG heatmap, or a .npy array",
+    )
     a.add_argument("text", help="the text to analyse (- reads standard input)")
     a.add_argument("--layer", type=int, help="layer index (default 0; with only --npy, all layers)")
     a.add_argument("--head", type=int, help="head index (default 0; with only --npy, all heads)")
@@ -107,7 +120,7 @@ def add_commands(sub) -> None:
     a.add_argument("--npy", metavar="FILE", help="write the maps as a .npy array (layers, heads, T, T)")
     a.set_defaults(run=cmd_attention)
 
-    m = sub.add_parser("model", help="print the served model's config and limits as JSON")
+    m = sub.add_parser("model", parents=[chooses], help="print the served model's config and limits as JSON")
     m.set_defaults(run=cmd_model)
 
     t = sub.add_parser("tokenize", help="show the byte tokens of a text")
@@ -117,13 +130,19 @@ def add_commands(sub) -> None:
 
 def add_inspection_commands(sub) -> None:
     """explain, lens, attribute, ablate: a text, and the heads to switch off while looking."""
-    inspect = argparse.ArgumentParser(add_help=False)  # the options every inspection command shares
+    inspect = argparse.ArgumentParser(add_help=False, parents=[model_option()])  # what every one of them takes
     inspect.add_argument("text", help="the text (- reads standard input)")
     inspect.add_argument(
         "--heads-off", type=head_pair, action="append", default=[], metavar="L.H", help="switch a head off (repeatable)"
     )
     # model.trace.ABLATIONS, written out: the command line is an HTTP client and does not import torch
-    inspect.add_argument("--ablation", choices=["zero", "mean"], default="zero", help="what replaces a head's output")
+    inspect.add_argument(
+        "--ablation",
+        choices=["zero", "mean"],
+        default="zero",
+        help="what replaces a head's output: zeros, or its mean over the text (then each byte's output depends on "
+        "the bytes after it too)",
+    )
 
     e = sub.add_parser("explain", parents=[inspect], help="one head's attention for one byte, step by step")
     e.add_argument("--layer", type=int, required=True, help="layer index")

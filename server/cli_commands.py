@@ -22,6 +22,7 @@ def cmd_generate(args) -> None:
         "top_p": args.top_p,
         "stop": args.stop,
         "stream": True,
+        **chosen(args),
     }
     if args.seed is not None:
         body["seed"] = args.seed
@@ -52,7 +53,12 @@ def cmd_attention(args) -> None:
     one_map = args.png or not args.npy
     layer = args.layer if args.layer is not None or not one_map else 0
     head = args.head if args.head is not None or not one_map else 0
-    body = {"text": text, "layers": None if layer is None else [layer], "heads": None if head is None else [head]}
+    body = {
+        "text": text,
+        "layers": None if layer is None else [layer],
+        "heads": None if head is None else [head],
+        **chosen(args),
+    }
     if args.png:
         save(args.png, request(args, "POST", "/v1/attention", json={**body, "format": "png"}).content)
     if args.npy:
@@ -75,7 +81,7 @@ def attention_summary(tokens: list[dict], rows: list[list[float]], layer: int, h
 
 
 def cmd_model(args) -> None:
-    print(json.dumps(request(args, "GET", "/v1/model").json(), indent=2))
+    print(json.dumps(request(args, "GET", "/v1/model", params=chosen(args)).json(), indent=2))
 
 
 def cmd_tokenize(args) -> None:
@@ -114,7 +120,13 @@ def cmd_ablate(args) -> None:
 
 
 def switched_off(args) -> dict:
-    return {"heads_off": args.heads_off, "ablation": args.ablation}
+    """The fields every inspection request shares: the model, the heads switched off and how."""
+    return {"heads_off": args.heads_off, "ablation": args.ablation, **chosen(args)}
+
+
+def chosen(args) -> dict:
+    """{"model": ...} when --model names one; the server's first model otherwise."""
+    return {} if args.model is None else {"model": args.model}
 
 
 def shown(label: str) -> str:

@@ -61,14 +61,18 @@ class ExplainResponse(Inspected):
     layer: int
     head: int
     query: int = Field(description="the querying byte's index")
-    query_character: int | None = Field(description="its character's index, when the query was given as one")
+    query_character: int = Field(description="the index of the character the query byte belongs to")
     head_dim: int
     sqrt_d_k: float
     q_before_rope: list[float] = Field(description="h_query · W_Qᵀ (this head's rows)")
     q: list[float] = Field(description="the query after RoPE")
     keys: list[list[float]] = Field(description="[byte][dim]: every byte's key after RoPE (later bytes are masked)")
-    raw_scores: list[float] = Field(description="per byte: q·k")
-    scaled_scores: list[float] = Field(description="per byte: q·k / √d_k")
+    raw_scores: list[float | None] = Field(
+        description="per byte: q·k; null after the query (masked: the softmax sees −∞ there)"
+    )
+    scaled_scores: list[float | None] = Field(
+        description="per byte: q·k / √d_k; null after the query (masked: the softmax sees −∞ there)"
+    )
     mask: list[bool] = Field(description="per byte: true where the query may attend (bytes 0..query)")
     weights: list[float] = Field(description="per byte: softmax of the masked scaled scores (0 where masked)")
     values: list[list[float]] = Field(description="[byte][dim]: every byte's value vector")
@@ -99,6 +103,26 @@ class LensResponse(Inspected):
     next_prob: list[list[float]] = Field(description="[stage][position]: its probability")
     bits_per_byte: list[float | None] = Field(description="per stage: the mean of −log₂ p(next byte); null for 1 byte")
     byte_labels: list[str] = Field(description="the display label of each byte value 0..255, for top_ids")
+
+
+# ---------------------------------------------------------------- POST /v1/next-byte
+
+
+class NextByteRequest(InspectsText):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"text": "The cat sat on the m", "position": 19}]})
+
+    position: int | None = Field(
+        None, ge=0, description="the byte after which the next byte is predicted (null = the last)"
+    )
+
+
+class NextByteResponse(Inspected):
+    position: int
+    ids: list[int] = Field(description="every byte value 0..255, most likely first")
+    probs: list[float] = Field(
+        description="their probabilities: the exact model's softmax of its logits (temperature 1)"
+    )
+    labels: list[str] = Field(description="the display label of each byte in ids")
 
 
 # ---------------------------------------------------------------- POST /v1/attribute

@@ -73,7 +73,9 @@ class SwitchesHeadsOff(Strict):
         description="[layer, head] pairs whose outputs are replaced (each head at most once; [] = none)",
     )
     ablation: Ablation = Field(
-        "zero", description="what replaces a switched-off head's output: zeros, or its mean over the text's positions"
+        "zero",
+        description="what replaces a switched-off head's output: zeros, or its mean over the text's positions (a "
+        "mean reads every position, so each byte's output then depends on the bytes after it too)",
     )
 
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from model import TinyLLM
-from server.process import ROOT
+from server.process import ROOT, running_server
 
 TEXT = "The cat sat"
 
@@ -105,3 +105,50 @@ def test_generate_without_heads_is_the_python_apis(server, tiny_checkpoint):
         assert [c["logit"] for c in token["explain"]["top"]] == pytest.approx(
             [c.logit for c in step.explain.top(3)], abs=1e-6
         )
+
+
+# ------------------------------------------------------------------ non-ASCII labels and --model
+
+
+def test_non_ascii_labels_print_as_the_server_wrote_them(server):
+    text = "Hé 🙂 ok"
+    rc, out, err = tinyllm(server, "attribute", text, "--position", "1")
+    assert rc == 0, err
+    assert out.startswith("after byte 1 '\\xc3', the logit of '\\xa9' (byte 169)"), out.splitlines()[0]
+    assert "\\\\" not in out, "no doubled backslash"
+    rc, out, err = tinyllm(server, "explain", text, "--layer", "0", "--head", "0", "--query", "4")
+    assert rc == 0, err
+    rows = re.findall(r"^\s+\d+\s+('.*?')\s+-?\d", out, re.M)
+    assert rows == ["'H'", "'\\xc3'", "'\\xa9'", "' '", "'\\xf0'"]
+    assert "\\\\" not in out
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory, tiny_checkpoint):
+    """A folder of two checkpoints: the bundled multilingual model and the tiny one (served first)."""
+    root = tmp_path_factory.mktemp("two-cli")
+    (root / "a-tiny").symlink_to(tiny_checkpoint)
+    (root / "multilingual").symlink_to(ROOT / "checkpoints" / "multilingual")
+    with running_server(root) as s:
+        yield s
+
+
+def test_model_option_inspects_the_named_model(two_models):
+    text = "猫はマット"
+    args = ("explain", text, "--layer", "1", "--head", "0", "--model", "multilingual")
+    rc, out, err = tinyllm(two_models, *args)
+    assert rc == 0, err
+    expected = api(two_models, "/v1/attention/explain", model="multilingual", text=text, layer=1, head=0, query=14)
+    assert expected["model"] == "multilingual"
+    weights = [float(w) for w in re.findall(r"^\s+\d+\s+'.*?'\s+\S+\s+\S+\s+(\S+)", out, re.M)]
+    assert weights == [round(w, 4) for w in expected["weights"]]
+    assert "query byte 14 '\\x88'" in out and "\\\\" not in out
+    default = api(two_models, "/v1/attention/explain", text=text, layer=1, head=0, query=14)
+    assert default["model"] == "a-tiny" and default["weights"] != expected["weights"]
+    for command in (["lens", text], ["attribute", text, "--position", "2"], ["ablate", text, "--heads-off", "1.0"]):
+        rc, _, err = tinyllm(two_models, *command, "--model", "multilingual")
+        assert rc == 0, err
+    rc, out, err = tinyllm(two_models, "model", "--model", "multilingual")
+    assert rc == 0 and '"model": "multilingual"' in out, err
+    rc, _, err = tinyllm(two_models, "lens", text, "--model", "nope")
+    assert rc == 1 and "nope" in err

@@ -54,23 +54,30 @@ def scored_logprobs(server, model: str, text: str) -> list[float]:
 def test_explain_matches_the_reference_and_the_attention_maps(sharp_server, sharp, layer, head, query):
     out = post(sharp_server, "/v1/attention/explain", text=TEXT, layer=layer, head=head, query=query)
     ref = reference(sharp, IDS)
-    assert (out["layer"], out["head"], out["query"], out["query_character"]) == (layer, head, query, None)
+    character = len(TEXT.encode()[: query + 1].decode("utf-8", errors="ignore")) - 1  # the character byte query ends
+    assert (out["layer"], out["head"], out["query"], out["query_character"]) == (layer, head, query, character)
     assert [t["id"] for t in out["tokens"]] == IDS and out["heads_off"] == [] and not out["switched_off"]
     close(out["q_before_rope"], ref.q_before_rope[layer][head, query])
     close(out["q"], ref.q[layer][head, query])
     close(out["keys"], ref.k[layer][head])
     close(out["values"], ref.v[layer][head])
-    close(out["raw_scores"], ref.k[layer][head] @ ref.q[layer][head, query])
+    seen = slice(0, query + 1)
+    close(out["raw_scores"][seen], (ref.k[layer][head] @ ref.q[layer][head, query])[seen])
     close(out["weights"], ref.probs[layer][head, query])
     close(out["z"], ref.z[layer][head, query])
     close(out["write"], ref.head_writes[layer][head, query])
 
-    raw, scaled, weights = (np.array(out[k], dtype=np.float64) for k in ("raw_scores", "scaled_scores", "weights"))
-    assert out["sqrt_d_k"] == math.sqrt(out["head_dim"])
-    close(scaled * out["sqrt_d_k"], raw, 1e-6)
+    # masked scores are null: a softmax applied to the array as sent (null as −∞) gives the weights
     assert out["mask"] == [j <= query for j in range(T)]
-    masked = np.where(out["mask"], scaled, -np.inf)
-    close(np.exp(masked - masked.max()) / np.exp(masked - masked.max()).sum(), weights, 1e-6)
+    for name in ("raw_scores", "scaled_scores"):
+        assert [s is None for s in out[name]] == [j > query for j in range(T)], name
+    raw, scaled, weights = (
+        np.array([-np.inf if s is None else s for s in out[k]], dtype=np.float64)
+        for k in ("raw_scores", "scaled_scores", "weights")
+    )
+    assert out["sqrt_d_k"] == math.sqrt(out["head_dim"])
+    close(scaled[seen] * out["sqrt_d_k"], raw[seen], 1e-6)
+    close(np.exp(scaled - scaled.max()) / np.exp(scaled - scaled.max()).sum(), weights, 1e-6)
     close(weights, served_maps(sharp_server, TEXT, layers=[layer], heads=[head])[0, 0, query], 1e-6)
     assert all(v < 1e-5 for v in out["checks"].values()), out["checks"]
 
@@ -79,10 +86,11 @@ def test_explain_by_character_walks_through_its_last_byte(sharp_server):
     c = TEXT.index("☃")  # the character index; its 3 bytes end at byte c + 1 + 2 (é before it is 2 bytes)
     out = post(sharp_server, "/v1/attention/explain", text=TEXT, layer=0, head=0, query=c, query_unit="character")
     assert out["query_character"] == c and out["query"] == len(TEXT[: c + 1].encode()) - 1
-    assert out == {
-        **post(sharp_server, "/v1/attention/explain", text=TEXT, layer=0, head=0, query=out["query"]),
-        "query_character": c,
-    }
+    assert out == post(sharp_server, "/v1/attention/explain", text=TEXT, layer=0, head=0, query=out["query"])
+    for byte in range(out["query"] - 2, out["query"] + 1):  # each of its 3 bytes names the same character
+        assert (
+            post(sharp_server, "/v1/attention/explain", text=TEXT, layer=0, head=0, query=byte)["query_character"] == c
+        )
 
 
 def test_heads_off_agree_between_explain_and_attention(sharp_server, sharp):
@@ -232,3 +240,23 @@ def test_inspecting_changes_nothing_other_requests_get(server):
     for out in during:
         assert out["tokens"] == before["tokens"]  # the same bytes, logprobs and alternatives, to the bit
     np.testing.assert_array_equal(served_maps(server, "To be, or not"), maps)
+
+
+# ------------------------------------------------------------------ the next-byte distribution
+
+
+def test_next_byte_is_the_models_whole_distribution(sharp_server):
+    out = post(sharp_server, "/v1/next-byte", text=TEXT, position=12)
+    assert out["position"] == 12 and sorted(out["ids"]) == list(range(256))
+    probs = np.array(out["probs"])
+    assert abs(probs.sum() - 1) < 1e-5 and (np.diff(probs) <= 0).all(), "every byte, most likely first"
+    lens = post(sharp_server, "/v1/lens", text=TEXT, top_k=20)
+    assert out["ids"][:20] == lens["top_ids"][-1][12]
+    close(out["probs"][:20], lens["top_probs"][-1][12], 1e-6)
+    # the probability of the byte that came is the one prompt scoring gives
+    came = out["ids"].index(IDS[13])
+    assert abs(math.log(out["probs"][came]) - scored_logprobs(sharp_server, "sharp", TEXT)[12]) < 1e-4
+    assert out["labels"][0] == lens["byte_labels"][out["ids"][0]]
+    assert post(sharp_server, "/v1/next-byte", text=TEXT)["position"] == T - 1
+    r = httpx.post(f"{sharp_server.url}/v1/next-byte", json={"text": TEXT, "position": T}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "position"

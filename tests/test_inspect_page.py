@@ -1,10 +1,10 @@
 """The page's step-by-step panel, logit-lens strip and head switch-off toggles, in a real headless Chromium
 (Debian's package, driven by Playwright) against a real server process on the tiny checkpoint.
 
-What is checked: the panel opens on "The cat sat on the mat" with a bar per byte the query may attend to, whose
-weights are the API's; clicking a byte or choosing a head walks through that one; the lens strip has a row per
-stage and a cell per byte holding the API's top byte; switching a head off shows the API's loss change and the
-panel then runs without it. Screenshots go to test-artifacts/ and are checked for drawn pixels.
+What is checked: analysing "The cat sat on the mat" opens the panel on its last byte with a bar per byte the query
+may attend to, whose weights are the API's; clicking a byte or choosing a head walks through that one; the lens strip
+has a row per stage and a cell per byte holding the API's top byte; switching a head off shows the API's loss change
+and the panel then runs without it. Screenshots go to test-artifacts/ and are checked for drawn pixels.
 """
 
 from __future__ import annotations
@@ -26,6 +26,12 @@ def api(server, path: str, **body) -> dict:
     r = httpx.post(f"{server.url}{path}", json=body, timeout=60)
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def opened(page, text: str = OPENING) -> None:
+    """The page's one text: analysed, which opens the step-by-step panel on its last byte."""
+    page.fill("#text", text)
+    page.click("#analyse")
 
 
 def walked(page, query: int, layer: int, head: int) -> None:
@@ -53,7 +59,7 @@ def drawn_pixels(path, box=None) -> int:
 
 
 def test_the_panel_opens_on_the_cat_and_walks_through_a_byte(page, server):
-    assert page.input_value("#step-text") == OPENING
+    opened(page)
     T = len(OPENING.encode())
     walked(page, T - 1, 0, 0)  # the last byte, with the layer and head selected above (0, 0)
     expected = api(server, "/v1/attention/explain", text=OPENING, layer=0, head=0, query=T - 1)
@@ -75,9 +81,7 @@ def test_the_panel_opens_on_the_cat_and_walks_through_a_byte(page, server):
     assert sorted(shown) == list(range(7))
     np.testing.assert_allclose([shown[j] for j in range(7)], expected["weights"][:7], rtol=1e-6)
     assert "bytes 7–21 come later" in page.inner_text("#step-table tr.masked")
-    scores = page.eval_on_selector_all(
-        "#step-table tr[data-key] td:nth-child(2)", "els => els.map(e => +e.textContent)"
-    )
+    scores = page.eval_on_selector_all("#step-table tr[data-key] td.raw", "els => els.map(e => +e.textContent)")
     np.testing.assert_allclose(scores, expected["raw_scores"][:7], atol=5e-4)  # shown to 3 decimals
     widths = page.eval_on_selector_all("#step-table .wbar", "els => els.map(e => e.getBoundingClientRect().width)")
     np.testing.assert_allclose(widths, np.maximum(1, np.round(160 * np.array(expected["weights"][:7]))), atol=1)
@@ -106,12 +110,14 @@ def test_the_panel_opens_on_the_cat_and_walks_through_a_byte(page, server):
 
 
 def test_a_mean_of_heads_has_no_walkthrough(page):
+    opened(page)
     walked(page, len(OPENING.encode()) - 1, 0, 0)
     page.select_option("#head", "mean")
     page.wait_for_function("document.getElementById('step-walk').textContent.startsWith('Choose one head')")
 
 
 def test_lens_strip_has_a_row_per_stage_and_the_apis_top_bytes(page, server):
+    opened(page)
     page.wait_for_selector("#lens tbody tr")
     expected = api(server, "/v1/lens", text=OPENING, top_k=3)
     stages = page.eval_on_selector_all("#lens tbody tr", "rows => rows.map(r => r.dataset.stage)")
@@ -150,7 +156,7 @@ def test_switching_a_head_off_shows_the_loss_change_and_the_panel_runs_without_i
     assert page.input_value("#layer") == "0", "the toggle does not select the head"
 
     # The step-by-step panel asked again, without that head.
-    page.wait_for_function("document.getElementById('step-status').textContent === 'with 1.0 off'")
+    page.wait_for_function("document.getElementById('step-status').textContent.endsWith('with 1.0 off')")
     sent = {url.rsplit("/v1/", 1)[1]: json.loads(body) for url, body in posts}
     assert sent["lens"]["heads_off"] == [[1, 0]] and sent["attention/explain"]["heads_off"] == [[1, 0]]
     screenshot(page, "page-heads-off.png")
@@ -181,6 +187,9 @@ def test_a_generated_bytes_readout_shows_what_pushed_its_logit_most(page, server
     )
     j = 3
     page.click(f"#gen-bytes .b[data-i='{P + j}']")
+    # the step that drew it opens below (the walkthrough of the byte before it, and the bytes it was drawn from)
+    page.wait_for_selector(f"#step-walk[data-query='{P + j - 1}']")
+    page.wait_for_selector(f"#next-bars .next-row.chosen[data-byte='{tokens[j]['id']}']")
     pushes = tokens[j]["explain"]["top"]
     assert len(pushes) == 7
     for line, expected in (("all", pushes[:5]), ("heads", [c for c in pushes if c["kind"] == "head"])):

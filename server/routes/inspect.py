@@ -1,5 +1,6 @@
 """Looking inside, step by step: one head's arithmetic (POST /v1/attention/explain), the logit lens (POST /v1/lens),
-direct logit attribution (POST /v1/attribute) and ablation (POST /v1/ablate).
+the whole next-byte distribution after one byte (POST /v1/next-byte), direct logit attribution (POST /v1/attribute)
+and ablation (POST /v1/ablate).
 
 Each route checks its request, then awaits an inspection job (server/inspection.py) that the model's engine runs
 between decode steps (Engine.inspect): a run of the exact model with the request's heads switched off, read by
@@ -37,6 +38,8 @@ from server.inspect_schemas import (
     InspectsText,
     LensRequest,
     LensResponse,
+    NextByteRequest,
+    NextByteResponse,
 )
 from server.inspection import Ablate, Attribute, ExplainHead, Inspection, LogitLens, Result
 from server.models import ServedModel
@@ -85,6 +88,12 @@ def float32(t: torch.Tensor) -> np.ndarray:
     return t.float().cpu().numpy()
 
 
+def unmasked(t: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """float32, with NaN where the mask hides the byte: orjson writes NaN as null, so a masked score reads as no
+    number at all (the softmax sees −∞ there), not as the finite q·k it would have been."""
+    return float32(t.float().masked_fill(~mask, float("nan")))
+
+
 def byte_index(value: int, n: int, param: str, unit: str = "byte") -> int:
     if value >= n:
         raise APIError(400, f"{param} {value} out of range: the text has {n} {unit}s (0..{n - 1})", param=param)
@@ -98,11 +107,13 @@ async def explain_head(body: ExplainRequest, models: ModelsDep):
     cfg = asked.served.engine.config
     check_indices([body.layer], cfg.n_layer, "layer")
     check_indices([body.head], cfg.n_head, "head")
+    spans = char_spans(asked.ids)  # [start, end) of each character, in bytes
     if body.query_unit == "character":  # the character's last byte: the one that has read all of it
-        spans = char_spans(asked.ids)
-        query = spans[byte_index(body.query, len(spans), "query", "character")][1] - 1
+        character = byte_index(body.query, len(spans), "query", "character")
+        query = spans[character][1] - 1
     else:
         query = byte_index(body.query, len(asked.ids), "query")
+        character = next(c for c, (start, end) in enumerate(spans) if start <= query < end)
     w = await asked.run(ExplainHead, layer=body.layer, head=body.head, query=query)
     return asked.answer(
         ExplainResponse,
@@ -110,14 +121,14 @@ async def explain_head(body: ExplainRequest, models: ModelsDep):
         layer=w.layer,
         head=w.head,
         query=w.query,
-        query_character=body.query if body.query_unit == "character" else None,
+        query_character=character,
         head_dim=cfg.head_dim,
         sqrt_d_k=w.sqrt_d_k,
         q_before_rope=float32(w.q_before_rope),
         q=float32(w.q),
         keys=float32(w.keys),
-        raw_scores=float32(w.raw_scores),
-        scaled_scores=float32(w.scaled_scores),
+        raw_scores=unmasked(w.raw_scores, w.mask),
+        scaled_scores=unmasked(w.scaled_scores, w.mask),
         mask=w.mask.cpu().numpy(),
         weights=float32(w.weights),
         values=float32(w.values),
@@ -148,6 +159,23 @@ async def lens(body: LensRequest, models: ModelsDep):
         next_prob=out.next_prob.tolist(),
         bits_per_byte=out.bits_per_byte,
         byte_labels=[tokenizer.label(b) for b in range(VOCAB_SIZE)],
+    )
+
+
+@router.post("/v1/next-byte", response_model=NextByteResponse, responses=ERROR_RESPONSES)
+async def next_byte(body: NextByteRequest, models: ModelsDep):
+    """The model's probability of every byte coming next after one byte of the text: the logit lens's last stage
+    (the model's own output), all 256 bytes, so that temperature, top-k and top-p can be applied to all of them."""
+    asked = Asked.check(body, models)
+    position = len(asked.ids) - 1 if body.position is None else byte_index(body.position, len(asked.ids), "position")
+    out = await asked.run(LogitLens, top_k=VOCAB_SIZE)
+    ids = out.top_ids[-1, position].tolist()  # the last stage: after the final norm, the model's own distribution
+    return asked.answer(
+        NextByteResponse,
+        position=position,
+        ids=ids,
+        probs=out.top_probs[-1, position].tolist(),
+        labels=[tokenizer.label(b) for b in ids],
     )
 
 

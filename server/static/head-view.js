@@ -6,9 +6,11 @@ import { describe, topLine } from "./labels.js";
 import { byteAt, renderStrip } from "./strip.js";
 
 export class HeadView {
-  constructor(selection, mapView) {
+  // onPin(i): a byte was pinned (clicked here or on the map, or moved to with the arrow keys).
+  constructor(selection, mapView, onPin) {
     this.selection = selection;
     this.map = mapView;
+    this.onPin = onPin;
     this.an = null;
     this.chips = [];
     this.focus = null;    // the byte in focus
@@ -49,6 +51,7 @@ export class HeadView {
   pin(i) {
     this.focusOn(i);
     this.pinned = true;
+    this.onPin(i);
   }
 
   refresh() {  // after the selected layer or head changed

@@ -6,8 +6,11 @@
 //               (summary-view.js).
 //   Generate -> a streamed continuation, one byte per server-sent event with the row that chose it and what
 //               pushed its logit (generate.js).
-//   Step by step -> one head's arithmetic for one byte of a short text, and the logit lens (step-view.js); heads
-//               switched off in the table (heads-off.js) apply to it, and their loss change is shown.
+//   Step by step -> one head's arithmetic for one byte of the text, every operand shown (step-view.js,
+//               step-operands.js, block-diagram.js), and the logit lens; heads switched off in the table
+//               (heads-off.js) apply to it, and their loss change is shown. A click on a byte anywhere opens it.
+//   What comes next -> the model's next-byte distribution after that byte, and what temperature, top-k and top-p
+//               make of it (next-byte.js).
 //
 // This module owns what every view shares, the selected model, layer, head, colour scale and granularity, and
 // wires the views together. Labels of bytes always come from the server (api.js tokenize, and each stream event).
@@ -19,6 +22,7 @@ import { HeadView } from "./head-view.js";
 import { HeadsOff } from "./heads-off.js";
 import { drawColorbar } from "./heatmap.js";
 import { MapView } from "./map-view.js";
+import { NextBytePanel } from "./next-byte.js";
 import { StepPanel } from "./step-view.js";
 import { fetchSummary, SummaryView } from "./summary-view.js";
 
@@ -32,15 +36,19 @@ let summaryOf = null;  // the model and text the summary table describes (it is 
 const mapView = new MapView(selection, {
   hover: (q) => headView.hover(q), leave: () => headView.leave(), pick: (q) => headView.pin(q), select,
 });
-const headView = new HeadView(selection, mapView);
-const stepPanel = new StepPanel(selection);
+let analysed = null;  // the text and unit the maps show, for the step panel when a byte of them is clicked
+const headView = new HeadView(selection, mapView, (i) => {
+  if (analysed) stepPanel.open(analysed.text, i, { unit: analysed.unit });
+});
+const nextByte = new NextBytePanel(selection);
+const stepPanel = new StepPanel(selection, (text, i, info) => nextByte.show(text, i, info));
 const headsOff = new HeadsOff(selection, () => stepPanel.refresh());
 const summaryView = new SummaryView(selection, select, (layer, head) => headsOff.toggle(layer, head));
 const panel = new GeneratePanel(selection, $("text"), (text) => {
   $("text").value = text;
   updateByteCount();
   analyse();
-}, select);
+}, select, (text, i, drawn) => stepPanel.open(text, i, { source: "the generated text", drawn }));
 
 async function loadModels() {
   const { data } = await getJson("/v1/models");
@@ -92,6 +100,8 @@ async function analyse() {
     const t1 = performance.now();
     mapView.show(an);
     headView.show(an);
+    analysed = { text, unit: an.unit };
+    stepPanel.open(text, an.T - 1, { unit: an.unit });
     if (heads) {
       summaryView.show(heads);
       headsOff.mark();
@@ -138,7 +148,6 @@ function main() {
     loadModel(e.target.value).then(() => {
       headsOff.clear();
       analyse();
-      stepPanel.refresh();
     }).catch((err) => setStatus($("status"), String(err.message || err), true));
   });
   $("layer").addEventListener("change", (e) => select(+e.target.value, selection.head));
@@ -159,10 +168,7 @@ function main() {
   });
   window.addEventListener("resize", () => { if (mapView.an) mapView.layout(); });
   updateByteCount();
-  loadModels().then(() => {
-    analyse();
-    stepPanel.load();
-  }).catch((e) => setStatus($("status"), String(e.message || e), true));
+  loadModels().then(() => analyse()).catch((e) => setStatus($("status"), String(e.message || e), true));
 }
 
 main();

@@ -87,6 +87,7 @@ export class MapView {
     const label = (text) => Object.assign(document.createElement("div"), { className: "label", textContent: text });
     grid.textContent = "";
     grid.style.gridTemplateColumns = `28px repeat(${H}, auto)`;
+    grid.style.setProperty("--heads", H);  // the maps shrink to fit a narrow card (style.css)
     grid.appendChild(label(""));
     for (let h = 0; h < H; h++) grid.appendChild(label(`head ${h}`));
     for (let l = 0; l < L; l++) {
