@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from server.process import ROOT
@@ -65,3 +66,10 @@ def screenshot(page, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / name), full_page=True)
     return ARTIFACTS / name
+
+
+def api(server, path: str, **body) -> dict:
+    """A page test's direct call to the live server's API, what the page's own numbers are checked against."""
+    r = httpx.post(f"{server.url}{path}", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()

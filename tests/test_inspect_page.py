@@ -11,21 +11,14 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import numpy as np
 from PIL import Image
 
-from browser import ARTIFACTS, NEEDS_BROWSER, READ_CANVAS, screenshot
+from browser import ARTIFACTS, NEEDS_BROWSER, READ_CANVAS, api, screenshot
 
 pytestmark = NEEDS_BROWSER
 
 OPENING = "The cat sat on the mat"
-
-
-def api(server, path: str, **body) -> dict:
-    r = httpx.post(f"{server.url}{path}", json=body, timeout=60)
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 def opened(page, text: str = OPENING) -> None:

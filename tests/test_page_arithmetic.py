@@ -8,21 +8,14 @@ from __future__ import annotations
 
 import math
 
-import httpx
 import numpy as np
 
-from browser import ARTIFACTS, NEEDS_BROWSER, open_page
+from browser import ARTIFACTS, NEEDS_BROWSER, api, open_page
 
 pytestmark = NEEDS_BROWSER
 
 TEXT = "The cat sat on the mat"
 T = len(TEXT.encode())
-
-
-def api(server, path: str, **body) -> dict:
-    r = httpx.post(f"{server.url}{path}", json=body, timeout=60)
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 def analysed(page, text: str = TEXT) -> None:
