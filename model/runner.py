@@ -31,7 +31,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from model import trace, weight_forms
+from model import numerics, trace, weight_forms
 from model.attribution import split_step
 from model.kv_cache import KVCache
 from model.model import CacheSlots, Transformer
@@ -196,7 +196,7 @@ class Runner:
         attention: per sequence, None or its query's attention (n_layer, n_head, keys) in every layer.
         """
         logits = logits.float().cpu()  # the one host-device synchronisation per step
-        logprobs = F.log_softmax(logits, dim=-1)
+        logprobs = numerics.log_softmax(logits)  # fixed-order: the same bits on every CPU
         tokens = self._sample(seqs, logits)
         picked = torch.tensor([0 if t is None else t for t in tokens]).unsqueeze(1)  # (B, 1)
         chosen = logprobs.gather(1, picked).squeeze(1).tolist()  # each token's logprob, in one read

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from model import TinyLLM
+from model import TinyLLM, numerics
 from model.sampling import (
     SamplingParams,
     apply_repetition_penalty,
@@ -176,13 +176,13 @@ def test_a_row_samples_the_same_alone_as_in_any_batch():
     seeds, steps = list(range(100, 164)), [i % 7 for i in range(64)]
     none = [None] * 64
     batched = sample_rows(logits.clone(), params, none, [0] * 64, seeds, steps)
-    batched_logprobs = torch.log_softmax(logits, -1)
+    batched_logprobs = numerics.log_softmax(logits)
     for i in range(64):
         alone = sample_rows(
             logits[i : i + 1].clone(), params[i : i + 1], none[:1], [0], seeds[i : i + 1], steps[i : i + 1]
         )
         assert alone == [batched[i]], f"row {i}"
-        assert torch.equal(torch.log_softmax(logits[i : i + 1], -1)[0], batched_logprobs[i]), f"row {i} logprobs"
+        assert torch.equal(numerics.log_softmax(logits[i : i + 1])[0], batched_logprobs[i]), f"row {i} logprobs"
 
 
 # ------------------------------------------------------------------ TinyLLM.generate
