@@ -15,7 +15,7 @@ setup: .venv/.installed
 # that pip fetches no other torch to build with. setuptools is upgraded first: the venv's may be too old to
 # build an editable install from pyproject.toml. A compiler that is missing or broken leaves the package without
 # the step (the last line says why), never the install failed.
-.venv/.installed: pyproject.toml setup.py model/native/step.cpp model/native/kernels.h
+.venv/.installed: pyproject.toml setup.py $(wildcard model/native/*.cpp model/native/*.h)
 	$(PYTHON) -m venv .venv
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q "setuptools>=68"

@@ -60,7 +60,7 @@ else:
         CppExtension(
             "model.native._step",
             ["model/native/step.cpp"],
-            depends=["model/native/kernels.h"],
+            depends=[f"model/native/{name}" for name in sources.SOURCES if name != "step.cpp"],
             # The hash of the sources it is built from: model/native/step.py compares it with the sources on disk.
             define_macros=[("TINYLLM_SOURCE_HASH", f'"{sources.source_hash()}"')],
             # No -march: one binary for every x86-64 CPU; the AVX2 or VNNI kernels are chosen at run time.

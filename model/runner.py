@@ -28,8 +28,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from model import numerics, trace
 from model import step as steps
-from model import trace
 from model.attribution import split_step
 from model.kv_cache import KVCache
 from model.model import Transformer
@@ -94,9 +94,10 @@ class Runner:
 
     def fingerprint(self, checkpoint_sha256: str) -> str:
         """OpenAI's system_fingerprint: it changes exactly when what decides the bytes does: the checkpoint
-        (model.checkpoint.content_sha256), the weight form, or the step's arithmetic (the native step's version;
-        for the torch step, its device, dtype and torch's version)."""
-        key = f"{checkpoint_sha256}|{self.form}|{self.step.arithmetic}"
+        (model.checkpoint.content_sha256), the weight form, the step's arithmetic (the native step's version;
+        for the torch step, its device, dtype and torch's version), or the arithmetic after the logits
+        (model.numerics: the native version, or torch's version and CPU dispatch)."""
+        key = f"{checkpoint_sha256}|{self.form}|{self.step.arithmetic}|{numerics.fingerprint_part()}"
         return "fp_" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
     # ------------------------------------------------------------ generation
@@ -161,7 +162,7 @@ class Runner:
         attention: per sequence, None or its query's attention (n_layer, n_head, keys) in every layer.
         """
         logits = logits.float().cpu()  # the one host-device synchronisation per step
-        logprobs = F.log_softmax(logits, dim=-1)
+        logprobs = numerics.log_softmax(logits)  # fixed-order: the same bits on every CPU
         tokens = self._sample(seqs, logits)
         picked = torch.tensor([0 if t is None else t for t in tokens]).unsqueeze(1)  # (B, 1)
         chosen = logprobs.gather(1, picked).squeeze(1).tolist()  # each token's logprob, in one read

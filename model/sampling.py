@@ -1,7 +1,9 @@
 """Sampling as pure functions of logits: the UTF-8 mask, penalties, temperature, top-k, top-p, seeded draws.
 
 A draw for sequence i at its generation step t is a function of (seed_i, t) and its logits alone
-(exponential_noise): the same seed and parameters give the same bytes alone, in any batch, on any thread.
+(exponential_noise): the same seed and parameters give the same bytes alone, in any batch, on any thread. The
+probabilities and the noise's logarithm come from model.numerics: the same bits on every CPU (with the native
+extension).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model import utf8
+from model import numerics, utf8
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ def exponential_noise(seeds: list[int], steps: list[int], vocab: int) -> np.ndar
     key = _mix(seed + _mix(step + _GOLDEN))  # (B,)
     bits = _mix(key[:, None] + np.arange(1, vocab + 1, dtype=np.uint64)[None] * _GOLDEN)  # (B, vocab)
     uniform = ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53  # in (0, 1)
-    return -np.log(uniform)
+    return numerics.neg_log(uniform)
 
 
 def apply_repetition_penalty(logits: torch.Tensor, previous: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -105,32 +107,12 @@ def logits_to_probs(logits: torch.Tensor, temperature, top_k=0, top_p=1.0) -> to
 
     One row: logits (vocab,) with numbers for the rest. A batch: logits (B, vocab) with, for each of
     temperature, top_k (0 = off) and top_p (1 = off), a value per row (a list or a (B,) tensor) or one number
-    for all rows: one op for all rows. The filters run only when a row uses them.
+    for all rows (model.numerics.sampling_probs).
     """
     one_row = logits.dim() == 1
     logits = logits.float().reshape(-1, logits.shape[-1])  # (B, V)
-    B, V = logits.shape
-    temperature, top_k, top_p = (_per_row(x, B) for x in (temperature, top_k, top_p))
-    tiny = torch.finfo(torch.float32).tiny  # a temperature of 1e-300 is 0 in float32: divide by the smallest instead
-    # Shift the maximum to 0 before dividing: a tiny temperature then gives -inf (probability 0), never the
-    # inf - inf = nan of softmax over overflowed logits. The clamp: a penalty near 0 can overflow a logit to inf.
-    logits = logits.clamp(max=torch.finfo(torch.float32).max)
-    logits = (logits - logits.amax(-1, keepdim=True)) / torch.tensor(temperature).float().clamp(min=tiny).unsqueeze(-1)
-    if any(0 < k < V for k in top_k):
-        k = torch.tensor([k if 0 < k < V else V for k in top_k])
-        kth = logits.sort(dim=-1, descending=True).values.gather(-1, (k - 1).unsqueeze(-1))  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if any(p < 1.0 for p in top_p):
-        nucleus = torch.tensor([p < 1.0 for p in top_p])
-        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
-        # keep the smallest prefix whose mass reaches top_p (always at least the most likely token)
-        drop = sorted_probs.cumsum(-1) - sorted_probs >= torch.tensor(top_p).float().unsqueeze(-1)
-        drop &= nucleus.unsqueeze(-1)  # rows without top-p keep everything, whatever the rounding of the sums
-        drop[:, 0] = False  # a top_p below float32's smallest (5e-324) would otherwise drop every token
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-        probs = probs / probs.sum(-1, keepdim=True)
+    temperature, top_k, top_p = (_per_row(x, logits.shape[0]) for x in (temperature, top_k, top_p))
+    probs = numerics.sampling_probs(logits, temperature, top_k, top_p)
     return probs[0] if one_row else probs
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from model import TinyLLM
+from model import TinyLLM, numerics
 from model.sampling import (
     SamplingParams,
     apply_repetition_penalty,
@@ -176,15 +176,15 @@ def test_a_row_samples_the_same_alone_as_in_any_batch():
     seeds, steps = list(range(100, 164)), [i % 7 for i in range(64)]
     none = [None] * 64
     batched = sample_rows(logits.clone(), params, none, [0] * 64, seeds, steps)
-    batched_logprobs = torch.log_softmax(logits, -1)
+    batched_logprobs = numerics.log_softmax(logits)
     for i in range(64):
         alone = sample_rows(
             logits[i : i + 1].clone(), params[i : i + 1], none[:1], [0], seeds[i : i + 1], steps[i : i + 1]
         )
         assert alone == [batched[i]], f"row {i}"
-        # bitwise: torch's log_softmax over the last dimension reduces each row on its own, in an order fixed by the
-        # row's length; generation's logprobs rely on it, and this is where a torch that did not would show
-        assert torch.equal(torch.log_softmax(logits[i : i + 1], -1)[0], batched_logprobs[i]), f"row {i} logprobs"
+        # bitwise: model.numerics.log_softmax reduces each row on its own, in index order (the fixed-order native code,
+        # or torch's over the last dimension without it); generation's logprobs rely on it
+        assert torch.equal(numerics.log_softmax(logits[i : i + 1])[0], batched_logprobs[i]), f"row {i} logprobs"
 
 
 # ------------------------------------------------------------------ TinyLLM.generate

@@ -9,8 +9,13 @@
 //   ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)), the rest in order, times 1/sqrt(head_dim); the softmax is
 //   scalar (expf, sums in key order); each output element sums probability * value in key order.
 // - Every other element-wise loop rounds each element once per operation, as scalar code.
+// - Attention's softmax and the MLP's SiLU take exp from fixed_math.h (not libm's, which differs per CPU).
 // - Denormal inputs and results are zero (FlushDenormals, around all of it): attention's tiny probabilities
 //   would otherwise cost a microcode assist per multiplication. The same on every x86 path.
+// - Activations quantize per group (quantize_scalar): NaN or infinite activations make every output that reads
+//   their group NaN, on every path (a NaN makes the group's scale NaN; x / scale NaN quantizes to 0).
+// - int8 weights are symmetric, in [-127, 127] (AVX2's vpsignb cannot negate -128): the step reads a -128 as
+//   -127 on every path.
 // - An int8 dot product sums the int8 x int8 products of each group of inputs exactly, in int32 (any order
 //   gives the same integer), then, group after group: acc = acc + float(sum) * (activation scale * weight scale).
 //   AVX2 multiplies |x| by w with x's sign (vpmaddubsw); VNNI multiplies x + 128 by w (vpdpbusd) and subtracts
@@ -25,6 +30,8 @@
 #include <string>
 
 #include <c10/util/Exception.h>
+
+#include "fixed_math.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -59,6 +66,8 @@ using DotF32 = float (*)(const float*, const float*, int64_t);
 using Attend = void (*)(const float* q, const float* keys, const float* values, int64_t n, int64_t hs, float scale,
                         float* probs, float* out);
 using Quantize = float (*)(const float*, int64_t, int8_t*, uint8_t*, uint8_t*);
+// out[i] = expf_fixed(x[i]) for n floats (out may be x).
+using ExpF32 = void (*)(const float* x, float* out, int64_t n);
 
 // ------------------------------------------------------------------ scalar: the reference orders
 
@@ -93,12 +102,18 @@ inline float score_scalar(const float* q, const float* k, int64_t hs) {
   return s;
 }
 
-// probs[j] = softmax_j(scores), in place: scalar on every path.
-inline void softmax(float* probs, int64_t n) {
+inline void exp_scalar(const float* x, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; i++) out[i] = expf_fixed(x[i]);
+}
+
+// probs[j] = softmax_j(scores), in place: the maximum, exp (the path's: the same bits), the sum in key order.
+inline void softmax(float* probs, int64_t n, ExpF32 exp) {
   float top = -INFINITY;
   for (int64_t j = 0; j < n; j++) top = std::max(top, probs[j]);
+  for (int64_t j = 0; j < n; j++) probs[j] -= top;
+  exp(probs, probs, n);
   float total = 0.0f;
-  for (int64_t j = 0; j < n; j++) total += (probs[j] = std::exp(probs[j] - top));
+  for (int64_t j = 0; j < n; j++) total += probs[j];
   const float inv = 1.0f / total;
   for (int64_t j = 0; j < n; j++) probs[j] *= inv;
 }
@@ -106,7 +121,7 @@ inline void softmax(float* probs, int64_t n) {
 inline void attend_scalar(const float* q, const float* keys, const float* values, int64_t n, int64_t hs, float scale,
                           float* probs, float* out) {
   for (int64_t j = 0; j < n; j++) probs[j] = score_scalar(q, keys + j * hs, hs) * scale;
-  softmax(probs, n);
+  softmax(probs, n, exp_scalar);
   std::fill(out, out + hs, 0.0f);
   for (int64_t j = 0; j < n; j++)
     for (int64_t i = 0; i < hs; i++) out[i] += probs[j] * values[j * hs + i];
@@ -114,13 +129,17 @@ inline void attend_scalar(const float* q, const float* keys, const float* values
 
 // One group of n activations (a multiple of 32) to int8: q = round(x / d) (half to even, as torch.round: adding
 // and taking away 1.5 * 2^23 leaves no fraction), d = max|x| / 127; also |q| and q + 128. Returns d.
+// NaN and infinity (the contract's rule): a NaN in the group makes d NaN; a value whose x / d is NaN (x NaN, or
+// d NaN or infinite) quantizes to 0. So every output that reads such a group is NaN, on every path.
 inline float quantize_scalar(const float* x, int64_t n, int8_t* q, uint8_t* abs, uint8_t* plus) {
   float amax = 0.0f;
-  for (int64_t i = 0; i < n; i++) amax = std::max(amax, std::fabs(x[i]));
-  const float d = amax / 127.0f;
+  bool nan = false;
+  for (int64_t i = 0; i < n; i++) amax = std::max(amax, std::fabs(x[i])), nan |= x[i] != x[i];
+  const float d = nan ? NAN : amax / 127.0f;
   const float inv = d != 0.0f ? 1.0f / d : 0.0f;
   for (int64_t i = 0; i < n; i++) {
-    const float rounded = std::min(127.0f, std::max(-127.0f, (x[i] * inv + 12582912.0f) - 12582912.0f));
+    const float r = (x[i] * inv + 12582912.0f) - 12582912.0f;
+    const float rounded = r != r ? 0.0f : std::min(127.0f, std::max(-127.0f, r));
     q[i] = int8_t(rounded), abs[i] = uint8_t(q[i] < 0 ? -q[i] : q[i]), plus[i] = uint8_t(q[i] + 128);
   }
   return d;
@@ -170,6 +189,35 @@ __attribute__((target("avx2"))) inline float dot_f32_avx2(const float* a, const 
   return s;
 }
 
+// exp_fixed of 4 doubles in [-708, 708]: exp_fixed's operations lane by lane, so its bits.
+__attribute__((target("avx2"))) inline __m256d exp4_avx2(__m256d x) {
+  const __m256d magic = _mm256_set1_pd(0x1.8p52);
+  const __m256d kd = _mm256_add_pd(_mm256_mul_pd(x, _mm256_set1_pd(INV_LN2)), magic);  // 1.5 * 2^52 + k, exactly
+  const __m256d k = _mm256_sub_pd(kd, magic);
+  const __m256d r = _mm256_sub_pd(_mm256_sub_pd(x, _mm256_mul_pd(k, _mm256_set1_pd(LN2_HI))),
+                                  _mm256_mul_pd(k, _mm256_set1_pd(LN2_LO)));
+  __m256d p = _mm256_set1_pd(EXP_TAYLOR[13]);
+  for (int n = 12; n >= 0; n--) p = _mm256_add_pd(_mm256_mul_pd(p, r), _mm256_set1_pd(EXP_TAYLOR[n]));
+  const __m256i n = _mm256_sub_epi64(_mm256_castpd_si256(kd), _mm256_castpd_si256(magic));  // k, from kd's bits
+  const __m256i two_to_n = _mm256_slli_epi64(_mm256_add_epi64(n, _mm256_set1_epi64x(1023)), 52);
+  return _mm256_mul_pd(p, _mm256_castsi256_pd(two_to_n));
+}
+
+// exp_scalar's bits, 4 at a time where all 4 lie in [-708, 708] (else, and for the rest, exp_scalar's code).
+__attribute__((target("avx2"))) inline void exp_avx2(const float* x, float* out, int64_t n) {
+  const __m256d lo = _mm256_set1_pd(-708.0), hi = _mm256_set1_pd(708.0);
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const __m256d v = _mm256_cvtps_pd(_mm_loadu_ps(x + i));
+    const __m256d inside = _mm256_and_pd(_mm256_cmp_pd(v, lo, _CMP_GE_OQ), _mm256_cmp_pd(v, hi, _CMP_LE_OQ));
+    if (_mm256_movemask_pd(inside) == 0xF)
+      _mm_storeu_ps(out + i, _mm256_cvtpd_ps(exp4_avx2(v)));
+    else
+      exp_scalar(x + i, out + i, 4);
+  }
+  exp_scalar(x + i, out + i, n - i);
+}
+
 // Eight keys' scores at once: each key's 8 lanes, then a transposing pairwise sum in the contract's tree.
 __attribute__((target("avx2"))) inline __m256 scores8(const float* q, const float* k, int64_t hs) {
   __m256 acc[8];
@@ -192,7 +240,7 @@ __attribute__((target("avx2"))) inline void attend_avx2(const float* q, const fl
   if (hs % 8 == 0)
     for (; j + 8 <= n; j += 8) _mm256_storeu_ps(probs + j, _mm256_mul_ps(scores8(q, keys + j * hs, hs), _mm256_set1_ps(scale)));
   for (; j < n; j++) probs[j] = score_scalar(q, keys + j * hs, hs) * scale;
-  softmax(probs, n);
+  softmax(probs, n, exp_avx2);
   // out, 64 floats at a time in registers, summed over the keys in order
   const int64_t body = hs - hs % 8;
   for (int64_t i0 = 0; i0 < body; i0 += 64) {
@@ -216,13 +264,17 @@ __attribute__((target("avx2"))) inline void attend_avx2(const float* q, const fl
 __attribute__((target("avx2"))) inline float quantize_avx2(const float* x, int64_t n, int8_t* q, uint8_t* abs,
                                                            uint8_t* plus) {
   const __m256 sign_bit = _mm256_set1_ps(-0.0f);
-  __m256 vmax = _mm256_setzero_ps();
-  for (int64_t i = 0; i < n; i += 8) vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign_bit, _mm256_loadu_ps(x + i)));
+  __m256 vmax = _mm256_setzero_ps(), vnan = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    vmax = _mm256_max_ps(_mm256_andnot_ps(sign_bit, v), vmax);  // a NaN |x| gives vmax back: skipped, as scalar
+    vnan = _mm256_or_ps(vnan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  }
   float lanes[8];
   _mm256_storeu_ps(lanes, vmax);
   float amax = 0.0f;
   for (float l : lanes) amax = std::max(amax, l);  // a maximum is the same in any order
-  const float d = amax / 127.0f;
+  const float d = _mm256_movemask_ps(vnan) ? NAN : amax / 127.0f;
   const float inv = d != 0.0f ? 1.0f / d : 0.0f;
   const __m256 vinv = _mm256_set1_ps(inv), magic = _mm256_set1_ps(12582912.0f);
   const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
@@ -231,7 +283,9 @@ __attribute__((target("avx2"))) inline float quantize_avx2(const float* x, int64
     for (int j = 0; j < 4; j++) {
       const __m256 scaled = _mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * j), vinv);
       const __m256 rounded = _mm256_sub_ps(_mm256_add_ps(scaled, magic), magic);
-      part[j] = _mm256_cvtps_epi32(_mm256_min_ps(hi, _mm256_max_ps(lo, rounded)));  // exact: already integers
+      const __m256 clamped = _mm256_min_ps(hi, _mm256_max_ps(lo, rounded));
+      const __m256 ordered = _mm256_cmp_ps(rounded, rounded, _CMP_ORD_Q);  // NaN lanes: 0, as scalar
+      part[j] = _mm256_cvtps_epi32(_mm256_and_ps(ordered, clamped));  // exact: already integers
     }
     // int32 -> int8 keeping the order (the packs work within 128-bit lanes; the permute puts them back)
     __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(part[0], part[1]), _mm256_packs_epi32(part[2], part[3]));
@@ -340,7 +394,7 @@ class FlushDenormals {
 
 // ------------------------------------------------------------------ choosing a path
 
-// The kernels of one path: float dot products; one query's attention; quantizing activations; int8 blocks of
+// The kernels of one path: float dot products; one query's attention; quantizing activations; exp; int8 blocks of
 // `rows` weight rows (interleaved by 4 inputs or not) for 1 to `entries` entries at a time (up to 8: enough
 // independent sums to keep the multipliers busy), for groups of 32 and 64 inputs (q8[entries - 1][group/32 - 1]).
 struct Kernels {
@@ -348,6 +402,7 @@ struct Kernels {
   DotF32 dot_f32;
   Attend attend;
   Quantize quantize;
+  ExpF32 exp;
   int rows;
   bool interleaved;
   int entries;
@@ -374,7 +429,7 @@ inline Kernels kernels_named(const std::string& name) {
   TORCH_CHECK(cpu_has(chosen), "this CPU cannot run the ", chosen, " kernels");
 #ifdef TINYLLM_X86
   if (chosen == "vnni")
-    return {"vnni", dot_f32_avx2, attend_avx2, quantize_avx2, 16, true, 8,
+    return {"vnni", dot_f32_avx2, attend_avx2, quantize_avx2, exp_avx2, 16, true, 8,
             {{q8_block16_vnni<1, 1>, q8_block16_vnni<1, 2>},
              {q8_block16_vnni<2, 1>, q8_block16_vnni<2, 2>},
              {q8_block16_vnni<3, 1>, q8_block16_vnni<3, 2>},
@@ -384,10 +439,10 @@ inline Kernels kernels_named(const std::string& name) {
              {q8_block16_vnni<7, 1>, q8_block16_vnni<7, 2>},
              {q8_block16_vnni<8, 1>, q8_block16_vnni<8, 2>}}};
   if (chosen == "avx2")
-    return {"avx2", dot_f32_avx2, attend_avx2, quantize_avx2, 4, false, 2,
+    return {"avx2", dot_f32_avx2, attend_avx2, quantize_avx2, exp_avx2, 4, false, 2,
             {{q8_block_avx2<1, 1>, q8_block_avx2<1, 2>}, {q8_block_avx2<2, 1>, q8_block_avx2<2, 2>}}};
 #endif
-  return {"scalar", dot_f32_scalar, attend_scalar, quantize_scalar, 4, false, 2,
+  return {"scalar", dot_f32_scalar, attend_scalar, quantize_scalar, exp_scalar, 4, false, 2,
           {{q8_block_scalar<1, 1>, q8_block_scalar<1, 2>}, {q8_block_scalar<2, 1>, q8_block_scalar<2, 2>}}};
 }
 

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("step.cpp", "kernels.h")  # everything the extension is compiled from
+SOURCES = ("step.cpp", "kernels.h", "fixed_math.h", "numerics.h")  # everything the extension is compiled from
 
 
 def source_hash(folder: Path = HERE) -> str | None:

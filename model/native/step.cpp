@@ -25,13 +25,16 @@
 #include <vector>
 
 #include "kernels.h"
+#include "numerics.h"
 
 using namespace tinyllm;
 
 namespace {
 
-// Bumped whenever the arithmetic changes: it is part of the server's system_fingerprint.
-constexpr int ARITHMETIC_VERSION = 1;
+// Bumped whenever the arithmetic changes: it is part of the server's system_fingerprint. 2: exp from
+// fixed_math.h (not libm's), NaN activations quantize alike on every path, int8 -128 read as -127, and
+// numerics.h: the fixed-order log-softmax, sampling probabilities and RoPE tables.
+constexpr int ARITHMETIC_VERSION = 2;
 
 // sha256 of the sources this binary is built from (setup.py defines it, model/native/sources.py computes it):
 // model/native/step.py refuses a binary whose hash is not that of the sources on disk. Empty when built otherwise.
@@ -109,16 +112,18 @@ struct Linear {
     scale.assign(blocks * groups * R, 0.0f), sum.assign(blocks * groups * R, 0);
     const int8_t* src = q8.data_ptr<int8_t>();
     const float* sc = scales.data_ptr<float>();
+    // symmetric int8: a -128 is read as -127 on every path (AVX2's vpsignb cannot negate -128)
+    auto weight = [&](int64_t n, int64_t k) { return std::max<int8_t>(src[n * in + k], -127); };
     for (int64_t n = 0; n < out; n++) {
       const int64_t block = n / R, r = n % R;
       for (int64_t k = 0; k < in; k++) {
         const int64_t at = kern.interleaved ? ((k / 4) * R + r) * 4 + k % 4 : r * in + k;
-        q[block * R * in + at] = src[n * in + k];
+        q[block * R * in + at] = weight(n, k);
       }
       for (int64_t g = 0; g < groups; g++) {
         const int64_t at = (block * groups + g) * R + r;
         scale[at] = sc[n * groups + g];
-        for (int64_t k = g * group; k < (g + 1) * group; k++) sum[at] += src[n * in + k];
+        for (int64_t k = g * group; k < (g + 1) * group; k++) sum[at] += weight(n, k);
       }
     }
   }
@@ -187,7 +192,7 @@ class Step {
         n_head_(n_head),
         d_(d_model),
         hidden_(mlp_hidden),
-        hs_(d_model / n_head),
+        hs_(head_dim(d_model, n_head)),
         eps_(float(norm_eps)),
         form_(form),
         kern_(kernels_named(kernels)),
@@ -195,24 +200,16 @@ class Step {
         cos_(rope_cos.contiguous()),
         sin_(rope_sin.contiguous()) {
     TORCH_CHECK(form == "float32" || form == "int8", "unknown form ", form);
-    TORCH_CHECK(hs_ <= 512 && hs_ % 2 == 0, "head_dim must be even and at most 512");
-    TORCH_CHECK(int64_t(norms.size()) == 2 * n_layer + 1, "expected ", 2 * n_layer + 1, " norm weights");
-    TORCH_CHECK(int64_t(weights.size()) == 4 * n_layer + 1, "expected ", 4 * n_layer + 1, " weight matrices");
     const bool q8 = form == "int8";
-    TORCH_CHECK(!q8 || scales.size() == weights.size(), "int8 needs a scale tensor per weight matrix");
-    for (auto& t : norms) norms_.push_back(check(t, at::kFloat, "norm weight"));
+    check_inputs(norm_eps, q8, group, norms, weights, scales);
+    norms_ = norms;
     int64_t packed = 0;
     for (auto& w : weights) packed += q8 ? Linear::bytes(w, kern_) : 0;
     arena_.resize(packed);
     packed = 0;
     for (size_t i = 0; i < weights.size(); i++) {
       Linear L;
-      check(weights[i], q8 ? at::kChar : at::kFloat, "weight");
       if (q8) {
-        const int64_t in = weights[i].size(1);
-        TORCH_CHECK((group == 32 || group == 64) && in % group == 0, "int8 groups must be 32 or 64 and divide ", in);
-        check(scales[i], at::kFloat, "scale");
-        TORCH_CHECK(scales[i].size(0) == weights[i].size(0) && scales[i].size(1) == in / group, "scale shape");
         L.pack_int8(weights[i], scales[i], group, kern_, arena_.data() + packed);
         packed += Linear::bytes(weights[i], kern_);
       } else {
@@ -220,9 +217,6 @@ class Step {
       }
       linears_.push_back(std::move(L));
     }
-    check(embed_, at::kFloat, "embedding");
-    check(cos_, at::kFloat, "rope cos");
-    check(sin_, at::kFloat, "rope sin");
   }
 
   std::string kernels() const { return kern_.name; }
@@ -242,13 +236,11 @@ class Step {
     const int64_t* tok = check(tokens, at::kLong, "tokens").data_ptr<int64_t>();
     const int64_t* row = check(rows, at::kLong, "rows").data_ptr<int64_t>();
     const int64_t* pos = check(positions, at::kLong, "positions").data_ptr<int64_t>();
+    TORCH_CHECK(k_cache[0].dim() == 4, "k cache: expected (rows, n_head, max_len, head_dim)");
     const int64_t cache_rows = k_cache[0].size(0), max_len = k_cache[0].size(2);
     for (int64_t i = 0; i < n_layer_; i++) {
-      check(k_cache[i], at::kFloat, "k cache");
-      check(v_cache[i], at::kFloat, "v cache");
-      TORCH_CHECK(k_cache[i].sizes() == v_cache[i].sizes() && k_cache[i].size(0) == cache_rows &&
-                      k_cache[i].size(1) == n_head_ && k_cache[i].size(2) == max_len && k_cache[i].size(3) == hs_,
-                  "cache shape");
+      check_shape(k_cache[i], at::kFloat, {cache_rows, n_head_, max_len, hs_}, "k cache");
+      check_shape(v_cache[i], at::kFloat, {cache_rows, n_head_, max_len, hs_}, "v cache");
     }
     const int64_t vocab = embed_.size(0);
     for (int64_t e = 0; e < E; e++) {
@@ -273,10 +265,16 @@ class Step {
       for (int64_t m = 0; m < n_attn; m++) {
         TORCH_CHECK(attn_idx[m] >= 0 && attn_idx[m] < E, "attention_for index out of range");
         TORCH_CHECK(pos[attn_idx[m]] < attention_out.size(3), "attention_out has too few keys");
+        TORCH_CHECK(attn_slot[attn_idx[m]] < 0, "attention_for names entry ", attn_idx[m], " twice");
         attn_slot[attn_idx[m]] = m;
       }
     }
-    for (int64_t m = 0; m < n_logits; m++) TORCH_CHECK(logit_idx[m] >= 0 && logit_idx[m] < E, "logits_for index");
+    std::vector<bool> has_logits(E, false);
+    for (int64_t m = 0; m < n_logits; m++) {
+      TORCH_CHECK(logit_idx[m] >= 0 && logit_idx[m] < E, "logits_for index out of range");
+      TORCH_CHECK(!has_logits[logit_idx[m]], "logits_for names entry ", logit_idx[m], " twice");
+      has_logits[logit_idx[m]] = true;
+    }
 
     const int64_t d = d_, hs = hs_, H = n_head_;
     std::vector<float> x(E * d), h(E * d), qkv(E * 3 * d), att(E * d), proj(E * d), gate_up(E * 2 * hidden_),
@@ -327,10 +325,13 @@ class Step {
       // SwiGLU MLP
       rms_norm(x.data(), norms_[2 * l + 1].data_ptr<float>(), h.data(), E, d, eps_);
       matmul(linears_[4 * l + 2], kern_, h.data(), E, gate_up.data(), xq);  // (E, 2 hidden): gate, up
-      for (int64_t e = 0; e < E; e++) {
+      for (int64_t e = 0; e < E; e++) {  // gate / (1 + exp(-gate)) * up
         const float* gate = gate_up.data() + e * 2 * hidden_;
         const float* up = gate + hidden_;
-        for (int64_t i = 0; i < hidden_; i++) act[e * hidden_ + i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+        float* a = act.data() + e * hidden_;
+        for (int64_t i = 0; i < hidden_; i++) a[i] = -gate[i];
+        kern_.exp(a, a, hidden_);
+        for (int64_t i = 0; i < hidden_; i++) a[i] = gate[i] / (1.0f + a[i]) * up[i];
       }
       matmul(linears_[4 * l + 3], kern_, act.data(), E, proj.data(), xq);
       for (int64_t i = 0; i < E * d; i++) x[i] += proj[i];
@@ -351,6 +352,50 @@ class Step {
     return t;
   }
 
+  // t: a contiguous CPU tensor of `type` and exactly `shape`.
+  static void check_shape(const at::Tensor& t, at::ScalarType type, at::IntArrayRef shape, const char* what) {
+    check(t, type, what);
+    TORCH_CHECK(t.sizes() == shape, what, ": expected shape ", shape, ", got ", t.sizes());
+  }
+
+  static int64_t head_dim(int64_t d_model, int64_t n_head) {
+    TORCH_CHECK(n_head > 0 && d_model > 0 && d_model % n_head == 0, "d_model (", d_model,
+                ") must be a positive multiple of n_head (", n_head, ")");
+    const int64_t hs = d_model / n_head;
+    TORCH_CHECK(hs <= 512 && hs % 2 == 0, "head_dim must be even and at most 512, got ", hs);
+    return hs;
+  }
+
+  // Every shape, type and range forward() and the kernels rely on: the dimensions, the embedding (vocab, d), the
+  // rope tables (positions, head_dim), the norms (d,), per layer Q/K/V (3d, d), O (d, d), gate/up (2 hidden, d),
+  // down (d, hidden), the unembedding (vocab, d); int8: groups of 32 or 64 dividing d and hidden, and scales
+  // (out, in / group).
+  void check_inputs(double norm_eps, bool q8, int64_t group, const std::vector<at::Tensor>& norms,
+                    const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& scales) const {
+    const int64_t d = d_, h = hidden_;
+    TORCH_CHECK(n_layer_ >= 1 && h >= 1, "n_layer and mlp_hidden must be positive");
+    TORCH_CHECK(std::isfinite(norm_eps) && norm_eps >= 0, "norm_eps must be finite and >= 0");
+    TORCH_CHECK(embed_.dim() == 2 && embed_.size(0) >= 1, "embedding: expected (vocab, d_model)");
+    const int64_t vocab = embed_.size(0);
+    check_shape(embed_, at::kFloat, {vocab, d}, "embedding");
+    TORCH_CHECK(cos_.dim() == 2 && cos_.size(0) >= 1, "rope cos: expected (positions, head_dim)");
+    check_shape(cos_, at::kFloat, {cos_.size(0), hs_}, "rope cos");
+    check_shape(sin_, at::kFloat, cos_.sizes(), "rope sin");
+    TORCH_CHECK(int64_t(norms.size()) == 2 * n_layer_ + 1, "expected ", 2 * n_layer_ + 1, " norm weights");
+    for (auto& t : norms) check_shape(t, at::kFloat, {d}, "norm weight");
+    TORCH_CHECK(int64_t(weights.size()) == 4 * n_layer_ + 1, "expected ", 4 * n_layer_ + 1, " weight matrices");
+    TORCH_CHECK(!q8 || scales.size() == weights.size(), "int8 needs a scale tensor per weight matrix");
+    TORCH_CHECK(!q8 || ((group == 32 || group == 64) && d % group == 0 && h % group == 0),
+                "int8 groups must be 32 or 64 and divide d_model and mlp_hidden");
+    for (size_t i = 0; i < weights.size(); i++) {
+      const int64_t kind = i == weights.size() - 1 ? 4 : int64_t(i % 4);
+      const std::vector<int64_t> shape = std::vector<std::vector<int64_t>>{
+          {3 * d, d}, {d, d}, {2 * h, d}, {d, h}, {vocab, d}}[kind];
+      check_shape(weights[i], q8 ? at::kChar : at::kFloat, shape, "weight matrix");
+      if (q8) check_shape(scales[i], at::kFloat, {shape[0], shape[1] / group}, "int8 scales");
+    }
+  }
+
   int64_t n_layer_, n_head_, d_, hidden_, hs_;
   float eps_;
   std::string form_;
@@ -360,6 +405,21 @@ class Step {
   std::vector<Linear> linears_;
   HugeBuffer arena_;  // the int8 weights of every matrix
 };
+
+// One group of activations (a multiple of 32 floats) quantized by the kernels named: (q, scale). For tests of the
+// kernels' contract.
+std::tuple<at::Tensor, double> quantize_group(const at::Tensor& x, const std::string& kernels) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous() && x.dim() == 1 &&
+                  x.numel() > 0 && x.numel() % 32 == 0,
+              "x: expected a contiguous CPU float32 vector of a positive multiple of 32 values");
+  const Kernels kern = kernels_named(kernels);
+  const FlushDenormals flush;
+  const int64_t n = x.numel();
+  at::Tensor q = at::empty({n}, at::kChar);
+  std::vector<uint8_t> abs(n), plus(n);
+  const float d = kern.quantize(x.data_ptr<float>(), n, q.data_ptr<int8_t>(), abs.data(), plus.data());
+  return {q, d};
+}
 
 }  // namespace
 
@@ -375,4 +435,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("kernels", &Step::kernels)
       .def_property_readonly("form", &Step::form)
       .def("forward", &Step::forward, pybind11::call_guard<pybind11::gil_scoped_release>());
+  bind_numerics(m);
+  m.def("quantize_group", &quantize_group, "one group of activations quantized by the kernels named (for tests)");
 }

@@ -125,8 +125,7 @@ class NativeStep:
             group,
             kernels,
             model.embed_tokens.weight.detach().float().contiguous(),
-            model.rope_cos.contiguous(),
-            model.rope_sin.contiguous(),
+            *_step.rope_tables(cfg.context_length, cfg.head_dim, cfg.rope_theta),  # torch's differ per CPU
             norms,
             weights,
             scales,
