@@ -13,6 +13,7 @@ import torch
 
 from model import TinyLLM, checkpoint
 from model.config import ModelConfig
+from model.kv_cache import KVCache
 from model.model import Transformer
 from model.native import step as native
 from server.process import ROOT, running_server
@@ -44,10 +45,13 @@ def wide_head_checkpoint(tmp_path_factory):
     ids=["head_dim_520", "bfloat16_model", "bfloat16_form"],
 )
 def test_why_not_refuses_what_the_constructor_refuses(model, form, reason, monkeypatch):
+    """What why_not refuses, step.cpp refuses too: at construction, or (a bfloat16 model, whose weights and RoPE
+    tables the constructor takes as float32) at the first step into the runner's cache, in the model's dtype."""
     assert reason in native.why_not(model, form)
     monkeypatch.setattr(native, "why_not", lambda *args: None)  # past the Python check, into step.cpp's
     with pytest.raises(RuntimeError):
-        native.NativeStep(model, form)
+        step = native.NativeStep(model, form)
+        step.prefill([1, 2], 0, 0, KVCache(model.config, 1, model.lm_head.weight.dtype, "cpu"), True, False)
 
 
 @pytest.mark.native
