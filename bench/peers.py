@@ -39,6 +39,8 @@ LLAMA_CPP_PYTHON = "0.3.36"
 BUILD = {"CMAKE_ARGS": "-DGGML_NATIVE=ON"}  # -march=native: this CPU's AVX-512/VNNI kernels, as ours use
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"  # as bench.attention finds it
 CACHE = Path(tempfile.gettempdir()) / "tinyllm-gguf"
+TYPES = ("f32", "f16", "q8_0")
+THREADS = (1, 2)  # llama.cpp's thread counts tried (this machine has 2 cores)
 
 
 def llama_cpp():
@@ -121,6 +123,10 @@ class LlamaCpp:
         self._next()
         return time.perf_counter() - t
 
+    def close(self) -> None:
+        """Free the model now (llama-cpp-python's own finaliser fails at interpreter exit)."""
+        self.llm.close()
+
     def window_logits(self, windows: torch.Tensor) -> torch.Tensor:
         """Logits at every position of each window (B, T) -> (B, T, 256), each from an empty cache (needs
         logits_all=True): weight_forms.validation_loss's logits_of."""
@@ -142,16 +148,22 @@ def bits_per_byte(logits_of, data: bytes, context: int) -> float:
     return weight_forms.validation_loss(logits_of, data, context, batch=4) / math.log(2)
 
 
-def ours(model, form: str) -> tuple[Runner, callable]:
-    """TinyLLM in-process in `form`: a runner, and the prefill of a prompt into its cache (the first byte chosen)."""
+def ours(model, form: str, n: int):
+    """TinyLLM in-process in `form`: tokens/s of n greedy bytes after PROMPT (as bench.decode's in_process), and
+    seconds to prefill a prompt into its cache and choose the next byte."""
     runner = Runner(model, form=form)
+
+    def decode() -> float:
+        t = time.perf_counter()
+        out = list(generate(runner, list(PROMPT), n, GREEDY))
+        return len(out) / (time.perf_counter() - t)
 
     def prefill(prompt: bytes) -> float:
         t = time.perf_counter()
         runner.prefill(Sequence(list(prompt), 1, GREEDY), row=0, start=0, end=len(prompt))
         return time.perf_counter() - t
 
-    return runner, prefill
+    return decode, prefill
 
 
 def timed_rounds(runs: dict, rounds: int) -> dict[str, list[float]]:
@@ -164,17 +176,6 @@ def timed_rounds(runs: dict, rounds: int) -> dict[str, list[float]]:
             results[name].append(runs[name]())
         print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.4g}" for k, v in results.items()), flush=True)
     return results
-
-
-TYPES = ("f32", "f16", "q8_0")
-THREADS = (1, 2)
-
-
-def rate_of(fn, n: int) -> float:
-    """tokens/s of one call of fn that generates n tokens."""
-    t = time.perf_counter()
-    fn()
-    return n / (time.perf_counter() - t)
 
 
 def main() -> None:
@@ -196,10 +197,9 @@ def main() -> None:
     same = {name: peer.generate(PROMPT, args.tokens)[1] == reference for name, peer in peers.items()}
     print("greedy bytes equal ours in float32:", same, flush=True)
 
-    mine = {f"TinyLLM {f}": ours(model, f) for f in dict.fromkeys((form, "float32"))}
+    mine = {f"TinyLLM {f}": ours(model, f, args.tokens) for f in dict.fromkeys((form, "float32"))}
     decode = {name: (lambda p=peer: p.generate(PROMPT, args.tokens)[0]) for name, peer in peers.items()}
-    for name, (runner, _) in mine.items():
-        decode[name] = lambda r=runner: rate_of(lambda: generate(r, list(PROMPT), args.tokens, GREEDY), args.tokens)
+    decode |= {name: rate for name, (rate, _) in mine.items()}
     rates = timed_rounds(decode, args.rounds)
     prefill = {name: (lambda p=peer: p.prefill_s(prompt) * 1e3) for name, peer in peers.items()}
     prefill |= {name: (lambda fn=fn: fn(prompt) * 1e3) for name, (_, fn) in mine.items()}
@@ -209,8 +209,11 @@ def main() -> None:
     for t in TYPES:
         scorer = LlamaCpp(args.checkpoint, t, max(THREADS), logits_all=True)
         bpb[f"llama.cpp {t.upper()}"] = bits_per_byte(scorer.window_logits, text, ctx)
+        scorer.close()
         print(bpb, flush=True)
     write_report(args, model, form, peers, same, rates, prefill_ms, bpb, len(prompt))
+    for peer in peers.values():
+        peer.close()
 
 
 def write_report(args, model, form, peers, same, rates, prefill_ms, bpb, prompt_len) -> None:
