@@ -4,7 +4,8 @@ Two real servers on the same checkpoint, as they serve by default (the native st
 form, batch-invariant): the engine with continuous batching (max batch 64), and the same engine with batching
 off (max batch 1, one request at a time). For 1, 4, 16 and 64 concurrent clients, each streaming 128 new
 tokens, the two are loaded alternately, and between them the baseline runs: Hugging Face `generate` at batch
-1, in-process, on the same weights. We record aggregate tokens/s (and its ratio to the baseline), time to
+1, in-process, on the same weights, and llama.cpp at batch 1 on them (bench.peers: the Q8_0 GGUF export). We
+record aggregate tokens/s (and its ratio to the baselines), time to
 first token and inter-token latency (p50/p99), and the batched server's resident memory, idle and at peak.
 
     python -m bench.serving [--checkpoint checkpoints/shakespeare] [--clients 1 4 16 64] [--tokens 128]
@@ -22,6 +23,7 @@ import httpx
 
 from bench.common import DEFAULT_CHECKPOINT, HuggingFace, median, percentile, plot, rss_mb, table, write_doc
 from bench.decode import PROMPT
+from bench.peers import LlamaCpp
 from server.process import running_server
 
 
@@ -87,11 +89,13 @@ def main() -> None:
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=0, help="the servers' --threads (0 = their default)")
+    p.add_argument("--llama-threads", type=int, default=2, help="llama.cpp's threads (bench.peers: the better)")
     args = p.parse_args()
     top = max(args.clients)
     common = ["--max-queue", "1024", "--request-timeout", "600", "--threads", str(args.threads)]
     results = {"batched": [], "one at a time": []}
     hf, hf_rates = HuggingFace(args.checkpoint), []
+    llama, llama_rates = LlamaCpp(args.checkpoint, "q8_0", args.llama_threads), []
     with (
         running_server(args.checkpoint, "--max-batch", str(top), *common) as batched,
         running_server(args.checkpoint, "--max-batch", "1", *common) as single,
@@ -100,7 +104,7 @@ def main() -> None:
         step = httpx.get(f"{batched.url}/v1/model").json()["decode_step"]
         for srv in servers.values():  # warm-up
             asyncio.run(load(srv.url, 2, 16))
-        hf.generate(PROMPT, 16)
+        hf.generate(PROMPT, 16), llama.generate(PROMPT, 16)
         idle_rss = rss_mb(batched.proc.pid)
         peak = {}
         for clients in args.clients:
@@ -113,7 +117,9 @@ def main() -> None:
             peak[clients] = results["batched"][-1]["peak_rss_mb"]
             hf_rates.append(hf.generate(PROMPT, args.tokens)[0])
             print(json.dumps({"baseline": "hf batch 1", "tokens_per_s": hf_rates[-1]}))
-    hf_rate = median(hf_rates)
+            llama_rates.append(llama.generate(PROMPT, args.tokens)[0])
+            print(json.dumps({"baseline": "llama.cpp batch 1", "tokens_per_s": llama_rates[-1]}))
+    hf_rate, llama_rate = median(hf_rates), median(llama_rates)
 
     rows = []
     for b, s in zip(results["batched"], results["one at a time"]):
@@ -124,6 +130,7 @@ def main() -> None:
                 s["tokens_per_s"],
                 b["tokens_per_s"] / s["tokens_per_s"],
                 b["tokens_per_s"] / hf_rate,
+                b["tokens_per_s"] / llama_rate,
                 b["ttft_p50"] * 1e3,
                 b["ttft_p99"] * 1e3,
                 s["ttft_p99"] * 1e3,
@@ -162,7 +169,9 @@ engine started with `--max-batch 1`. Both servers ran with `--threads {args.thre
 per core but one); the step: `{step["step"]}` in {step["weight_form"]}, batch-invariant {step["batch_invariant"]}.
 Baseline: Hugging Face `generate` at batch 1, greedy, {args.tokens} new bytes, in-process on the
 same weights (float32), measured between the loads: median **{hf_rate:.1f} tokens/s**
-({", ".join(f"{r:.0f}" for r in hf_rates)}).
+({", ".join(f"{r:.0f}" for r in hf_rates)}); and {llama.label} at batch 1, the same greedy run, between the
+loads too: median **{llama_rate:.1f} tokens/s** ({", ".join(f"{r:.0f}" for r in llama_rates)}). llama.cpp's
+batched throughput is not measured (bench.peers says why).
 
 {
         table(
@@ -172,6 +181,7 @@ same weights (float32), measured between the loads: median **{hf_rate:.1f} token
                 "one-at-a-time tok/s",
                 "ratio",
                 "batched × HF batch 1",
+                "batched × llama.cpp batch 1",
                 "TTFT p50 ms",
                 "TTFT p99 ms",
                 "1-at-a-time TTFT p99 ms",

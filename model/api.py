@@ -222,3 +222,12 @@ class TinyLLM:
         """Each byte's loss with every head and with heads_off switched off (model.ablation)."""
         with self._lock:
             return ablation_loss(self.trace(text), self.trace(text, heads_off, ablation))
+
+    # ------------------------------------------------------------ other runtimes
+
+    def export_gguf(self, out, type: str = "f32", name: str = "tinyllm", model_card: str | None = None):
+        """Write this model as one GGUF file for llama.cpp (model.export_gguf): type "f32" (exact), "f16" or
+        "q8_0"; name and model_card (where its card is) go into the file's metadata. Returns the file's Path."""
+        from model.export_gguf import write_gguf  # the gguf package is only needed to export
+
+        return write_gguf(self.model.state_dict(), self.config, out, type, name, model_card)
