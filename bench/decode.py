@@ -1,5 +1,6 @@
-"""Benchmark 1: batch-1 greedy decode speed — TinyLLM over HTTP, TinyLLM in-process, and Hugging Face
-transformers' LlamaForCausalLM.generate on the same weights, in alternating rounds (medians compared).
+"""Benchmark 1: batch-1 greedy decode speed — TinyLLM over HTTP, TinyLLM in-process, Hugging Face
+transformers' LlamaForCausalLM.generate and llama.cpp (bench.peers: the GGUF export in Q8_0 and F32) on the same
+weights, in alternating rounds (medians compared).
 
 TinyLLM runs as it serves by default: the native step in the checkpoint's default weight form (int8), batch-
 invariant. Over HTTP it is a real `tinyllm-serve` process (one non-streamed POST /v1/generate per round, timed by
@@ -21,6 +22,7 @@ import httpx
 import torch
 
 from bench.common import DEFAULT_CHECKPOINT, HuggingFace, copy_bandwidth, median, table, write_doc
+from bench.peers import LlamaCpp
 from model import checkpoint, form_quality
 from model.generate import generate
 from model.runner import Runner
@@ -113,6 +115,7 @@ def main() -> None:
     exact = Runner(model, form="float32")
     reference = [s.token for s in generate(Runner(model, native_step=False), list(PROMPT), args.tokens, GREEDY)]
     hf = HuggingFace(args.checkpoint)
+    llama = {t: LlamaCpp(args.checkpoint, t, threads) for t in ("q8_0", "f32")}  # the same weights in llama.cpp
 
     def hf_generate(n: int) -> tuple[float, list[int]]:
         torch.set_num_threads(hf_threads)
@@ -128,13 +131,17 @@ def main() -> None:
         served = client.get("/v1/model").json()
         for warm in (in_process(runner, 16), over_http(client, 16), hf_generate(16), in_process(exact, 16)):
             del warm
-        rates = {"http": [], "in-process": [], "float32": [], "hf": []}
+        for peer in llama.values():
+            peer.generate(PROMPT, 16)
+        rates = {"http": [], "in-process": [], "float32": [], "hf": [], "llama.cpp q8_0": [], "llama.cpp f32": []}
         outputs = {}
         runs = [
             ("http", lambda: over_http(client, args.tokens)),
             ("in-process", lambda: in_process(runner, args.tokens)),
             ("float32", lambda: in_process(exact, args.tokens)),
             ("hf", lambda: hf_generate(args.tokens)),
+            ("llama.cpp q8_0", lambda: llama["q8_0"].generate(PROMPT, args.tokens)),
+            ("llama.cpp f32", lambda: llama["f32"].generate(PROMPT, args.tokens)),
         ]
         for r in range(args.rounds):  # alternate, each round in another order: all see the same machine states
             for name, run in runs[r % len(runs) :] + runs[: r % len(runs)]:
@@ -168,8 +175,13 @@ def main() -> None:
         [f"TinyLLM in-process (native {form}, {kernels})", m["in-process"], m["in-process"] / m["hf"]],
         [f"TinyLLM in-process (native float32, {kernels})", m["float32"], m["float32"] / m["hf"]],
         [f"HF transformers {transformers.__version__} generate (float32)", m["hf"], 1.0],
+        *([llama[t].label, m[f"llama.cpp {t}"], m[f"llama.cpp {t}"] / m["hf"]] for t in ("q8_0", "f32")),
     ]
+    llama_own = median(llama["q8_0"].engine_rates)
+    for peer in llama.values():
+        peer.close()
     same = {k: outputs[k] == reference for k in ("http", "in-process", "float32")}
+    same_llama = {t: outputs[f"llama.cpp {t}"] == reference for t in ("q8_0", "f32")}
     mask_rows = [
         [
             b,
@@ -183,7 +195,7 @@ def main() -> None:
     body = f"""
 Batch 1, greedy, {args.tokens} new bytes after a {len(PROMPT)}-byte prompt, checkpoint `{args.checkpoint}`
 ({model.num_params():,} parameters); over HTTP one non-streamed POST /v1/generate per round, timed by the client,
-on a kept-alive connection. Medians of {args.rounds} rounds after a warm-up, each round running the four in
+on a kept-alive connection. Medians of {args.rounds} rounds after a warm-up, each round running the six in
 another order (after HF's two threads, the next run finds the machine busier). The server ran
 with its defaults: `/v1/model` said weight form **{served["decode_step"]["weight_form"]}**, step
 `{served["decode_step"]["step"]}`, batch-invariant **{served["decode_step"]["batch_invariant"]}** (invariance is
@@ -201,9 +213,11 @@ in-process (the server's default: one per core but one, which the event loop kee
 default).
 
 Greedy bytes against the torch step's float32 reference: native float32 gives the same bytes: **{same["float32"]}**;
-HF gives the same bytes: {outputs["hf"] == reference}. In int8: over HTTP {same["http"]}, in-process
-{same["in-process"]} (a reduced form may choose another byte where two are nearly tied; its cost is bounded by the
-checkpoint's `weight_forms.json`, see the model card).
+HF gives the same bytes: {outputs["hf"] == reference}; llama.cpp on the GGUF export, F32: {same_llama["f32"]},
+Q8_0: {same_llama["q8_0"]} (llama.cpp ran with {threads} thread(s), as TinyLLM; its own timing of Q8_0 said
+{llama_own:,.0f} tokens/s).
+In int8: over HTTP {same["http"]}, in-process {same["in-process"]} (a reduced form may choose another byte where
+two are nearly tied; its cost is bounded by the checkpoint's `weight_forms.json`, see the model card).
 
 ## Where a token's time goes
 
