@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from model.sampling import (
     sample,
     sample_rows,
 )
+from server.schemas import SamplingFields
 
 try:
     import transformers
@@ -248,3 +251,10 @@ def test_finish_reason_context_full(llm):
     assert g.finish_reason == "context_full" and g.tokens == []
     g = llm.generate("x" * (ctx - 10), max_new_tokens=10, temperature=0)
     assert g.finish_reason == "length" and len(g.tokens) == 10
+
+
+def test_the_http_sampling_fields_are_the_sampling_parameters():
+    """A sampling parameter is added in two places, SamplingParams and its HTTP field with bounds: this holds them
+    together (utf8 is the HTTP name of valid_utf8)."""
+    http = set(SamplingFields.model_fields) - {"utf8"}
+    assert http == {f.name for f in fields(SamplingParams)} - {"valid_utf8"}
