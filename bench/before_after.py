@@ -1,8 +1,9 @@
 """Benchmark: this checkout against an earlier commit, in the same run, on what a refactor must not slow down.
 
-The earlier commit is checked out into a temporary git worktree (the native step's binary copied in: its C++ is the
-same arithmetic unless the sources changed, which the table says). Each round runs one subprocess per side, the sides
-alternating and the order flipping every round, and each subprocess times, in-process with one thread:
+The earlier commit is checked out into a temporary git worktree, with the native step built from its own sources
+where they differ from this checkout's (else this checkout's binary copied in). Each round runs one subprocess per
+side, the sides alternating and the order flipping every round, and each subprocess times, in-process with one
+thread:
 
 - the plain forward pass over 512 bytes (Transformer.forward, no cache: prompt scoring's pass);
 - the torch decode step (Runner(native_step=False).decode) at batch 1 and 16, and the native step's at 1 and 16;
@@ -132,8 +133,12 @@ def main() -> None:
         old = Path(tmp) / "before"
         subprocess.run(["git", "worktree", "add", "--detach", str(old), before_rev], cwd=ROOT, check=True)
         try:
-            for so in (ROOT / "model" / "native").glob("_step*.so"):
-                shutil.copy(so, old / "model" / "native")
+            if same_native:  # the same C++: this checkout's binary serves both
+                for so in (ROOT / "model" / "native").glob("_step*.so"):
+                    shutil.copy(so, old / "model" / "native")
+            else:  # the earlier C++ built for the earlier side, as its `make setup` would
+                build = [sys.executable, "setup.py", "-q", "build_ext", "--inplace"]
+                subprocess.run(build, cwd=old, check=True, env={**os.environ, "PYTHONPATH": str(old)})
             results = {"before": [], "after": []}
             for r in range(args.rounds):
                 sides = [("before", old), ("after", ROOT)]
@@ -148,7 +153,7 @@ def main() -> None:
         rows.append([key, b, a, a / b])
     body = f"""Machine: {machine()}. Before: `{before_rev}`, after: `{after_rev.strip()}`, {args.rounds} rounds, sides
 alternating (`python -m bench.before_after --before {args.before} --rounds {args.rounds}`). The native step's C++ is
-{"the same in both" if same_native else "different between them: the before side ran this checkout's binary"}.
+{"the same in both" if same_native else "different between them: each side ran its own, built from its sources"}.
 
 {table(["measure", "before", "after", "after / before"], rows)}
 
