@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import DEFAULT_CHECKPOINT, ROOT, machine, median, table, write_doc
+from bench.common import DEFAULT_CHECKPOINT, ROOT, median, table, write_doc
 
 PROBE = r"""
 import json, statistics, sys, time, asyncio
@@ -151,14 +151,15 @@ def main() -> None:
     for key in results["after"][0]:
         b, a = median([x[key] for x in results["before"]]), median([x[key] for x in results["after"]])
         rows.append([key, b, a, a / b])
-    body = f"""Machine: {machine()}. Before: `{before_rev}`, after: `{after_rev.strip()}`, {args.rounds} rounds, sides
+    body = f"""Before: `{before_rev}`, after: `{after_rev.strip()}`, {args.rounds} rounds, sides
 alternating (`python -m bench.before_after --before {args.before} --rounds {args.rounds}`). The native step's C++ is
 {"the same in both" if same_native else "different between them: each side ran its own, built from its sources"}.
 
 {table(["measure", "before", "after", "after / before"], rows)}
 
 Times are medians of in-process calls on one thread (ms: lower is faster); the HTTP row is tokens/s (higher is
-faster). This machine is shared and noisy (±25% between runs): a ratio within that band is no change.
+faster). This machine is shared and noisy (±25% between runs): a ratio within that band is no change. Load
+average (1, 5, 15 min) at the end: {", ".join(f"{x:.1f}" for x in os.getloadavg())}.
 """
     print(body)
     write_doc("before-after", "Before and after: the one forward pass with hook points, the step interface", body)
