@@ -14,6 +14,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks"
 DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "shakespeare"
+PROMPT = b"ROMEO:\nBut soft, what light through yonder window breaks?\n"  # the decode benchmarks' prompt
 
 
 def cpu_name() -> str:

@@ -21,7 +21,7 @@ import time
 import httpx
 import torch
 
-from bench.common import DEFAULT_CHECKPOINT, HuggingFace, copy_bandwidth, median, table, write_doc
+from bench.common import DEFAULT_CHECKPOINT, PROMPT, HuggingFace, copy_bandwidth, median, table, write_doc
 from bench.peers import LlamaCpp
 from model import checkpoint, form_quality
 from model.generate import generate
@@ -30,7 +30,6 @@ from model.sampling import SamplingParams
 from model.sequence import Sequence
 from server.process import running_server
 
-PROMPT = b"ROMEO:\nBut soft, what light through yonder window breaks?\n"
 GREEDY = SamplingParams(temperature=0)
 
 

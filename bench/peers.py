@@ -27,13 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import DEFAULT_CHECKPOINT, ROOT, median, table, write_doc
-from bench.decode import GREEDY, PROMPT
-from model import checkpoint, weight_forms
+from bench.common import DEFAULT_CHECKPOINT, PROMPT, ROOT, median, table, write_doc
+from model import checkpoint, form_quality
 from model.export_gguf import export
 from model.generate import generate
 from model.runner import Runner
+from model.sampling import SamplingParams
 from model.sequence import Sequence
+
+GREEDY = SamplingParams(temperature=0)
 
 LLAMA_CPP_PYTHON = "0.3.36"
 BUILD = {"CMAKE_ARGS": "-DGGML_NATIVE=ON"}  # -march=native: every instruction this CPU has (our step picks at run time)
@@ -129,7 +131,7 @@ class LlamaCpp:
 
     def window_logits(self, windows: torch.Tensor) -> torch.Tensor:
         """Logits at every position of each window (B, T) -> (B, T, 256), each from an empty cache (needs
-        logits_all=True): weight_forms.validation_loss's logits_of."""
+        logits_all=True): form_quality.validation_loss's logits_of."""
         out = []
         for row in windows.tolist():
             self.llm.reset()
@@ -145,7 +147,7 @@ def held_out(path: Path = DATA) -> bytes:
 
 
 def bits_per_byte(logits_of, data: bytes, context: int) -> float:
-    return weight_forms.validation_loss(logits_of, data, context, batch=4) / math.log(2)
+    return form_quality.validation_loss(logits_of, data, context, batch=4) / math.log(2)
 
 
 def ours(model, form: str, n: int):
@@ -187,7 +189,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - 1))  # TinyLLM's, as tinyllm-serve chooses
     model = checkpoint.load_model(args.checkpoint)
-    ctx, form = model.config.context_length, weight_forms.default_form(args.checkpoint)[0]
+    ctx, form = model.config.context_length, form_quality.default_form(args.checkpoint)[0]
     text = held_out(args.data)
     prompt = text[:ctx]  # a 512-byte prompt where the context allows it
 
@@ -205,7 +207,7 @@ def main() -> None:
     prefill |= {name: (lambda fn=fn: fn(prompt) * 1e3) for name, (_, fn) in mine.items()}
     prefill_ms = timed_rounds(prefill, args.rounds)
 
-    bpb = {"TinyLLM float32": bits_per_byte(weight_forms.form_logits(model, "float32")[0], text, ctx)}
+    bpb = {"TinyLLM float32": bits_per_byte(form_quality.form_logits(model, "float32")[0], text, ctx)}
     q8_0 = {n: median(rates[f"llama.cpp Q8_0 x{n}"]) for n in THREADS}
     scoring_threads = max(q8_0, key=q8_0.get)  # the faster count here: it is only a matter of time
     for t in TYPES:
@@ -249,7 +251,7 @@ Greedy bytes, {args.tokens} after bench.decode's {len(PROMPT)}-byte prompt, agai
 
 Held-out bits per byte (the last 10% of `{args.data.name}`, all {windows}
 non-overlapping {model.config.context_length}-byte windows, each from an empty cache, as
-`model.weight_forms.validation_loss`; llama.cpp's logits from `logits_all=True`):
+`model.form_quality.validation_loss`; llama.cpp's logits from `logits_all=True`):
 
 {table(["model", "bits/byte", "− TinyLLM float32"], bpb_rows)}
 

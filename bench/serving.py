@@ -21,8 +21,7 @@ import time
 
 import httpx
 
-from bench.common import DEFAULT_CHECKPOINT, HuggingFace, median, percentile, plot, rss_mb, table, write_doc
-from bench.decode import PROMPT
+from bench.common import DEFAULT_CHECKPOINT, PROMPT, HuggingFace, median, percentile, plot, rss_mb, table, write_doc
 from bench.peers import LlamaCpp
 from server.process import running_server
 
