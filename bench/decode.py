@@ -245,6 +245,9 @@ sampling) on fixed logits, with the mask (`utf8: "valid"`, the default) and with
 
 Per round (tokens/s): {"; ".join(f"{k} " + ", ".join(f"{x:.0f}" for x in v) for k, v in rates.items())}.
 
+Load average (1, 5, 15 min) at the end: {", ".join(f"{x:.1f}" for x in os.getloadavg())}: above 2 the machine
+was shared and HF's two threads suffer most (they wait for each other at every operation), which inflates "× HF".
+
 Reproduce: `.venv/bin/python -m bench.decode`
 """
     write_doc("decode-cpu", "Decode speed at batch 1 (CPU)", body)
