@@ -9,16 +9,21 @@ step = llm.explain("The cat sat on the mat", layer=2, head=1, query=21)   # one 
 lens = llm.logit_lens("The cat sat on the mat")        # the next byte after every layer
 push = llm.attribute("The cat sat on the mat", position=20)               # each head's push on a logit
 loss = llm.ablate("The cat sat on the mat", heads_off=[(0, 1)])           # the loss without some heads
+atlas = llm.atlas(); atlas.pair(0, 3, ord("H"), ord("i"))                # the attention atlas (tinyllm-atlas)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 
+from model import atlas as atlas_compute
 from model import checkpoint, form_quality, weight_forms
 from model.ablation import AblationLoss, ablation_loss
+from model.atlas_store import Atlas
 from model.attribution import Attribution, attribute
 from model.explain import Walkthrough, blocks_needed, explain
 from model.generate import FinishReason, TextAssembler, generate
@@ -81,6 +86,7 @@ class TinyLLM:
         self.tokenizer = tokenizer
         self._runner: Runner | None = None
         self._recent_runs: RecentRuns | None = None
+        self.path: Path | None = None  # the checkpoint folder, when loaded from one (its atlas lives there)
 
     @classmethod
     def load(cls, path, device: str = "auto", dtype: str | torch.dtype | None = "auto", form: str = "auto") -> TinyLLM:
@@ -88,7 +94,9 @@ class TinyLLM:
         on a CPU (auto: the checkpoint's default, int8 where its weight_forms.json allows it)."""
         dev = resolve_device(device)
         model = checkpoint.load_model(path, device=dev, dtype=resolve_dtype(dtype, dev))
-        return cls(model, dev, checkpoint.load_training(path), *resolve_form(form, path, dev))
+        llm = cls(model, dev, checkpoint.load_training(path), *resolve_form(form, path, dev))
+        llm.path = Path(path)
+        return llm
 
     @property
     def runner(self) -> Runner:
@@ -192,3 +200,19 @@ class TinyLLM:
     def ablate(self, text: str | bytes, heads_off: list[Head], ablation: Ablation = "zero") -> AblationLoss:
         """Each byte's loss with every head and with heads_off switched off (model.ablation)."""
         return ablation_loss(self.trace(text), self.trace(text, heads_off, ablation))
+
+    # ------------------------------------------------------------ across text (model/atlas.py, detectors, patching)
+
+    def atlas(self, data: str | bytes | None = None, progress: bool = False) -> Atlas:
+        """The attention atlas (model.atlas_store.Atlas): the one saved next to the checkpoint (`tinyllm-atlas`
+        makes it; AtlasMissing says so when there is none), or, given `data`, computed over it now (not saved)."""
+        cfg = self.config
+        if data is None:
+            if self.path is None:
+                raise ValueError("this model was not loaded from a checkpoint folder: give the corpus as data")
+            return Atlas.load(self.path, cfg.n_layer, cfg.n_head, checkpoint.content_sha256(self.path))
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        corpus = atlas_compute.Corpus(np.frombuffer(raw, dtype=np.uint8).copy(), [{"bytes": len(raw), "part": "given"}])
+        return Atlas.from_computed(
+            atlas_compute.compute(self.model, corpus, progress=progress), cfg.n_layer, cfg.n_head
+        )
