@@ -10,6 +10,7 @@ lens = llm.logit_lens("The cat sat on the mat")        # the next byte after eve
 push = llm.attribute("The cat sat on the mat", position=20)               # each head's push on a logit
 loss = llm.ablate("The cat sat on the mat", heads_off=[(0, 1)])           # the loss without some heads
 atlas = llm.atlas(); atlas.pair(0, 3, ord("H"), ord("i"))                # the attention atlas (tinyllm-atlas)
+p = llm.patch("ROMEO: ... ROME", "JULIE: ... ROME")                       # activation patching, clean -> corrupt
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from model.attribution import Attribution, attribute
 from model.explain import Walkthrough, blocks_needed, explain
 from model.generate import FinishReason, TextAssembler, generate
 from model.lens import Lens, logit_lens
+from model.patching import Patching, patch
 from model.runner import Runner
 from model.sampling import SamplingParams
 from model.sequence import TokenOutput
@@ -216,3 +218,14 @@ class TinyLLM:
         return Atlas.from_computed(
             atlas_compute.compute(self.model, corpus, progress=progress), cfg.n_layer, cfg.n_head
         )
+
+    def patch(
+        self, clean: str | bytes, corrupt: str | bytes, target: int | None = None, foil: int | None = None
+    ) -> Patching:
+        """Activation patching from `clean` into `corrupt` (equal byte lengths): per layer × position of the residual
+        stream and per head, the fraction of logit[target] − logit[foil] at the last position restored
+        (model.patching; target: the clean run's top byte by default, foil: the corrupt run's next best)."""
+        return patch(self.model, self._ids(clean), self._ids(corrupt), target, foil)
+
+    def _ids(self, text: str | bytes) -> list[int]:
+        return list(text) if isinstance(text, bytes) else self.tokenizer.encode(text)

@@ -12,8 +12,9 @@ through the exact float32 model with a reader at every layer's attn.hook_pattern
 Per multi-byte character (a complete UTF-8 sequence inside one window): per head, the weight from its byte i to its
 byte j < i of the same occurrence, the count and the lift the same way: the character "binding" of the issue.
 
-Examples: per pair, the three occurrences at the smallest distance above 0 (the query reading itself comes last),
-with every head's weight at each and the text around them (at most 64 bytes, up to 8 after the query).
+Examples: per pair, the three occurrences at the smallest distance from 1 to 32 (earliest first; a pair that never
+occurs that close has none), with every head's weight at each and the text around them (at most 64 bytes, up to 8
+after the query).
 
 The result is written next to the checkpoint (atlas.safetensors + atlas.json, with the data's sha256), atomically:
 an interrupted run leaves the previous atlas or none. model/atlas_store.py reads it.
@@ -42,6 +43,7 @@ EXAMPLES_PER_PAIR = 3
 EXAMPLE_BYTES, EXAMPLE_AFTER = 64, 8  # the text shown around an example: up to 64 bytes, 8 of them after the query
 KEY_BYTES = 16  # and, when the key is further back than that, 16 bytes around the key
 MAX_CHAR_BYTES = 4
+EXAMPLE_RADIUS = 32  # examples are occurrences at distance 1..32
 
 
 @dataclass
@@ -79,37 +81,65 @@ class Accumulator:
         self.distance_weight = torch.zeros(self.n_lh, self.ctx, dtype=torch.float64)
 
 
+_ENTRIES: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
 def causal_entries(T: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every (query, key ≤ query) of a window of T bytes, as two index vectors of length T(T+1)/2."""
-    q, k = torch.tril_indices(T, T)
-    return q, k
+    """Every (query, key ≤ query) of a window of T bytes, as two index vectors of length T(T+1)/2 (kept per T)."""
+    if T not in _ENTRIES:
+        _ENTRIES[T] = tuple(torch.tril_indices(T, T))
+    return _ENTRIES[T]
+
+
+def distance_sums(pattern: torch.Tensor) -> torch.Tensor:
+    """Per head, the probability summed over every (q, q − d): (LH, T, T) -> (LH, T) indexed by d.
+
+    Row q's entry at distance d sits at flat index q(T + 1) − d. With T − 1 zeros in front, a strided view with row
+    stride T + 1 puts it in column T − 1 − d of row q; what else lands in a row is the causal mask's zeros (above the
+    diagonal of the row before) or the padding, so a column sum is the diagonal sum."""
+    LH, T, _ = pattern.shape
+    flat = torch.cat([pattern.new_zeros(LH, T - 1), pattern.reshape(LH, T * T)], dim=1)  # (LH, T² + T − 1)
+    skew = flat.as_strided((LH, T, T), (flat.stride(0), T + 1, 1))  # [h, q, T − 1 − d] = pattern[h, q, q − d]
+    return skew.sum(1).flip(-1)
 
 
 def add_window(acc: Accumulator, ids: torch.Tensor, start: int, pattern: torch.Tensor) -> None:
-    """One window's bytes (T,) at corpus offset `start`, and its probabilities (LH, T, T), into the sums."""
+    """One window's bytes (T,) at corpus offset `start`, and its probabilities (LH, T, T), into the sums.
+
+    The pair sums are one-hot products over the window's distinct bytes (u of them): onehot(q)ᵀ · pattern ·
+    onehot(k), (u, T)(T, T)(T, u) per head, which BLAS does faster than scattering T²/2 entries one by one."""
     T = ids.numel()
     q, k = causal_entries(T)
+    distinct, local = torch.unique(ids, return_inverse=True)  # (u,), (T,)
+    onehot = torch.nn.functional.one_hot(local, distinct.numel()).to(pattern.dtype)  # (T, u)
+    sums = onehot.T @ (pattern @ onehot)  # (LH, u, u): [h, query byte, key byte]
+    counts = onehot.T @ torch.ones(T, T).tril() @ onehot  # (u, u)
+    pair_of = (distinct[:, None] * 256 + distinct[None, :]).flatten()  # (u²,)
+    acc.pair_weight.index_add_(1, pair_of, sums.reshape(acc.n_lh, -1).double())
+    acc.pair_count.index_add_(0, pair_of, counts.flatten().round().long())
     pair = ids[q] * 256 + ids[k]
     distance = q - k
-    weights = pattern[:, q, k].double()  # (LH, N)
-    acc.pair_count += torch.bincount(pair, minlength=65536)
-    acc.pair_weight.index_add_(1, pair, weights)
     acc.pair_distance_count.index_add_(0, pair * acc.ctx + distance, torch.ones_like(pair, dtype=torch.int32))
-    acc.distance_count += torch.bincount(distance, minlength=acc.ctx)
-    acc.distance_weight.index_add_(1, distance, weights)
-    keep_examples(acc, pair, distance, q + start, k + start, weights.float().T)
+    acc.distance_count[:T] += torch.arange(T, 0, -1)  # T − d pairs at distance d
+    acc.distance_weight[:, :T] += distance_sums(pattern).double()
+    near = (distance > 0) & (distance <= EXAMPLE_RADIUS)
+    keep_examples(acc, pattern, pair[near], distance[near], q[near], k[near], start)
     add_characters(acc, ids, pattern)
 
 
-def keep_examples(acc, pair, distance, query, key, weights) -> None:
-    """Merge this window's occurrences into the running three per pair at the smallest distance above 0."""
-    order_distance = torch.where(distance > 0, distance, acc.ctx)  # the query reading itself: last resort
-    new = {"key": pair * (acc.ctx + 1) + order_distance, "pair": pair, "query": query, "key_pos": key, "w": weights}
-    best = top_per_pair(new)
+def keep_examples(acc, pattern, pair, distance, q, k, start) -> None:
+    """Merge this window's occurrences into the running three per pair at the smallest distance (then earliest)."""
+    new = top_per_pair({"key": pair * (EXAMPLE_RADIUS + 1) + distance, "pair": pair, "q": q, "k": k})
+    rows = {
+        "key": new["key"],
+        "pair": new["pair"],
+        "query": new["q"] + start,
+        "key_pos": new["k"] + start,
+        "w": pattern[:, new["q"], new["k"]].T,  # (n, LH)
+    }
     if acc.examples:
-        merged = {name: torch.cat([acc.examples[name], best[name]]) for name in best}
-        best = top_per_pair(merged)
-    acc.examples = best
+        rows = top_per_pair({name: torch.cat([acc.examples[name], rows[name]]) for name in rows})
+    acc.examples = rows
 
 
 def top_per_pair(rows: dict) -> dict:
