@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from model.detectors import text_sums
 from model.hooks import Hooks, point, record
 from model.tokenizer import char_spans
 
@@ -69,6 +70,7 @@ class Accumulator:
     pair_distance_count: torch.Tensor = None  # (65536 * ctx,) int32: for the lift's expectation
     distance_count: torch.Tensor = None  # (ctx,) int64
     distance_weight: torch.Tensor = None  # (LH, ctx) float64
+    detector_mass: dict = field(default_factory=dict)  # model/detectors.py's text scores: name -> [mass (LH,), rows]
     examples: dict = field(default_factory=dict)  # running best: key, pair, query, key_pos (E,), weights (E, LH)
     chars: dict = field(default_factory=dict)  # character bytes -> index
     char_rows: list = field(default_factory=list)  # per window: (char index, i, j, weights (N, LH))
@@ -125,6 +127,9 @@ def add_window(acc: Accumulator, ids: torch.Tensor, start: int, pattern: torch.T
     near = (distance > 0) & (distance <= EXAMPLE_RADIUS)
     keep_examples(acc, pattern, pair[near], distance[near], q[near], k[near], start)
     add_characters(acc, ids, pattern)
+    for name, (mass, rows) in text_sums(pattern, ids.tolist()).items():
+        kept = acc.detector_mass.setdefault(name, [0.0, 0.0])
+        kept[0], kept[1] = kept[0] + mass, kept[1] + rows
 
 
 def keep_examples(acc, pattern, pair, distance, q, k, start) -> None:
@@ -214,10 +219,10 @@ def compute(model, corpus: Corpus, batch: int = 4, progress: bool = True) -> dic
                 add_window(acc, ids, s, pattern)
         bar.update(sum(e - s for s, e in group))
     bar.close()
-    return finish(acc, corpus, len(spans), time.perf_counter() - t0)
+    return finish(acc, corpus, len(spans), time.perf_counter() - t0, cfg.n_head)
 
 
-def finish(acc: Accumulator, corpus: Corpus, n_windows: int, seconds: float) -> dict:
+def finish(acc: Accumulator, corpus: Corpus, n_windows: int, seconds: float, n_head: int) -> dict:
     """The sums as the saved atlas: per pair that occurs (sparse: P pairs), per example and per character."""
     ctx = acc.ctx
     pairs = torch.nonzero(acc.pair_count).squeeze(1)  # (P,) sorted
@@ -243,6 +248,10 @@ def finish(acc: Accumulator, corpus: Corpus, n_windows: int, seconds: float) -> 
         "windows": n_windows,
         "context_length": ctx,
         "characters": [c.decode("utf-8") for c in acc.chars],
+        "detectors": {  # per head ([layer][head]), over the corpus: model/detectors.py's text scores
+            name: (mass / rows if rows else mass * float("nan")).view(-1, n_head).tolist()
+            for name, (mass, rows) in acc.detector_mass.items()
+        },
         "seconds": round(seconds, 2),
     }
     return {"tensors": tensors, "record": record}

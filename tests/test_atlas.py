@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from model import checkpoint
+from model import checkpoint, detectors
 from model.atlas import ATLAS_JSON, ATLAS_TENSORS
 from model.atlas_cli import main as atlas_main
 from model.atlas_store import Atlas
@@ -94,6 +94,15 @@ def test_atlas_matches_a_float64_recomputation_from_the_served_maps(served, fold
         assert atlas.count[i] == counts[q, k]
         np.testing.assert_allclose(atlas.mean[:, :, i], sums[q, k] / counts[q, k], rtol=0, atol=2e-6)
         np.testing.assert_allclose(atlas.lift[:, :, i], sums[q, k] / expected[q, k], rtol=1e-5)
+
+
+def test_the_corpus_detector_scores_are_the_detectors_over_the_windows(folder):
+    atlas = Atlas.load(folder, L, H)
+    windows = [list(CORPUS[s : s + 64]) for s in range(0, len(CORPUS), 64)]
+    want = detectors.text_scores(sharp_model(seed=7), windows)
+    assert set(atlas.record["detectors"]) == set(want)
+    for name, values in want.items():
+        np.testing.assert_allclose(atlas.record["detectors"][name], values, atol=1e-6)
 
 
 def test_the_seeds_question_over_http(served):
