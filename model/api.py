@@ -11,6 +11,8 @@ push = llm.attribute("The cat sat on the mat", position=20)               # each
 loss = llm.ablate("The cat sat on the mat", heads_off=[(0, 1)])           # the loss without some heads
 atlas = llm.atlas(); atlas.pair(0, 3, ord("H"), ord("i"))                # the attention atlas (tinyllm-atlas)
 p = llm.patch("ROMEO: ... ROME", "JULIE: ... ROME")                       # activation patching, clean -> corrupt
+scores = llm.detect(["some text"])                                        # head detectors: induction, previous...
+same = llm.contexts("the eat", byte=ord("e"))                             # one byte's residual across contexts
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from model import checkpoint, form_quality, weight_forms
 from model.ablation import AblationLoss, ablation_loss
 from model.atlas_store import Atlas
 from model.attribution import Attribution, attribute
+from model.contexts import Contexts, compare, occurrences
+from model.detectors import detect
 from model.explain import Walkthrough, blocks_needed, explain
 from model.generate import FinishReason, TextAssembler, generate
 from model.lens import Lens, logit_lens
@@ -229,3 +233,25 @@ class TinyLLM:
 
     def _ids(self, text: str | bytes) -> list[int]:
         return list(text) if isinstance(text, bytes) else self.tokenizer.encode(text)
+
+    def contexts(
+        self,
+        text: str | bytes,
+        positions: list[int] | None = None,
+        byte: int | None = None,
+        other_text: str | bytes | None = None,
+        other_positions: list[int] | None = None,
+    ) -> Contexts:
+        """One byte in different contexts (model.contexts): the cosine of its residual streams between occurrences
+        after the embedding and after every layer. Occurrences: `positions` in text (and other_positions in
+        other_text), or every occurrence of `byte` (default: the byte at the first position given)."""
+        texts = [self._ids(text)] + ([self._ids(other_text)] if other_text is not None else [])
+        wanted = [positions] + ([other_positions] if other_text is not None else [])
+        byte, found = occurrences(texts, wanted, byte)
+        return compare(self.model, texts, found, byte)
+
+    def detect(self, texts: list[str | bytes] = ()) -> dict:
+        """Every head detector's score per head (model.detectors): on `texts` (TransformerLens's previous, duplicate
+        and induction scores, heads.py's same character, same word and start of text), on the repeated random probe,
+        and the OV copying score; numpy arrays (n_layer, n_head)."""
+        return detect(self.model, [self._ids(t) for t in texts])

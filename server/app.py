@@ -20,7 +20,19 @@ from server.errors import install_handlers
 from server.limits import BodySizeLimit, StreamLimit
 from server.metrics import CountRequests, Metrics
 from server.models import ServedModels, load_checkpoints
-from server.routes import atlas, attention, generate, inspect, openai, openai_tokenizer, patching, system, tokenize
+from server.routes import (
+    atlas,
+    attention,
+    contexts,
+    detectors,
+    generate,
+    inspect,
+    openai,
+    openai_tokenizer,
+    patching,
+    system,
+    tokenize,
+)
 from server.routes.system import STATIC
 
 log = logging.getLogger("tinyllm.server")
@@ -62,7 +74,19 @@ def create_app(settings: Settings, llms: dict[Path, TinyLLM] | None = None) -> F
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    for module in (system, generate, attention, inspect, atlas, patching, tokenize, openai, openai_tokenizer):
+    for module in (
+        system,
+        generate,
+        attention,
+        inspect,
+        atlas,
+        patching,
+        detectors,
+        contexts,
+        tokenize,
+        openai,
+        openai_tokenizer,
+    ):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

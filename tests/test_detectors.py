@@ -88,3 +88,36 @@ def test_text_scores_follow_transformer_lens_definitions(model):
     induction = sum(p[1, 0, q, k] for q in range(T) for k in range(1, q + 1) if text[k - 1] == text[q]) / T
     assert abs(scores["previous_byte"][0, 0] - prev) < 1e-9 and prev > 0.9
     assert abs(scores["induction"][1, 0] - induction) < 1e-9 and induction > 6 / T * 0.95
+
+
+def test_the_bundled_models_previous_byte_heads_agree_with_the_head_summary():
+    from model.checkpoint import load_model
+    from model.heads import LABEL_THRESHOLD, label_heads, summarize_heads
+
+    model = load_model("checkpoints/shakespeare").eval()
+    text = list(b"ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.")
+    T = len(text)
+    scores = detectors.text_scores(model, [text])
+    summary = summarize_heads(detectors.patterns(model, torch.tensor([text]))[0], text)
+    # TransformerLens counts the first query (which has no previous byte), the summary does not.
+    np.testing.assert_allclose(scores["previous_byte"] * T / (T - 1), summary["previous_byte"], atol=1e-9)
+    labelled = {
+        (y, h) for y, row in enumerate(label_heads(summary)) for h, lab in enumerate(row) if lab == "previous byte"
+    }
+    found = {tuple(map(int, x)) for x in np.argwhere(scores["previous_byte"] * T / (T - 1) >= LABEL_THRESHOLD)}
+    assert labelled and labelled <= found
+
+
+def test_the_route_names_induction_heads(server):
+    import httpx
+
+    from support import assert_envelope
+
+    r = httpx.post(f"{server.url}/v1/detectors", json={"text": "abcabc abcabc"}, timeout=60)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert set(out["scores"]) == set(detectors.TEXT_SCORES) | set(detectors.PROBE_SCORES)
+    assert out["corpus"] is None and "tinyllm-atlas" in out["corpus_note"]
+    induction = np.array(out["scores"]["induction_probe"])
+    assert out["induction_heads"] == [list(map(int, x)) for x in np.argwhere(induction >= out["induction_threshold"])]
+    assert_envelope(httpx.post(f"{server.url}/v1/detectors", json={"text": "x" * 65}, timeout=60), 400, "text")
