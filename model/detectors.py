@@ -41,7 +41,8 @@ def patterns(model, ids: torch.Tensor) -> torch.Tensor:
     """Every layer's probabilities over a batch (B, T): (B, n_layer, n_head, T, T), float64."""
     kept: dict[str, torch.Tensor] = {}
     n = model.config.n_layer
-    model(ids, hooks=Hooks((point(i, "attn.hook_pattern"), record(kept)) for i in range(n)))
+    ids = ids.to(model.embed_tokens.weight.device)
+    model(ids, hooks=Hooks((point(i, "attn.hook_pattern"), record(kept, lambda p: p.float().cpu())) for i in range(n)))
     return torch.stack([kept[point(i, "attn.hook_pattern")] for i in range(n)], dim=1).double()
 
 
