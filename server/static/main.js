@@ -13,12 +13,14 @@
 // wires the views together. Labels of bytes always come from the server (api.js tokenize, and each stream event).
 import { fetchAnalysis } from "./analysis.js";
 import { getJson } from "./api.js";
+import { AtlasPanel } from "./atlas-view.js";
 import { $, setStatus } from "./dom.js";
 import { GeneratePanel } from "./generate.js";
 import { HeadView } from "./head-view.js";
 import { HeadsOff } from "./heads-off.js";
 import { drawColorbar } from "./heatmap.js";
 import { MapView } from "./map-view.js";
+import { PatchPanel } from "./patch-view.js";
 import { StepPanel } from "./step-view.js";
 import { fetchSummary, SummaryView } from "./summary-view.js";
 
@@ -36,6 +38,8 @@ const headView = new HeadView(selection, mapView);
 const stepPanel = new StepPanel(selection);
 const headsOff = new HeadsOff(selection, () => stepPanel.refresh());
 const summaryView = new SummaryView(selection, select, (layer, head) => headsOff.toggle(layer, head));
+new AtlasPanel(selection, select);  // across text: atlas-view.js (atlas, detectors), patch-view.js (patching, contexts)
+new PatchPanel(selection, select);
 const panel = new GeneratePanel(selection, $("text"), (text) => {
   $("text").value = text;
   updateByteCount();
