@@ -315,6 +315,7 @@ def save(folder: Path, atlas: dict, model_sha256: str) -> None:
     folder = Path(folder)
     tensors_tmp, json_tmp = folder / f".{ATLAS_TENSORS}.tmp", folder / f".{ATLAS_JSON}.tmp"
     save_file({k: v.contiguous() for k, v in atlas["tensors"].items()}, tensors_tmp)
+    os.chmod(tensors_tmp, 0o644)  # readable like the checkpoint beside it
     record = {**atlas["record"], "model_sha256": model_sha256}
     record["tensors_sha256"] = hashlib.sha256(tensors_tmp.read_bytes()).hexdigest()
     json_tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")

@@ -52,7 +52,7 @@ def held_out(folder: Path) -> atlas.Corpus:
         if not val:
             data = data[int(data.size * (1 - HELD_OUT_SHARE)) :]
         parts.append(data)
-        sources.append({"path": str(path), "bytes": int(data.size), "sha256": r.get("sha256"), "part": part})
+        sources.append({"path": str(path.resolve()), "bytes": int(data.size), "sha256": r.get("sha256"), "part": part})
     return atlas.Corpus(np.concatenate(parts), sources)
 
 
