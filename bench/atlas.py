@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import time
+from pathlib import Path
 
 import httpx
 import torch
@@ -45,6 +46,8 @@ def texts_128() -> tuple[bytes, bytes]:
 
 
 def time_atlas(folder, runs: int) -> list[list]:
+    if runs == 0:
+        return []
     model = checkpoint.load_model(folder).eval()
     corpus = held_out(folder)
     rows = []
@@ -92,7 +95,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--atlas-runs", type=int, default=1)
     args = p.parse_args()
-    folder = args.checkpoint
+    folder = Path(args.checkpoint)
     threads = torch.get_num_threads()
     atlas_rows = time_atlas(folder, args.atlas_runs)
     record = json.loads((checkpoint.resolve(folder) / atlas.ATLAS_JSON).read_text())
