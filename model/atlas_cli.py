@@ -1,12 +1,13 @@
-"""tinyllm-atlas CHECKPOINT [--data FILE ...]: compute a checkpoint's attention atlas (model/atlas.py) and write it
-next to the checkpoint.
+"""tinyllm-atlas CHECKPOINT [--data FILE ...] (or `tinyllm atlas ...`): compute a checkpoint's attention atlas
+(model/atlas.py) and write it next to the checkpoint.
 
 Without --data the corpus is the checkpoint's own held-out split, found from its training.json: the files recorded
 with split "val", or else the last 10% of each training file (model/train_data.py's cut), each checked against its
 recorded sha256. A recorded path is looked for as written, then under each folder above the checkpoint (training
 records paths relative to where it ran).
 
-This is its own command, not a `tinyllm` subcommand: `tinyllm` is an HTTP client that never imports torch.
+It runs here, not in a server: `tinyllm atlas` hands its arguments to this module (and only then imports torch);
+every other `tinyllm` command is an HTTP client.
 """
 
 from __future__ import annotations

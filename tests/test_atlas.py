@@ -175,3 +175,33 @@ def test_bad_input_names_the_field(served, path, params, param):
 
 def test_a_character_the_corpus_never_has_is_a_404(served):
     assert_envelope(get(served, "/v1/atlas/character", char="ß"), 404, "char")
+
+
+def test_tinyllm_atlas_is_the_same_command(folder, tmp_path, capsys):
+    from server.cli import main as tinyllm
+
+    with pytest.raises(SystemExit) as done:
+        tinyllm(["atlas", str(folder), "--data", str(tmp_path / "missing.txt")])
+    assert done.value.code == 2 and "no file" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_leaves_the_atlas_as_it_was(tmp_path, monkeypatch, capsys):
+    from model import atlas as atlas_module
+
+    path = tmp_path / "ckpt"
+    checkpoint.save(path, sharp_model(seed=7), training={})
+    data = tmp_path / "corpus.txt"
+    data.write_bytes(CORPUS)
+    real = atlas_module.add_window
+    calls = []
+
+    def interrupted(*args):  # Ctrl-C during the second window
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(atlas_module, "add_window", interrupted)
+    assert atlas_main([str(path), "--data", str(data)]) == 130
+    assert "nothing written" in capsys.readouterr().err
+    assert sorted(p.name for p in path.iterdir()) == sorted(["config.json", "model.safetensors", "training.json"])
