@@ -11,7 +11,9 @@ to the corrupt run's top byte other than target. Then the corrupt run again with
 Each is reported as the fraction of the clean-vs-corrupt difference it restores, (patched − corrupt) / (clean −
 corrupt): 1 restores it all, 0 nothing. A patched run starts at block `layer` from the corrupt run's kept stream
 (Transformer.run_blocks over the later blocks, the positions of one layer batched), and only the last position is
-unembedded. A residual position before the texts' first different byte holds the same stream in both runs: its
+unembedded. A residual patch at position p leaves every position before p as it was, so a batch of patches runs
+only from its first position on, the earlier positions' keys and values taken from the corrupt run (a KV cache).
+A residual position before the texts' first different byte holds the same stream in both runs: its
 patched run is the corrupt run, so it is not run again.
 
 Identities (tests/test_patching.py): every position of one layer's residual patched gives the clean logits; nothing
@@ -27,8 +29,9 @@ import numpy as np
 import torch
 
 from model.hooks import Hooks, point, run_with_cache
+from model.kv_cache import CacheSlots, KVCache
 
-BATCH = 32  # patched runs per forward pass
+BATCH = 16  # patched runs per forward pass (each from its first position: smaller batches skip more)
 
 
 @dataclass
@@ -44,7 +47,25 @@ class Patching:
 
 
 def kept_points(n_layer: int) -> list[str]:
-    return [point(i, name) for i in range(n_layer) for name in ("hook_resid_pre", "attn.hook_z")]
+    names = ("hook_resid_pre", "attn.hook_z", "attn.hook_k", "attn.hook_v")
+    return [point(i, name) for i in range(n_layer) for name in names]
+
+
+@torch.inference_mode()
+def run_suffix(model, layer: int, x: torch.Tensor, start: int, corrupt: dict) -> torch.Tensor:
+    """Last-position logits (B, vocab) of streams x (B, T − start, C) at positions start.. entering block `layer`,
+    the positions before `start` read from the corrupt run's keys and values (a KV cache filled with them): a patch
+    at a position ≥ start changes nothing before it, so those positions are not run again."""
+    B, n, _ = x.shape
+    cfg = model.config
+    cache = KVCache(cfg, B, x.dtype, x.device, max_len=start + n)
+    for i in range(layer, cfg.n_layer):
+        k, v = cache.layer(i)
+        k[:, :, :start] = corrupt[point(i, "attn.hook_k")][0, :, :start]
+        v[:, :, :start] = corrupt[point(i, "attn.hook_v")][0, :, :start]
+    slots = CacheSlots(0, torch.arange(start, start + n, device=x.device).expand(B, n))
+    out, _ = model.run_blocks(x, range(layer, cfg.n_layer), cache=cache, slots=slots)
+    return model.unembed(out[:, -1])
 
 
 @torch.inference_mode()
@@ -114,10 +135,11 @@ def patch(model, clean_ids: list[int], corrupt_ids: list[int], target: int | Non
         x_clean, x_corrupt = clean[point(layer, "hook_resid_pre")][0], corrupt[point(layer, "hook_resid_pre")][0]
         differ = [p for p in range(T) if not torch.equal(x_clean[p], x_corrupt[p])]
         for i in range(0, len(differ), BATCH):
-            chunk = differ[i : i + BATCH]
-            x = x_corrupt.expand(len(chunk), T, -1).clone()  # (B, T, C): row b patched at position chunk[b]
-            x[torch.arange(len(chunk)), chunk] = x_clean[chunk]
-            residual[layer, chunk] = logit_diff(run_from(model, layer, x), target, foil).numpy()
+            chunk = differ[i : i + BATCH]  # ascending: the batch runs from its first position on
+            start = chunk[0]
+            x = x_corrupt[start:].expand(len(chunk), T - start, -1).clone()  # (B, T − start, C)
+            x[torch.arange(len(chunk)), torch.tensor(chunk) - start] = x_clean[chunk]  # row b patched at chunk[b]
+            residual[layer, chunk] = logit_diff(run_suffix(model, layer, x, start, corrupt), target, foil).numpy()
         x = x_corrupt.expand(cfg.n_head, T, -1)  # (nh, T, C): row h has head h patched
         hooks = z_patch(layer, list(range(cfg.n_head)), clean[point(layer, "attn.hook_z")])
         heads[layer] = logit_diff(run_from(model, layer, x, hooks), target, foil).numpy()
