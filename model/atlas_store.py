@@ -51,6 +51,7 @@ class Atlas:
         for e, row in enumerate(tensors["example_pair"].tolist()):
             self.examples_of.setdefault(row, []).append(e)
         self.chars = {c: n for n, c in enumerate(record["characters"])}
+        self.maps: dict[tuple[int, int], dict] = {}
         self.char_mean = tensors["char_mean"].reshape(*shape, len(self.chars), CHAR_SLOTS)
         self.char_lift = tensors["char_lift"].reshape(*shape, len(self.chars), CHAR_SLOTS)
 
@@ -146,7 +147,12 @@ class Atlas:
 
     def grouped_map(self, layer: int, head: int) -> dict:
         """The head's query × key map over GROUPS: per cell the count-weighted mean weight, the lift (summed weight
-        over summed expectation) and the count; null where the cells' pairs never occur."""
+        over summed expectation) and the count; null where the cells' pairs never occur. Kept once made."""
+        if (layer, head) not in self.maps:
+            self.maps[layer, head] = self.make_grouped_map(layer, head)
+        return self.maps[layer, head]
+
+    def make_grouped_map(self, layer: int, head: int) -> dict:
         group_of = np.zeros(256, dtype=np.int64)
         for g, (_, members) in enumerate(GROUPS):
             group_of[members] = g
