@@ -9,22 +9,33 @@ step = llm.explain("The cat sat on the mat", layer=2, head=1, query=21)   # one 
 lens = llm.logit_lens("The cat sat on the mat")        # the next byte after every layer
 push = llm.attribute("The cat sat on the mat", position=20)               # each head's push on a logit
 loss = llm.ablate("The cat sat on the mat", heads_off=[(0, 1)])           # the loss without some heads
+atlas = llm.atlas(); atlas.pair(0, 3, ord("H"), ord("i"))                # the attention atlas (tinyllm-atlas)
+p = llm.patch("ROMEO: ... ROME", "JULIE: ... ROME")                       # activation patching, clean -> corrupt
+scores = llm.detect(["some text"])                                        # head detectors: induction, previous...
+same = llm.contexts("the eat", byte=ord("e"))                             # one byte's residual across contexts
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 
+from model import atlas as atlas_compute
 from model import checkpoint, form_quality, weight_forms
 from model.ablation import AblationLoss, ablation_loss
+from model.atlas_store import Atlas
 from model.attribution import Attribution, attribute
+from model.contexts import Contexts, compare, occurrences
+from model.detectors import detect
 from model.explain import Walkthrough, blocks_needed, explain
 from model.generate import FinishReason, TextAssembler, generate
 from model.lens import Lens, logit_lens
 from model.native import step as native
+from model.patching import Patching, patch
 from model.runner import Runner
 from model.sampling import SamplingParams
 from model.sequence import TokenOutput
@@ -89,6 +100,7 @@ class TinyLLM:
         # One call at a time: the runner's cache row and the recent runs are this object's single copies, so two
         # threads' generations would write over each other's keys and values. Reentrant: explain calls trace.
         self._lock = threading.RLock()
+        self.path: Path | None = None  # the checkpoint folder, when loaded from one (its atlas lives there)
 
     @classmethod
     def load(
@@ -107,7 +119,9 @@ class TinyLLM:
         dev = resolve_device(device)
         model = checkpoint.load_model(path, device=dev, dtype=resolve_dtype(dtype, dev))
         form, form_reason = resolve_form(form, path, dev)
-        return cls(model, dev, checkpoint.load_training(path), form, form_reason, kernels)
+        llm = cls(model, dev, checkpoint.load_training(path), form, form_reason, kernels)
+        llm.path = Path(path)
+        return llm
 
     @property
     def runner(self) -> Runner:
@@ -231,3 +245,52 @@ class TinyLLM:
         from model.export_gguf import write_gguf  # the gguf package is only needed to export
 
         return write_gguf(self.model.state_dict(), self.config, out, type, name, model_card)
+
+    # ------------------------------------------------------------ across text (model/atlas.py, detectors, patching)
+
+    def atlas(self, data: str | bytes | None = None, progress: bool = False) -> Atlas:
+        """The attention atlas (model.atlas_store.Atlas): the one saved next to the checkpoint (`tinyllm-atlas`
+        makes it; AtlasMissing says so when there is none), or, given `data`, computed over it now (not saved)."""
+        cfg = self.config
+        if data is None:
+            if self.path is None:
+                raise ValueError("this model was not loaded from a checkpoint folder: give the corpus as data")
+            return Atlas.load(self.path, cfg.n_layer, cfg.n_head, checkpoint.content_sha256(self.path))
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        corpus = atlas_compute.Corpus(np.frombuffer(raw, dtype=np.uint8).copy(), [{"bytes": len(raw), "part": "given"}])
+        return Atlas.from_computed(
+            atlas_compute.compute(self.model, corpus, progress=progress), cfg.n_layer, cfg.n_head
+        )
+
+    def patch(
+        self, clean: str | bytes, corrupt: str | bytes, target: int | None = None, foil: int | None = None
+    ) -> Patching:
+        """Activation patching from `clean` into `corrupt` (equal byte lengths): per layer × position of the residual
+        stream and per head, the fraction of logit[target] − logit[foil] at the last position restored
+        (model.patching; target: the clean run's top byte by default, foil: the corrupt run's next best)."""
+        return patch(self.model, self._ids(clean), self._ids(corrupt), target, foil)
+
+    def _ids(self, text: str | bytes) -> list[int]:
+        return list(text) if isinstance(text, bytes) else self.tokenizer.encode(text)
+
+    def contexts(
+        self,
+        text: str | bytes,
+        positions: list[int] | None = None,
+        byte: int | None = None,
+        other_text: str | bytes | None = None,
+        other_positions: list[int] | None = None,
+    ) -> Contexts:
+        """One byte in different contexts (model.contexts): the cosine of its residual streams between occurrences
+        after the embedding and after every layer. Occurrences: `positions` in text (and other_positions in
+        other_text), or every occurrence of `byte` (default: the byte at the first position given)."""
+        texts = [self._ids(text)] + ([self._ids(other_text)] if other_text is not None else [])
+        wanted = [positions] + ([other_positions] if other_text is not None else [])
+        byte, found = occurrences(texts, wanted, byte)
+        return compare(self.model, texts, found, byte)
+
+    def detect(self, texts: list[str | bytes] = ()) -> dict:
+        """Every head detector's score per head (model.detectors): on `texts` (TransformerLens's previous, duplicate
+        and induction scores, heads.py's same character, same word and start of text), on the repeated random probe,
+        and the OV copying score; numpy arrays (n_layer, n_head)."""
+        return detect(self.model, [self._ids(t) for t in texts])

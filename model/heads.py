@@ -18,6 +18,10 @@ Per layer and head, `summarize_heads` gives, each averaged uniformly over its qu
 - same_word: the mass on earlier bytes of the query's own word; over the queries that have such bytes
   (every word byte but a word's first), NaN when there are none.
 - first_position: p(0); over queries 1..T-1.
+- duplicate_byte: the mass on earlier bytes equal to the query's byte; over the queries that have one.
+- induction: the mass on bytes that follow an earlier copy of the query's byte (the byte after it: what an induction
+  head reads, TransformerLens's induction pattern); over the queries that have one. model/detectors.py has
+  TransformerLens's own scores (over every query) and its repeated-random-sequence test.
 - entropy_bits: -sum p log2 p of the row; over queries 1..T-1.
 
 Query 0 is left out everywhere: it can only attend to itself, so it says nothing about the head.
@@ -37,6 +41,8 @@ METRICS = (
     "same_word",
     "first_position",
     "entropy_bits",
+    "duplicate_byte",
+    "induction",
 )
 WHITESPACE = frozenset(b" \t\n\v\f\r")
 # A head is labelled by the first of these shares that reaches LABEL_THRESHOLD; heads with none stay unlabelled.
@@ -48,6 +54,7 @@ LABELS = (
     ("current_byte", "current byte"),
     ("same_character", "same character"),
     ("same_word", "same word"),
+    ("induction", "induction"),  # last: a head whose habit is local can match it by chance on short texts
 )
 LABEL_THRESHOLD = 0.6
 
@@ -100,6 +107,10 @@ def summarize_heads(attn, ids) -> dict[str, np.ndarray]:
     same_char = earlier & (chars[:, None] == chars[None, :])
     words = word_of_byte(ids)
     same_word = earlier & (words[:, None] == words[None, :]) & (words[:, None] >= 0)
+    byte = np.asarray([int(b) for b in ids])
+    duplicate = earlier & (byte[:, None] == byte[None, :])
+    induction = np.zeros_like(duplicate)
+    induction[:, 1:] = duplicate[:, :-1]  # key k when byte k - 1 is an earlier copy of the query's byte
     distance = np.maximum(q[:, None] - q[None, :], 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         plogp = np.where(a > 0, a * np.log2(np.where(a > 0, a, 1.0)), 0.0)
@@ -113,6 +124,8 @@ def summarize_heads(attn, ids) -> dict[str, np.ndarray]:
         "same_word": _mean_over((a * same_word).sum(-1), same_word.any(-1)),
         "first_position": _mean_over(a[..., :, 0], later),
         "entropy_bits": _mean_over(-plogp.sum(-1), later),
+        "duplicate_byte": _mean_over((a * duplicate).sum(-1), duplicate.any(-1)),
+        "induction": _mean_over((a * induction).sum(-1), induction.any(-1)),
     }
 
 

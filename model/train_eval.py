@@ -13,6 +13,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from model.detectors import probe_scores
 from model.generate import generate
 from model.model import Transformer
 from model.runner import Runner
@@ -54,9 +55,11 @@ def evaluation_row(model: Transformer, step: int, train_data, val_data, args, pr
     val_loss = evaluate(model, val_data, ctx, args.eval_windows, args.batch_size, procs.device, procs.autocast)
     train_loss = evaluate(model, train_data, ctx, args.eval_windows, args.batch_size, procs.device, procs.autocast)
     text = sample_text(model, b"\n", args.sample_bytes, args.seed) if args.sample_bytes else ""
+    induction = induction_scores(model)
     tqdm.write(
         f"step {step}: train {train_loss:.4f} nats/byte ({train_loss / LN2:.3f} bits), "
-        f"val {val_loss:.4f} nats/byte ({val_loss / LN2:.3f} bits)" + (f"\n  sample: {text!r}" if text else "")
+        f"val {val_loss:.4f} nats/byte ({val_loss / LN2:.3f} bits), induction {induction.max():.3f}"
+        + (f"\n  sample: {text!r}" if text else "")
     )
     return {
         "step": step,
@@ -65,7 +68,19 @@ def evaluation_row(model: Transformer, step: int, train_data, val_data, args, pr
         "train_bits_per_byte": train_loss / LN2,
         "val_bits_per_byte": val_loss / LN2,
         "sample": text,
+        "induction_score": float(induction.max()),  # the best head's (model/detectors.py probe_scores)
+        "induction_scores": induction.round(4).tolist(),  # [layer][head]
     }
+
+
+def induction_scores(model: Transformer) -> np.ndarray:
+    """Every head's induction score on the repeated random probe (model.detectors), (n_layer, n_head): the moment
+    induction heads form shows as a jump (Olsson et al. 2022)."""
+    model.eval()
+    try:
+        return probe_scores(model, batch=2)["induction_probe"]
+    finally:
+        model.train()
 
 
 class Metrics:
@@ -111,6 +126,19 @@ def plot_losses(rows: list[dict]) -> bytes:
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/byte)")
     ax.grid(alpha=0.3)
+    with_induction = [r for r in evals if "induction_score" in r]
+    if with_induction:  # on its own axis: a share in [0, 1]
+        right = ax.twinx()
+        right.plot(
+            [r["step"] for r in with_induction],
+            [r["induction_score"] for r in with_induction],
+            "s--",
+            color="tab:red",
+            label="induction score (best head)",
+        )
+        right.set_ylim(0, 1)
+        right.set_ylabel("induction score")
+        right.legend(loc="upper center")
     ax.legend()
     fig.tight_layout()
     png = io.BytesIO()

@@ -21,7 +21,19 @@ from server.errors import install_handlers
 from server.limits import BodySizeLimit, StreamLimit
 from server.metrics import CountRequests, Metrics
 from server.models import ServedModels, load_checkpoints
-from server.routes import attention, generate, inspect, openai, openai_tokenizer, system, tokenize
+from server.routes import (
+    atlas,
+    attention,
+    contexts,
+    detectors,
+    generate,
+    inspect,
+    openai,
+    openai_tokenizer,
+    patching,
+    system,
+    tokenize,
+)
 from server.routes.system import STATIC
 
 log = logging.getLogger("tinyllm.server")
@@ -65,7 +77,19 @@ def create_app(settings: Settings, llms: dict[Path, TinyLLM] | None = None) -> F
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    for module in (system, generate, attention, inspect, tokenize, openai, openai_tokenizer):
+    for module in (
+        system,
+        generate,
+        attention,
+        inspect,
+        atlas,
+        patching,
+        detectors,
+        contexts,
+        tokenize,
+        openai,
+        openai_tokenizer,
+    ):
         app.include_router(module.router)
     install_docs(app)  # before /static: its assets live under /static/docs
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

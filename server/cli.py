@@ -11,6 +11,7 @@
     tinyllm attribute "The cat sat on the mat" --position 20     # each head's push on the next byte's logit
     tinyllm ablate "The cat sat on the mat" --heads-off 2.1      # the loss without some heads
     tinyllm explain "猫はマット" --layer 1 --head 0 --model multilingual  # any command: --model picks a served model
+    tinyllm atlas checkpoints/shakespeare [--data FILE ...]       # compute the attention atlas (no server; torch)
 
 --url (TINYLLM_URL, default http://127.0.0.1:8000) and --api-key (TINYLLM_API_KEY) choose the server.
 Exit codes: 0 done, 1 an error (the server's message, or a file that cannot be written), 2 a bad command
@@ -165,6 +166,11 @@ def add_inspection_commands(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["atlas"]:  # computes in this process (model/atlas_cli.py): torch is imported for it alone
+        from model.atlas_cli import main as atlas_main
+
+        sys.exit(atlas_main(argv[1:]))
     args = parser().parse_args(argv)
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")  # a terminal that cannot show a character gets "?"

@@ -71,6 +71,12 @@ def loop_summary(a: np.ndarray, ids: list[int], spans) -> dict[str, np.ndarray]:
                 same = [k for k in range(q) if q in word and word.get(k) == word[q]]
                 if same:
                     acc["same_word"].append(sum(p[q, k] for k in same))
+                copies = [k for k in range(q) if ids[k] == ids[q]]
+                if copies:
+                    acc["duplicate_byte"].append(sum(p[q, k] for k in copies))
+                after = [k + 1 for k in copies]
+                if after:
+                    acc["induction"].append(sum(p[q, k] for k in after))
             for m in METRICS:
                 out[m][layer, h] = np.mean(acc[m]) if acc[m] else np.nan
     return out
@@ -192,3 +198,11 @@ def test_on_a_real_model(tiny_checkpoint):
     chars, spans = character_attention(llm.attention(text), ids)
     assert len(spans) == len(text)
     np.testing.assert_allclose(chars.sum(-1), 1.0, atol=1e-5)
+
+
+def test_an_induction_head_is_labelled_so():
+    ids = list(b"xyzwvu-xyzwvu")  # the second copy's bytes each have an earlier copy; the byte after it is 6 back
+    n = 7
+    s = summarize_heads(hand_built(len(ids), lambda q: q - n + 1 if q >= n else q), ids)
+    assert s["induction"][0, 0] == 1.0 and s["duplicate_byte"][0, 0] == 0.0
+    assert label_heads(s) == [["induction"]]

@@ -13,10 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from model import checkpoint
+from model.detectors import probe_scores
 
 REPO = Path(__file__).resolve().parents[1]
 # One thread per process: runs that are compared must do the same arithmetic, and parallel runs share the cores.
@@ -172,6 +174,11 @@ def test_run_writes_a_complete_checkpoint(runs):
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, 2 * N + 1))
     assert [r["step"] for r in rows if "val_loss" in r] == [2 * N]
     assert rows[-1]["val_loss"] == t["val_loss"]
+    # Each evaluation logs every head's induction score on the probe, and the best (model/detectors.py).
+    model = checkpoint.load_model(out)
+    assert np.array(rows[-1]["induction_scores"]).shape == (1, 2)
+    assert abs(rows[-1]["induction_score"] - max(map(max, rows[-1]["induction_scores"]))) <= 5e-5
+    np.testing.assert_allclose(rows[-1]["induction_scores"], probe_scores(model, batch=2)["induction_probe"], atol=1e-4)
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     state = torch.load(out / "optimizer.pt", weights_only=True)

@@ -16,6 +16,7 @@
 // wires the views together. Labels of bytes always come from the server (api.js tokenize, and each stream event).
 import { fetchAnalysis } from "./analysis.js";
 import { getJson } from "./api.js";
+import { AtlasPanel } from "./atlas-view.js";
 import { $, setStatus } from "./dom.js";
 import { GeneratePanel } from "./generate.js";
 import { HeadView } from "./head-view.js";
@@ -23,6 +24,7 @@ import { HeadsOff } from "./heads-off.js";
 import { drawColorbar } from "./heatmap.js";
 import { MapView } from "./map-view.js";
 import { NextBytePanel } from "./next-byte.js";
+import { PatchPanel } from "./patch-view.js";
 import { StepPanel } from "./step-view.js";
 import { fetchSummary, SummaryView } from "./summary-view.js";
 
@@ -44,6 +46,8 @@ const nextByte = new NextBytePanel(selection);
 const stepPanel = new StepPanel(selection, (text, i, info) => nextByte.show(text, i, info));
 const headsOff = new HeadsOff(selection, () => stepPanel.refresh());
 const summaryView = new SummaryView(selection, select, (layer, head) => headsOff.toggle(layer, head));
+new AtlasPanel(selection, select);  // across text: atlas-view.js (atlas, detectors), patch-view.js (patching, contexts)
+new PatchPanel(selection, select);
 const panel = new GeneratePanel(selection, $("text"), (text) => {
   $("text").value = text;
   updateByteCount();

@@ -1,0 +1,150 @@
+"""The attention atlas over HTTP (model/atlas_store.py): GET /v1/atlas (a byte pair in one head, or across heads; a
+head's top pairs), GET /v1/atlas/map (a head's byte × byte map, grouped), GET /v1/atlas/character (a multi-byte
+character's bytes on each other) and GET /v1/atlas/binding (which heads bind characters).
+
+The atlas is computed by `tinyllm-atlas CHECKPOINT` and read here from the checkpoint folder, once (again when its
+file changes); no route computes it. Without one every route is a 404 naming the command that makes it. Reading an
+answer is array indexing: no model work, so it runs in the thread pool, not on the engine's thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Query, Response
+
+from model import checkpoint
+from model.atlas import ATLAS_JSON
+from model.atlas_store import Atlas, AtlasMissing
+from model.tokenizer import tokenizer
+from server.checks import check_indices
+from server.deps import QueryModelDep
+from server.errors import ERROR_RESPONSES, APIError
+from server.models import ServedModel
+
+router = APIRouter(tags=["atlas"])
+_loaded: dict[Path, tuple[float, Atlas]] = {}
+_lock = threading.Lock()
+
+
+def atlas_of(served: ServedModel) -> Atlas:
+    """The served model's atlas, loaded once per version of its file; a 404 naming the command when there is none."""
+    folder = Path(served.checkpoint)
+    try:
+        mtime = (folder / ATLAS_JSON).stat().st_mtime
+    except OSError:
+        mtime = None
+    with _lock:
+        kept = _loaded.get(folder)
+        if kept is not None and kept[0] == mtime:
+            return kept[1]
+        cfg = served.llm.config
+        try:
+            atlas = Atlas.load(folder, cfg.n_layer, cfg.n_head, checkpoint.content_sha256(folder))
+        except AtlasMissing as e:
+            raise APIError(404, str(e), "not_found", param="model") from None
+        _loaded[folder] = (mtime, atlas)
+        return atlas
+
+
+def byte_value(value: str, param: str) -> int:
+    """A byte named by a one-byte character ("H", " ") or by its hex value ("0xe7"); a 400 naming param otherwise."""
+    if value.lower().startswith("0x") and len(value) > 2:
+        try:
+            b = int(value, 16)
+        except ValueError:
+            b = -1
+        if 0 <= b < 256:
+            return b
+    elif len(value.encode("utf-8")) == 1:
+        return value.encode("utf-8")[0]
+    raise APIError(
+        400,
+        f'{param} must be one byte: a one-byte character ("H") or its hex value ("0xe7"), got {value!r}',
+        param=param,
+    )
+
+
+def head_of(served: ServedModel, layer: int | None, head: int | None) -> tuple[int, int] | None:
+    if layer is None and head is None:
+        return None
+    if layer is None or head is None:
+        raise APIError(
+            400,
+            "give layer and head together (or neither, for every head)",
+            param="head" if layer is not None else "layer",
+        )
+    cfg = served.llm.config
+    check_indices([layer], cfg.n_layer, "layer")
+    check_indices([head], cfg.n_head, "head")
+    return layer, head
+
+
+Index = Annotated[int | None, Query(ge=0)]
+
+
+@router.get("/v1/atlas", responses=ERROR_RESPONSES)
+def atlas_pair(
+    served: QueryModelDep,
+    layer: Index = None,
+    head: Index = None,
+    query: Annotated[str | None, Query(description='the query byte: "H" or "0x48"')] = None,
+    key: Annotated[str | None, Query(description='the key byte: "i" or "0x69"')] = None,
+    top: Annotated[int, Query(ge=1, le=500, description="how many top pairs a head lists")] = 20,
+    min_count: Annotated[int, Query(ge=1, description="top pairs: only pairs seen at least this often")] = 20,
+):
+    """How much `query` bytes attend to `key` bytes: in one head (with examples), or in every head, the highest lift
+    first; with a head and no pair, the head's top pairs by lift."""
+    chosen = head_of(served, layer, head)
+    if (query is None) != (key is None):
+        raise APIError(400, "give query and key together", param="key" if query is not None else "query")
+    atlas = atlas_of(served)
+    out = {"model": served.name, "corpus": corpus_info(atlas)}
+    if query is not None:
+        q, k = byte_value(query, "query"), byte_value(key, "key")
+        out |= {"query": q, "key": k, "query_text": tokenizer.label(q), "key_text": tokenizer.label(k)}
+        if chosen:
+            out |= {"layer": chosen[0], "head": chosen[1], **atlas.pair(*chosen, q, k)}
+        else:
+            i = atlas.row(q, k)
+            out |= {"count": 0 if i is None else int(atlas.count[i]), "heads": atlas.across_heads(q, k)}
+        return out
+    if not chosen:
+        raise APIError(400, "name a head (layer and head), a byte pair (query and key), or both", param="query")
+    return out | {"layer": chosen[0], "head": chosen[1], "top_pairs": atlas.top_pairs(*chosen, top, min_count)}
+
+
+def corpus_info(atlas: Atlas) -> dict:
+    r = atlas.record
+    return {"bytes": r["bytes"], "windows": r["windows"], "data_sha256": r["data_sha256"], "data": r["data"]}
+
+
+@router.get("/v1/atlas/map", responses=ERROR_RESPONSES)
+def atlas_map(served: QueryModelDep, layer: Annotated[int, Query(ge=0)], head: Annotated[int, Query(ge=0)]):
+    """One head's query × key map: printable ASCII byte by byte, the other bytes grouped by their UTF-8 role."""
+    chosen = head_of(served, layer, head)
+    atlas = atlas_of(served)
+    body = {"model": served.name, "layer": layer, "head": head, **atlas.grouped_map(*chosen)}
+    return Response(orjson.dumps(body), media_type="application/json")  # 3 × 102² cells: FastAPI's encoder is slow
+
+
+@router.get("/v1/atlas/character", responses=ERROR_RESPONSES)
+def atlas_character(served: QueryModelDep, char: Annotated[str, Query(min_length=1, description='e.g. "é"')]):
+    """Per head, how much each byte of a multi-byte character attends to its earlier bytes (the same occurrence)."""
+    n = len(char.encode("utf-8", errors="replace"))
+    if len(char) != 1 or n < 2:
+        raise APIError(400, f"char must be one character of 2 to 4 UTF-8 bytes, got {char!r}", param="char")
+    atlas = atlas_of(served)
+    found = atlas.character(char)
+    if found is None:
+        raise APIError(404, f"{char!r} never occurs whole in the atlas's corpus", "not_found", param="char")
+    return {"model": served.name, **found}
+
+
+@router.get("/v1/atlas/binding", responses=ERROR_RESPONSES)
+def atlas_binding(served: QueryModelDep):
+    """Per head: the weight continuation bytes give the earlier bytes of their own character, over the corpus."""
+    return {"model": served.name, "corpus": corpus_info(atlas_of(served)), **atlas_of(served).binding()}
