@@ -47,7 +47,7 @@ const stepPanel = new StepPanel(selection, (text, i, info) => nextByte.show(text
 const headsOff = new HeadsOff(selection, () => stepPanel.refresh());
 const summaryView = new SummaryView(selection, select, (layer, head) => headsOff.toggle(layer, head));
 new AtlasPanel(selection, select);  // across text: atlas-view.js (atlas, detectors), patch-view.js (patching, contexts)
-new PatchPanel(selection, select);
+new PatchPanel(selection, select, (text, i) => stepPanel.open(text, i, { source: "the clean text" }));
 const panel = new GeneratePanel(selection, $("text"), (text) => {
   $("text").value = text;
   updateByteCount();

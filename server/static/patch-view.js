@@ -23,9 +23,10 @@ function cell(tr, text, title = "", background = "") {
 }
 
 export class PatchPanel {
-  constructor(selection, select) {
+  constructor(selection, select, walkthrough) {
     this.selection = selection;
     this.select = select;
+    this.walkthrough = walkthrough;  // (text, byte index): opens the step-by-step panel on that byte
     $("patch-go").addEventListener("click", () => this.run());
     $("contexts-go").addEventListener("click", () => this.contexts());
   }
@@ -85,11 +86,12 @@ export class PatchPanel {
     });
   }
 
-  // Into the existing walkthrough: select the head, and walk through the clean text.
+  // Into the existing walkthrough: select the head, and walk through the clean text's last byte (where the logit
+  // difference is measured).
   walk(layer, head) {
     this.select(layer, head);
-    $("step-text").value = $("patch-clean").value;
-    $("step-go").click();
+    const clean = $("patch-clean").value;
+    this.walkthrough(clean, new TextEncoder().encode(clean).length - 1);
   }
 
   async contexts() {
