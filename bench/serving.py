@@ -119,6 +119,7 @@ def main() -> None:
             llama_rates.append(llama.generate(PROMPT, args.tokens)[0])
             print(json.dumps({"baseline": "llama.cpp batch 1", "tokens_per_s": llama_rates[-1]}))
     hf_rate, llama_rate = median(hf_rates), median(llama_rates)
+    llama.close()
 
     rows = []
     for b, s in zip(results["batched"], results["one at a time"]):
