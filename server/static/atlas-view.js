@@ -2,7 +2,7 @@
 // /v1/atlas/binding) and the head detectors (POST /v1/detectors). The atlas is computed by `tinyllm-atlas
 // CHECKPOINT`; without one the server's message (which names the command) is shown instead.
 import { errorMessage, getJson, postJson } from "./api.js";
-import { $, setStatus } from "./dom.js";
+import { $, setStatus, tableCell as cell } from "./dom.js";
 
 const fmt = (v, d = 3) => (v === null || v === undefined ? "–" : Number(v).toFixed(d));
 const q = (params) => new URLSearchParams(Object.entries(params).filter(([, v]) => v !== null && v !== undefined));
@@ -13,14 +13,6 @@ function liftColour(lift) {
   const t = Math.max(-1, Math.min(1, Math.log2(Math.max(lift, 1e-6)) / 4));
   if (t >= 0) return `rgba(37, 99, 235, ${t.toFixed(3)})`;
   return `rgba(100, 116, 139, ${(-t * 0.5).toFixed(3)})`;
-}
-
-function cell(tr, text, title = "", background = "") {
-  const td = tr.insertCell();
-  td.textContent = text;
-  if (title) td.title = title;
-  if (background) td.style.background = background;
-  return td;
 }
 
 export class AtlasPanel {

@@ -3,7 +3,7 @@
 // and opens the step-by-step walkthrough on the clean text. And one byte in different contexts (POST
 // /v1/contexts): the cosine of its residual stream between occurrences, per layer.
 import { errorMessage, postJson } from "./api.js";
-import { $, setStatus } from "./dom.js";
+import { $, setStatus, tableCell as cell } from "./dom.js";
 
 const fmt = (v, d = 2) => (v === null || v === undefined ? "–" : Number(v).toFixed(d));
 
@@ -12,14 +12,6 @@ function restoredColour(v) {
   if (v === null) return "#f3f4f6";
   const t = Math.max(-1, Math.min(1, v));
   return t >= 0 ? `rgba(37, 99, 235, ${t.toFixed(3)})` : `rgba(220, 38, 38, ${(-t).toFixed(3)})`;
-}
-
-function cell(tr, text, title = "", background = "") {
-  const td = tr.insertCell();
-  td.textContent = text;
-  if (title) td.title = title;
-  if (background) td.style.background = background;
-  return td;
 }
 
 export class PatchPanel {
