@@ -28,13 +28,16 @@ def checked_text(body: AsksAboutText, models: ServedModels) -> tuple[ServedModel
     return served, text_ids(body.text, cfg), check_heads_off(body.heads_off, cfg)
 
 
-def text_ids(text: str, cfg: ModelConfig) -> list[int]:
-    """The text's bytes, or a 400 when they do not fit the context (model.trace.check_text's rule)."""
+def text_ids(text: str, cfg: ModelConfig, param: str = "text") -> list[int]:
+    """The text's bytes, or a 400 naming the field `param` when they do not fit the context (model.trace.check_text's
+    rule)."""
     ids = tokenizer.encode(text)
     try:
         check_text(cfg, ids)
     except ValueError:
-        raise APIError(400, f"text is {len(ids)} bytes; the context holds {cfg.context_length}", param="text") from None
+        raise APIError(
+            400, f"{param} is {len(ids)} bytes; the context holds {cfg.context_length}", param=param
+        ) from None
     return ids
 
 
@@ -67,3 +70,14 @@ def check_ablation_while_generating(ablation: Ablation) -> None:
             'is still growing: generation switches heads off with "zero"',
             param="ablation",
         )
+
+
+def one_byte(value: int | str | None, param: str) -> int | None:
+    """A byte given as 0..255 or as a one-byte character (None stays None), or a 400 naming param."""
+    if value is None:
+        return None
+    if isinstance(value, int) and 0 <= value < 256:
+        return value
+    if isinstance(value, str) and len(value.encode("utf-8", errors="replace")) == 1:
+        return value.encode()[0]
+    raise APIError(400, f"{param} must be a byte: 0..255 or a one-byte character, got {value!r}", param=param)

@@ -8,10 +8,9 @@ from pydantic import Field
 
 from model.contexts import OccurrenceError, occurrences
 from server.across_jobs import CompareContexts
-from server.checks import text_ids
+from server.checks import one_byte, text_ids
 from server.deps import ModelsDep
 from server.errors import ERROR_RESPONSES, APIError
-from server.routes.patching import fitting, one_byte
 from server.schemas import ChoosesModel, Text, text_bytes
 
 router = APIRouter(tags=["inspect"])
@@ -33,7 +32,7 @@ async def same_byte_in_contexts(body: ContextsRequest, models: ModelsDep):
     served = models.get(body.model)
     cfg = served.engine.config
     ids = text_ids(body.text, cfg)
-    other = fitting(body.other_text, cfg, "other_text") if body.other_text is not None else None
+    other = text_ids(body.other_text, cfg, "other_text") if body.other_text is not None else None
     if body.other_positions is not None and other is None:
         raise APIError(400, "other_positions needs other_text", param="other_positions")
     for name in ("positions", "other_positions"):

@@ -9,7 +9,7 @@ from pydantic import ConfigDict, Field
 
 from model.tokenizer import tokenizer
 from server.across_jobs import Patch
-from server.checks import text_ids
+from server.checks import one_byte, text_ids
 from server.deps import ModelsDep
 from server.errors import ERROR_RESPONSES, APIError
 from server.schemas import ChoosesModel, Text, text_bytes
@@ -32,24 +32,6 @@ class PatchRequest(ChoosesModel):
     )
 
 
-def one_byte(value: int | str | None, param: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, int) and 0 <= value < 256:
-        return value
-    if isinstance(value, str) and len(value.encode("utf-8", errors="replace")) == 1:
-        return value.encode()[0]
-    raise APIError(400, f"{param} must be a byte: 0..255 or a one-byte character, got {value!r}", param=param)
-
-
-def fitting(text: str, cfg, param: str) -> list[int]:
-    """The text's bytes, or server.checks.text_ids's 400 naming this field."""
-    try:
-        return text_ids(text, cfg)
-    except APIError as e:
-        raise APIError(400, e.message.replace("text", param, 1), param=param) from None
-
-
 def nan_to_none(a: np.ndarray) -> list:
     return [[None if np.isnan(v) else float(v) for v in row] for row in a]
 
@@ -60,7 +42,7 @@ async def activation_patching(body: PatchRequest, models: ModelsDep):
     difference (logit[target] − logit[foil] at the last position) that patching it from clean into corrupt restores."""
     served = models.get(body.model)
     cfg = served.engine.config
-    clean, corrupt = fitting(body.clean, cfg, "clean"), fitting(body.corrupt, cfg, "corrupt")
+    clean, corrupt = text_ids(body.clean, cfg, "clean"), text_ids(body.corrupt, cfg, "corrupt")
     if len(clean) != len(corrupt):
         raise APIError(
             400,
