@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from model import checkpoint
 from model.api import TinyLLM, resolve_device
+from model.atlas import ATLAS_JSON
+from model.atlas_store import Atlas, AtlasMissing
 from model.checkpoint import CheckpointError
 from model.native import step as native
 from model.runner import Runner
@@ -92,6 +95,26 @@ class ServedModel:
     llm: TinyLLM
     engine: Engine
     fingerprint: str  # OpenAI's system_fingerprint: what decides the bytes (Runner.fingerprint)
+    _atlas: tuple[float | None, Atlas] | None = field(default=None, repr=False)  # (its file's mtime, the atlas)
+    _atlas_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def atlas(self) -> Atlas:
+        """The checkpoint's attention atlas (model/atlas_store.py), loaded once per version of its file; a 404 naming
+        the command that makes it when there is none."""
+        try:
+            mtime = (Path(self.checkpoint) / ATLAS_JSON).stat().st_mtime
+        except OSError:
+            mtime = None
+        with self._atlas_lock:
+            if self._atlas is not None and self._atlas[0] == mtime:
+                return self._atlas[1]
+            cfg = self.llm.config
+            try:
+                atlas = Atlas.load(self.checkpoint, cfg.n_layer, cfg.n_head, checkpoint.content_sha256(self.checkpoint))
+            except AtlasMissing as e:
+                raise APIError(404, str(e), "not_found", param="model") from None
+            self._atlas = (mtime, atlas)
+            return atlas
 
     @property
     def created(self) -> int:

@@ -2,23 +2,20 @@
 head's top pairs), GET /v1/atlas/map (a head's byte × byte map, grouped), GET /v1/atlas/character (a multi-byte
 character's bytes on each other) and GET /v1/atlas/binding (which heads bind characters).
 
-The atlas is computed by `tinyllm-atlas CHECKPOINT` and read here from the checkpoint folder, once (again when its
-file changes); no route computes it. Without one every route is a 404 naming the command that makes it. Reading an
+The atlas is computed by `tinyllm-atlas CHECKPOINT` and read from the checkpoint folder by ServedModel.atlas
+(server/models.py), once (again when its file changes); no route computes it. Without one every route is a 404
+naming the command that makes it. Reading an
 answer is array indexing: no model work, so it runs in the thread pool, not on the engine's thread.
 """
 
 from __future__ import annotations
 
-import threading
-from pathlib import Path
 from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Query, Response
 
-from model import checkpoint
-from model.atlas import ATLAS_JSON
-from model.atlas_store import Atlas, AtlasMissing
+from model.atlas_store import Atlas
 from model.tokenizer import tokenizer
 from server.checks import check_indices
 from server.deps import QueryModelDep
@@ -26,28 +23,6 @@ from server.errors import ERROR_RESPONSES, APIError
 from server.models import ServedModel
 
 router = APIRouter(tags=["atlas"])
-_loaded: dict[Path, tuple[float, Atlas]] = {}
-_lock = threading.Lock()
-
-
-def atlas_of(served: ServedModel) -> Atlas:
-    """The served model's atlas, loaded once per version of its file; a 404 naming the command when there is none."""
-    folder = Path(served.checkpoint)
-    try:
-        mtime = (folder / ATLAS_JSON).stat().st_mtime
-    except OSError:
-        mtime = None
-    with _lock:
-        kept = _loaded.get(folder)
-        if kept is not None and kept[0] == mtime:
-            return kept[1]
-        cfg = served.llm.config
-        try:
-            atlas = Atlas.load(folder, cfg.n_layer, cfg.n_head, checkpoint.content_sha256(folder))
-        except AtlasMissing as e:
-            raise APIError(404, str(e), "not_found", param="model") from None
-        _loaded[folder] = (mtime, atlas)
-        return atlas
 
 
 def byte_value(value: str, param: str) -> int:
@@ -101,7 +76,7 @@ def atlas_pair(
     chosen = head_of(served, layer, head)
     if (query is None) != (key is None):
         raise APIError(400, "give query and key together", param="key" if query is not None else "query")
-    atlas = atlas_of(served)
+    atlas = served.atlas()
     out = {"model": served.name, "corpus": corpus_info(atlas)}
     if query is not None:
         q, k = byte_value(query, "query"), byte_value(key, "key")
@@ -126,7 +101,7 @@ def corpus_info(atlas: Atlas) -> dict:
 def atlas_map(served: QueryModelDep, layer: Annotated[int, Query(ge=0)], head: Annotated[int, Query(ge=0)]):
     """One head's query × key map: printable ASCII byte by byte, the other bytes grouped by their UTF-8 role."""
     chosen = head_of(served, layer, head)
-    atlas = atlas_of(served)
+    atlas = served.atlas()
     body = {"model": served.name, "layer": layer, "head": head, **atlas.grouped_map(*chosen)}
     return Response(orjson.dumps(body), media_type="application/json")  # 3 × 102² cells: FastAPI's encoder is slow
 
@@ -137,7 +112,7 @@ def atlas_character(served: QueryModelDep, char: Annotated[str, Query(min_length
     n = len(char.encode("utf-8", errors="replace"))
     if len(char) != 1 or n < 2:
         raise APIError(400, f"char must be one character of 2 to 4 UTF-8 bytes, got {char!r}", param="char")
-    atlas = atlas_of(served)
+    atlas = served.atlas()
     found = atlas.character(char)
     if found is None:
         raise APIError(404, f"{char!r} never occurs whole in the atlas's corpus", "not_found", param="char")
@@ -147,4 +122,5 @@ def atlas_character(served: QueryModelDep, char: Annotated[str, Query(min_length
 @router.get("/v1/atlas/binding", responses=ERROR_RESPONSES)
 def atlas_binding(served: QueryModelDep):
     """Per head: the weight continuation bytes give the earlier bytes of their own character, over the corpus."""
-    return {"model": served.name, "corpus": corpus_info(atlas_of(served)), **atlas_of(served).binding()}
+    atlas = served.atlas()
+    return {"model": served.name, "corpus": corpus_info(atlas), **atlas.binding()}

@@ -12,7 +12,6 @@ from server.across_jobs import Detect
 from server.checks import text_ids
 from server.deps import ModelsDep
 from server.errors import ERROR_RESPONSES, APIError
-from server.routes.atlas import atlas_of
 from server.schemas import ChoosesModel, Text
 
 router = APIRouter(tags=["inspect"])
@@ -34,7 +33,7 @@ async def detect_heads(body: DetectRequest, models: ModelsDep):
     ids = text_ids(body.text, served.engine.config) if body.text is not None else []
     scores = await served.engine.inspect(Detect(ids=ids, heads_off=[]))
     try:
-        corpus = atlas_of(served).record.get("detectors")
+        corpus = served.atlas().record.get("detectors")
         corpus_note = None
     except APIError as e:  # no atlas: the corpus scores come with it, and the message says how to make it
         corpus, corpus_note = None, e.message
