@@ -75,13 +75,13 @@ def run_from(model, layer: int, x: torch.Tensor, hooks: Hooks | None = None) -> 
     return model.unembed(out[:, -1])
 
 
-def z_patch(layer: int, heads: list[int], clean_z: torch.Tensor) -> Hooks:
-    """A hook at the layer's hook_z giving batch row b head heads[b]'s clean output (every position)."""
+def z_patch(layer: int, heads: list[list[int]], clean_z: torch.Tensor) -> Hooks:
+    """A hook at the layer's hook_z giving batch row b the clean outputs (every position) of the heads in heads[b]."""
 
     def edit(z: torch.Tensor, name: str) -> torch.Tensor:  # z: (B, nh, T, hs)
         z = z.clone()
-        for row, head in enumerate(heads):
-            z[row, head] = clean_z[0, head]
+        for row, patched in enumerate(heads):
+            z[row, patched] = clean_z[0, patched]
         return z
 
     return Hooks([(point(layer, "attn.hook_z"), edit)])
@@ -97,16 +97,7 @@ def patched_logits(model, clean_ids, corrupt_ids, layer: int, positions=(), head
     x = corrupt[point(layer, "hook_resid_pre")].clone()
     for p in positions:
         x[0, p] = clean[point(layer, "hook_resid_pre")][0, p]
-    hooks = None
-    if heads:
-        clean_z = clean[point(layer, "attn.hook_z")]
-
-        def edit(z, name):
-            z = z.clone()
-            z[0, list(heads)] = clean_z[0, list(heads)]
-            return z
-
-        hooks = Hooks([(point(layer, "attn.hook_z"), edit)])
+    hooks = z_patch(layer, [list(heads)], clean[point(layer, "attn.hook_z")]) if heads else None
     return run_from(model, layer, x, hooks)[0]
 
 
@@ -141,7 +132,7 @@ def patch(model, clean_ids: list[int], corrupt_ids: list[int], target: int | Non
             x[torch.arange(len(chunk)), torch.tensor(chunk) - start] = x_clean[chunk]  # row b patched at chunk[b]
             residual[layer, chunk] = logit_diff(run_suffix(model, layer, x, start, corrupt), target, foil).numpy()
         x = x_corrupt.expand(cfg.n_head, T, -1)  # (nh, T, C): row h has head h patched
-        hooks = z_patch(layer, list(range(cfg.n_head)), clean[point(layer, "attn.hook_z")])
+        hooks = z_patch(layer, [[h] for h in range(cfg.n_head)], clean[point(layer, "attn.hook_z")])
         heads[layer] = logit_diff(run_from(model, layer, x, hooks), target, foil).numpy()
     span = m_clean - m_corrupt
     with np.errstate(invalid="ignore", divide="ignore"):
