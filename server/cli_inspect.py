@@ -5,7 +5,7 @@ from __future__ import annotations
 BAR = 30  # characters of a weight of 1
 
 
-def shown(label: str) -> str:
+def in_column(label: str) -> str:
     """A byte's label in a one-character column: a space made visible, an escape as a dot."""
     return "\u2423" if label == " " else "\u00b7" if len(label) > 1 else label
 
@@ -62,11 +62,11 @@ def write_line(out: dict) -> str:
 def lens_table(out: dict) -> str:
     """Per stage, the most likely next byte after each byte of the text (under it), and the stage's bits per byte."""
     width = max(map(len, out["stages"]))
-    text = "".join(shown(t["text"]) for t in out["tokens"])
+    text = "".join(in_column(t["text"]) for t in out["tokens"])
     lines = [f"{'text':{width}}  {text}  bits/byte"]
     labels = out["byte_labels"]
     for stage, top, bits in zip(out["stages"], out["top_ids"], out["bits_per_byte"]):
-        said = "".join(shown(labels[ids[0]]) for ids in top)
+        said = "".join(in_column(labels[ids[0]]) for ids in top)
         lines.append(f"{stage:{width}}  {said}  {'' if bits is None else f'{bits:.3f}'}")
     return "\n".join(lines) + "\n(each row: the byte the model would say next after each byte of the text)"
 
