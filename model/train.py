@@ -19,16 +19,16 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from model import checkpoint
 from model.config import ModelConfig
 from model.model import Transformer
 from model.train_checkpoint import TrainingCheckpoint, choose_config, resume_training
 from model.train_data import load_data
-from model.train_eval import Metrics, evaluation_row
-from model.train_setup import TrainError, config_from_flags, start_processes
-from model.train_step import lr_at, make_optimizer, train_step
+from model.train_eval import Metrics, Progress, evaluation_row
+from model.train_optim import DEFAULT_STEPS, MUON_LR, OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
+from model.train_setup import TrainError, config_from_flags, should_compile, start_processes
+from model.train_step import train_step
 
 
 def positive_int(text: str) -> int:
@@ -69,14 +69,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=positive_int, default=32, help="sequences per micro-batch per process")
     g.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per optimizer step")
-    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    g.add_argument("--min-lr", type=float, help="final learning rate (default: lr / 10)")
+    g.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default="muon",
+        help="muon: Muon for the blocks' matrices, AdamW for the embeddings, output head and norms; adamw: AdamW alone",
+    )
+    g.add_argument("--lr", type=float, default=1e-3, help="AdamW's peak learning rate")
+    g.add_argument("--muon-lr", type=float, default=MUON_LR, help="Muon's peak learning rate")
+    g.add_argument("--min-lr", type=float, default=0.0, help="AdamW's final learning rate (Muon's in proportion)")
+    g.add_argument("--schedule", choices=SCHEDULES, default="wsd", help="warmup, then stable-decay or cosine")
+    g.add_argument("--decay-fraction", type=float, default=0.4, help="wsd: the last share of the run that decays")
     g.add_argument("--warmup-steps", type=int, default=100)
-    g.add_argument("--lr-decay-steps", type=int, help="length of the cosine schedule (default: --max-steps)")
-    g.add_argument("--weight-decay", type=float, default=0.1)
+    g.add_argument("--lr-decay-steps", type=int, help="the schedule's length in steps (default: --max-steps)")
+    g.add_argument("--weight-decay", type=float, default=0.1, help="AdamW's, on its matrices")
     g.add_argument("--grad-clip", type=float, default=1.0)
-    g.add_argument("--max-steps", type=positive_int, default=5000)
-    g.add_argument("--max-minutes", type=float, help="stop (and save) after this much wall-clock time")
+    g.add_argument(
+        "--max-steps",
+        type=positive_int,
+        help=f"stop after this many steps (default: {DEFAULT_STEPS} without --max-minutes)",
+    )
+    g.add_argument(
+        "--max-minutes",
+        type=float,
+        help="stop (and save) after this much wall-clock time, start-up and compiling included; the schedule "
+        "fits it: the run ends decayed",
+    )
     g = p.add_argument_group("evaluation and runtime")
     g.add_argument("--eval-every", type=positive_int, default=250)
     g.add_argument("--eval-windows", type=positive_int, default=256, help="at most this many context windows per split")
@@ -91,8 +109,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--sample-bytes", type=int, default=120, help="length of the sample printed at each evaluation")
     g.add_argument("--seed", type=int, default=1337)
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    return p.parse_args(argv)
+    g.add_argument(
+        "--compile",
+        choices=["auto", "yes", "no"],
+        nargs="?",
+        const="yes",
+        default="auto",
+        help="torch.compile the model; auto: where it was measured to pay (see train_setup.should_compile)",
+    )
+    args = p.parse_args(argv)
+    if args.max_steps is None and args.max_minutes is None:
+        args.max_steps = DEFAULT_STEPS
+    return args
 
 
 def main(argv=None) -> None:
@@ -105,7 +133,6 @@ def main(argv=None) -> None:
 def train(args) -> None:
     t_start = time.time()
     procs = start_processes(args)
-    args.min_lr = args.lr / 10 if args.min_lr is None else args.min_lr
     cfg, resumed = choose_config(args, config_from_flags(args))  # a resumed run takes the checkpoint's config
     train_data, val_data, data_record = load_data(args)
     torch.manual_seed(args.seed)  # the same initial weights on every process
@@ -113,50 +140,52 @@ def train(args) -> None:
     if resumed:
         raw_model.load_state_dict(checkpoint.load_state_dict(resumed, cfg), strict=not cfg.tie_embeddings)
     raw_model.to(procs.device)
-    optimizer = make_optimizer(raw_model, args.weight_decay, args.lr, procs.device)
+    optimizer = make_optimizer(raw_model, args, procs.device)
+    schedule = make_schedule(args)
     start_step, history, rows = resume_training(resumed, optimizer, procs.device)
-    model = procs.wrap(raw_model, args.compile)
+    compiled, why = should_compile(args, procs.device)
+    model = procs.wrap(raw_model, compiled)
 
     bytes_per_step = args.batch_size * args.context_length * args.grad_accum * procs.world
     saver = TrainingCheckpoint(
         args, raw_model, optimizer, procs, data_record=data_record, bytes_per_step=bytes_per_step, history=history
     )
+    saver.record_run(schedule=schedule.describe(), optimizer=optimizer.describe(), compiled=compiled)
     if procs.master:
-        tqdm.write(f"model: {raw_model.num_params():,} parameters, {cfg}")
-        tqdm.write(
+        log = Progress(schedule, start_step)
+        log.write(f"model: {raw_model.num_params():,} parameters, {cfg}")
+        log.write(
             f"data: {train_data.size:,} training bytes, {val_data.size:,} validation bytes; "
             f"{bytes_per_step:,} bytes/step on {procs.world} process(es), device {procs.device}"
         )
+        log.write(f"optimizer: {args.optimizer}; schedule: {args.schedule}; torch.compile: {why}")
 
     model.train()
-    bar = tqdm(total=args.max_steps, initial=start_step, disable=not procs.master, unit="step", dynamic_ncols=True)
     step, t_run, metrics = start_step, time.time(), Metrics(rows, start_step, bytes_per_step)
     best_val = history.get("val_loss", float("inf"))  # what the checkpoint in --out already holds
     saved_step = start_step
-    while step < args.max_steps:
-        lr = lr_at(step, args)
-        loss = train_step(model, optimizer, train_data, step, lr, args, procs)
+    elapsed = procs.agreed(time.time() - t_start)  # the same on every process
+    while not schedule.finished(step, elapsed):
+        factor = schedule.factor(step, schedule.progress(step, elapsed))
+        loss = train_step(model, optimizer, train_data, step, factor, args, procs)
         step += 1
-        bar.update(1)
-        out_of_time = procs.any(args.max_minutes is not None and (time.time() - t_start) / 60 >= args.max_minutes)
-        last = step == args.max_steps or out_of_time
+        elapsed = procs.agreed(time.time() - t_start)
+        last = schedule.finished(step, elapsed)
         if procs.master and (step % args.log_every == 0 or last):
-            bar.set_postfix(**metrics.log_step(step, lr, loss.item()))
+            log.update(step, elapsed, metrics.log_step(step, factor * args.lr, loss.item()))
         if step % args.eval_every == 0 or last:
             if procs.master:
-                row = evaluation_row(raw_model, step, train_data, val_data, args, procs)
+                row = evaluation_row(raw_model, step, train_data, val_data, args, procs, log.write)
                 metrics.rows.append(row)
                 if args.save == "last" or row["val_loss"] < best_val:
                     saver.save(step, row["val_loss"], row["train_loss"], time.time() - t_run, metrics.files())
                     saved_step, best_val = step, min(best_val, row["val_loss"])
             procs.barrier()
-        if out_of_time:
-            if procs.master:
-                tqdm.write(f"stopping at step {step}: --max-minutes {args.max_minutes} reached")
-            break
-    bar.close()
     if procs.master:
-        tqdm.write(f"stopped at step {step}; {args.out} holds step {saved_step} (val {best_val:.4f} nats/byte)")
+        log.close()
+        if step < schedule.max_steps:
+            log.write(f"stopping at step {step}: --max-minutes {args.max_minutes} reached")
+        log.write(f"stopped at step {step}; {args.out} holds step {saved_step} (val {best_val:.4f} nats/byte)")
     procs.close()
 
 

@@ -58,7 +58,10 @@ def resume_training(resumed: Path | None, optimizer, device) -> tuple[int, dict,
             "that training saves (this checkpoint was not written by tinyllm-train)"
         )
     state = torch.load(resumed / checkpoint.OPTIMIZER, map_location=device, weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except ValueError as e:  # another --optimizer than the checkpoint's
+        raise TrainError(f"--resume: {e}") from e
     history = checkpoint.load_training(resumed)
     step = history["step"]
     rows = []
@@ -75,6 +78,11 @@ class TrainingCheckpoint:
         self.args, self.model, self.optimizer, self.procs = args, model, optimizer, procs
         self.data_record, self.bytes_per_step = data_record, bytes_per_step
         self.earlier_wall_time = history.get("wall_time_s", 0.0)  # of the runs this one resumes
+        self.run: dict = {}
+
+    def record_run(self, **facts) -> None:
+        """How this run trains (its schedule, optimizers, compiling): recorded in training.json."""
+        self.run.update(facts)
 
     def save(self, step: int, val_loss: float, train_loss: float, wall: float, files: dict[str, bytes]) -> None:
         """Save after `step`; `wall` is this run's seconds so far, `files` the metrics (inside the same swap)."""
@@ -104,4 +112,5 @@ class TrainingCheckpoint:
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
             "processes": self.procs.world,
             "num_params": self.model.num_params(),
+            **self.run,
         }

@@ -6,6 +6,7 @@ import copy
 import io
 import json
 import math
+import sys
 import time
 
 import numpy as np
@@ -49,14 +50,14 @@ def sample_text(model: Transformer, prompt: bytes, n: int, seed: int) -> str:
     return (prompt + bytes(out)).decode("utf-8", errors="replace")
 
 
-def evaluation_row(model: Transformer, step: int, train_data, val_data, args, procs: Processes) -> dict:
-    """Both splits' loss and a sample after `step`, as a metrics.jsonl row; printed too."""
+def evaluation_row(model: Transformer, step: int, train_data, val_data, args, procs: Processes, write) -> dict:
+    """Both splits' loss and a sample after `step`, as a metrics.jsonl row; written (`write`) too."""
     ctx = model.config.context_length
     val_loss = evaluate(model, val_data, ctx, args.eval_windows, args.batch_size, procs.device, procs.autocast)
     train_loss = evaluate(model, train_data, ctx, args.eval_windows, args.batch_size, procs.device, procs.autocast)
     text = sample_text(model, b"\n", args.sample_bytes, args.seed) if args.sample_bytes else ""
     induction = induction_scores(model)
-    tqdm.write(
+    write(
         f"step {step}: train {train_loss:.4f} nats/byte ({train_loss / LN2:.3f} bits), "
         f"val {val_loss:.4f} nats/byte ({val_loss / LN2:.3f} bits), induction {induction.max():.3f}"
         + (f"\n  sample: {text!r}" if text else "")
@@ -81,6 +82,33 @@ def induction_scores(model: Transformer) -> np.ndarray:
         return probe_scores(model, batch=2)["induction_probe"]
     finally:
         model.train()
+
+
+class Progress:
+    """The run's progress: a tqdm bar on a terminal; elsewhere (a log file, a pipe) a plain line at most every
+    LINE_EVERY_S seconds, where a bar's carriage-return redraws would fill the log (megabytes in 10 minutes)."""
+
+    LINE_EVERY_S = 10.0
+
+    def __init__(self, schedule, step: int):
+        total = schedule.max_steps if math.isfinite(schedule.max_steps) else None
+        self.bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True) if sys.stderr.isatty() else None
+        self.last_line = time.time()
+
+    def write(self, text: str) -> None:
+        tqdm.write(text)  # above the bar, if there is one
+
+    def update(self, step: int, elapsed: float, shown: dict[str, str]) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix(**shown)
+        elif time.time() - self.last_line >= self.LINE_EVERY_S:
+            self.last_line = time.time()
+            self.write(f"step {step} ({elapsed:.0f} s): " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class Metrics:

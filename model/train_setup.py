@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -45,13 +46,13 @@ class Processes:
             )
         return model
 
-    def any(self, flag: bool) -> bool:
-        """True on every process if it is true on one: they must agree to stop at the same step."""
+    def agreed(self, seconds: float) -> float:
+        """The largest of every process's `seconds`: they must agree on the schedule and stop at the same step."""
         if not self.ddp:
-            return flag
-        tensor = torch.tensor([float(flag)], device=self.device)
+            return seconds
+        tensor = torch.tensor([seconds], dtype=torch.float64, device=self.device)
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-        return bool(tensor.item())
+        return float(tensor.item())
 
     def barrier(self) -> None:
         if self.ddp:
@@ -84,6 +85,30 @@ def start_processes(args) -> Processes:
         torch.backends.cuda.matmul.allow_tf32 = True
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     return Processes(ddp, rank, world, device, autocast)
+
+
+COMPILE_PAYS_MINUTES = 3  # --compile auto: a run this long or longer (time budget, or steps at eager speed) compiles
+COMPILE_PAYS_STEPS = 3000
+
+
+def should_compile(args, device: torch.device) -> tuple[bool, str]:
+    """Whether to torch.compile the model, and why. `auto` compiles a run long enough for the faster steps to win
+    back the compiling time (on this project's 2-core CPU at the nanoGPT CPU-recipe dims: ~30 s of compiling for
+    steps ~20% faster: docs/benchmarks/training.md), and only where inductor can build its kernels (a C++ compiler on
+    a CPU)."""
+    if args.compile != "auto":
+        return args.compile == "yes", args.compile
+    if device.type == "cpu" and not (shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")):
+        return False, "no (auto: no C++ compiler for inductor's CPU kernels)"
+    long_run = (args.max_minutes or 0) >= COMPILE_PAYS_MINUTES or (
+        args.max_minutes is None and args.max_steps >= COMPILE_PAYS_STEPS
+    )
+    if not long_run:
+        return (
+            False,
+            f"no (auto: runs under {COMPILE_PAYS_MINUTES} minutes or {COMPILE_PAYS_STEPS} steps do not win it back)",
+        )
+    return True, "yes (auto: a long run)"
 
 
 def config_from_flags(args) -> ModelConfig:

@@ -1,4 +1,4 @@
-"""One optimizer step and its schedule: AdamW, warmup then cosine decay, gradient accumulation.
+"""One optimizer step: its batches, gradient accumulation, clipping (the optimizers and schedule: train_optim).
 
 A step's batches come from a generator seeded by (seed, rank, step, micro-batch) and its dropout masks from
 a seed of (seed, step, rank), never from state carried between steps: so a resumed run takes the same steps.
@@ -6,7 +6,6 @@ a seed of (seed, step, rank), never from state carried between steps: so a resum
 
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 
 import numpy as np
@@ -14,36 +13,14 @@ import torch
 from torch.nn import functional as F
 
 from model.train_data import get_batch
+from model.train_optim import Optimizers
 from model.train_setup import Processes
 
 
-def make_optimizer(model: torch.nn.Module, weight_decay: float, lr: float, device: torch.device):
-    """AdamW; weight decay on the matrices only (not on norm scales)."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr,
-        betas=(0.9, 0.99),
-        fused=device.type == "cuda",
-    )
-
-
-def lr_at(step: int, args) -> float:
-    """Linear warmup, then cosine decay from lr to min_lr over lr_decay_steps."""
-    if step < args.warmup_steps:
-        return args.lr * (step + 1) / args.warmup_steps
-    decay = args.lr_decay_steps or args.max_steps
-    if step >= decay:
-        return args.min_lr
-    ratio = (step - args.warmup_steps) / max(1, decay - args.warmup_steps)
-    return args.min_lr + 0.5 * (1 + math.cos(math.pi * ratio)) * (args.lr - args.min_lr)
-
-
-def train_step(model, optimizer, data: np.ndarray, step: int, lr: float, args, procs: Processes) -> torch.Tensor:
-    """Take optimizer step `step` at learning rate `lr`; returns the mean loss of its batches (on the device)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+def train_step(model, optimizer: Optimizers, data: np.ndarray, step: int, factor: float, args, procs: Processes):
+    """Take optimizer step `step` at `factor` times the peak rates; returns the mean loss of its batches (a tensor on
+    the device: reading it is a host sync, left to the logging steps)."""
+    optimizer.set_lr(factor)
     torch.manual_seed(args.seed * 1_000_003 + step * 97 + procs.rank)  # dropout masks, reproducible on resume
     loss_sum = torch.zeros((), device=procs.device)
     for micro in range(args.grad_accum):

@@ -138,6 +138,7 @@ def runs(tmp_path_factory, data_file) -> dict:
         "resumed": root / "resumed",
         "ddp": root / "ddp",
         "ddp_result": results["ddp"],
+        "full_result": results["full"],
         "data": data_file,
     }
 
@@ -182,7 +183,20 @@ def test_run_writes_a_complete_checkpoint(runs):
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     state = torch.load(out / "optimizer.pt", weights_only=True)
-    assert state["optimizer"]["state"], "the optimizer's moments are saved for --resume"
+    assert state["optimizer"]["muon"]["state"] and state["optimizer"]["adamw"]["state"], "saved for --resume"
+    # how it trained: Muon (float32 Newton–Schulz on a CPU without bfloat16) beside AdamW, the schedule, no compile
+    assert set(t["optimizer"]) == {"muon", "adamw"}
+    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert t["optimizer"]["muon"]["newton_schulz_dtype"] == ("bfloat16" if bf16 else "float32")
+    assert t["optimizer"]["muon"]["groups"][0]["tensors"] == 7  # one layer's attention and MLP matrices
+    assert t["schedule"] == {
+        "shape": "wsd", "warmup_steps": 2, "decay_fraction": 0.4, "final": 0.0, "steps": 2 * N, "seconds": None,
+        "max_steps": 2 * N,
+    }  # fmt: skip
+    assert t["compiled"] is False, "auto: a run of a few steps does not compile"
+    output = runs["full_result"].stdout + runs["full_result"].stderr
+    assert "\r" not in output, "no progress-bar redraws in a log that is not a terminal"
+    assert "optimizer: muon; schedule: wsd; torch.compile: no (auto:" in output
     model = checkpoint.load_model(out)
     assert model.num_params() == t["num_params"]
 
@@ -372,6 +386,29 @@ def test_resume_without_optimizer_state_is_refused(tiny_checkpoint, tmp_path, da
     message = str(e.value.code)
     assert message.startswith("tinyllm-train: error: ") and "\n" not in message
     assert "optimizer.pt: missing" in message
+
+
+def test_a_time_budget_stops_the_run_decayed(tmp_path, data_file, capsys):
+    """--max-minutes alone: the schedule is laid over the time, so the last steps run at the final rate."""
+    out = tmp_path / "ck"
+    run_in_process([*TINY, "--data", data_file, "--out", out, "--max-minutes", 0.05, "--eval-every", 10**6])
+    t = checkpoint.load_training(out)
+    assert t["schedule"]["seconds"] == 3.0 and t["schedule"]["max_steps"] is None and t["step"] > 10
+    lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"lr"' in line]
+    assert max(lrs) == pytest.approx(3e-3) and lrs[-1] < 0.1 * 3e-3, "peak, then decayed to near zero by the end"
+    assert f"stopping at step {t['step']}: --max-minutes 0.05 reached" in capsys.readouterr().out
+
+
+def test_resume_with_another_optimizer_is_refused(runs, tmp_path):
+    out = tmp_path / "ck"
+    shutil.copytree(runs["full"], out)
+    with pytest.raises(SystemExit) as e:
+        run_in_process(
+            [*TINY, "--data", runs["data"], "--out", out, "--max-steps", 10, "--resume", "--optimizer", "adamw"]
+        )
+    assert str(e.value.code) == (
+        "tinyllm-train: error: --resume: the checkpoint was trained with muon+adamw, this run uses adamw"
+    )
 
 
 def test_data_one_byte_longer_than_the_context_is_enough(tmp_path, data_file):
