@@ -62,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--n-layer", type=int, default=d.n_layer)
     g.add_argument("--n-head", type=int, default=d.n_head)
     g.add_argument("--d-model", type=int, default=d.d_model)
-    g.add_argument("--mlp-hidden", type=int, help="SwiGLU width (default: 8/3 d_model rounded up to 64)")
+    g.add_argument("--mlp-hidden", type=int, help="SwiGLU width (default: 8/3 d_model rounded up to 32)")
     g.add_argument("--context-length", type=int, default=d.context_length)
     g.add_argument("--tie-embeddings", action="store_true")
     g.add_argument("--dropout", type=float, default=0.0)
@@ -169,7 +169,8 @@ def train(args) -> None:
         factor = schedule.factor(step, schedule.progress(step, elapsed))
         loss = train_step(model, optimizer, train_data, step, factor, args, procs)
         step += 1
-        elapsed = procs.agreed(time.time() - t_start)
+        if not procs.ddp or step % args.log_every == 0:  # agreeing is an all-reduce: a host sync on a GPU
+            elapsed = procs.agreed(time.time() - t_start)
         last = schedule.finished(step, elapsed)
         if procs.master and (step % args.log_every == 0 or last):
             log.update(step, elapsed, metrics.log_step(step, factor * args.lr, loss.item()))

@@ -22,6 +22,7 @@ from model.sampling import SamplingParams
 from model.train_setup import Processes
 
 LN2 = math.log(2)
+EVAL_BATCH = 64  # windows per forward pass when evaluating: larger matrix products than a small training batch
 
 
 @torch.no_grad()
@@ -53,8 +54,9 @@ def sample_text(model: Transformer, prompt: bytes, n: int, seed: int) -> str:
 def evaluation_row(model: Transformer, step: int, train_data, val_data, args, procs: Processes, write) -> dict:
     """Both splits' loss and a sample after `step`, as a metrics.jsonl row; written (`write`) too."""
     ctx = model.config.context_length
-    val_loss = evaluate(model, val_data, ctx, args.eval_windows, args.batch_size, procs.device, procs.autocast)
-    train_loss = evaluate(model, train_data, ctx, args.eval_windows, args.batch_size, procs.device, procs.autocast)
+    batch = max(args.batch_size, EVAL_BATCH)
+    val_loss = evaluate(model, val_data, ctx, args.eval_windows, batch, procs.device, procs.autocast)
+    train_loss = evaluate(model, train_data, ctx, args.eval_windows, batch, procs.device, procs.autocast)
     text = sample_text(model, b"\n", args.sample_bytes, args.seed) if args.sample_bytes else ""
     induction = induction_scores(model)
     write(
