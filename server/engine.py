@@ -147,12 +147,12 @@ class Engine:
 
     def _deliver(self) -> None:
         """Hand this step's events to their event loops: one wake-up per loop per step, not one per event."""
-        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, dict[Job, list]] = {}
         for job, event in self.outbox:
-            by_loop.setdefault(job.loop, []).append((job.queue, event))
+            by_loop.setdefault(job.loop, {}).setdefault(job, []).append(event)
         self.outbox.clear()  # in place: the jobs hold this list
-        for loop, events in by_loop.items():
-            loop.call_soon_threadsafe(_put_all, events)
+        for loop, by_job in by_loop.items():
+            loop.call_soon_threadsafe(_deliver_all, by_job)
 
     def _run_calls(self) -> bool:
         worked = False
@@ -296,6 +296,6 @@ class Engine:
             job.finish(reason, "internal error while sampling" if reason == FinishReason.ERROR else "")
 
 
-def _put_all(events: list[tuple[asyncio.Queue, TokenEvent | FinishEvent]]) -> None:
-    for queue, event in events:
-        queue.put_nowait(event)
+def _deliver_all(by_job: dict[Job, list[TokenEvent | FinishEvent]]) -> None:
+    for job, events in by_job.items():
+        job.deliver(events)
