@@ -24,6 +24,7 @@ from server.responses import json_response
 from server.schemas import GenerateRequest, GenerateResponse
 
 router = APIRouter(tags=["generation"])
+LABELS = tuple(tokenizer.label(b) for b in range(256))  # each byte's label, looked up for every token streamed
 
 
 @router.post(
@@ -137,9 +138,9 @@ def token_out(event: TokenEvent) -> dict:
     """A GeneratedToken as a dict, built directly: this runs for every token on the event loop."""
     out = {
         "id": event.id,
-        "text": tokenizer.label(event.id),
+        "text": LABELS[event.id],
         "logprob": event.logprob,
-        "top_logprobs": [{"id": i, "text": tokenizer.label(i), "logprob": lp} for i, lp in event.top_logprobs],
+        "top_logprobs": [{"id": i, "text": LABELS[i], "logprob": lp} for i, lp in event.top_logprobs],
     }
     if event.attention is not None:
         out["attention"] = event.attention
@@ -170,6 +171,12 @@ def finish_out(event: FinishEvent) -> dict:
     }
 
 
+def newest_char_labels(generated: deque[int]) -> list[str]:
+    """tokenizer.last_char_labels(generated), with ASCII (a character of its own, whatever came before) looked up."""
+    newest = generated[-1]
+    return [LABELS[newest]] if newest < 0x80 else tokenizer.last_char_labels(generated)
+
+
 async def sse_events(batches: AsyncIterator[list[TokenEvent | FinishEvent]], fingerprint: str) -> AsyncIterator[bytes]:
     """One event per token, a last one with finish_reason/usage/text/system_fingerprint (or the error), then [DONE];
     the events of the tokens waiting when the stream wakes go out in one write.
@@ -183,7 +190,7 @@ async def sse_events(batches: AsyncIterator[list[TokenEvent | FinishEvent]], fin
         for event in batch:
             if isinstance(event, TokenEvent):
                 generated.append(event.id)  # a prompt ends on a whole character, so these alone decide the labels
-                labels = tokenizer.last_char_labels(generated)
+                labels = newest_char_labels(generated)
                 payload = {"token": token_out(event), "text": event.text, "labels": labels}
             elif (error := finish_error(event)) is not None:
                 payload = error_body(error.message, error.type)
