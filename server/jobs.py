@@ -140,8 +140,9 @@ class Job:
         if not self.req.stream and isinstance(event, TokenEvent):
             self.held.append(event)
             return
-        self.outbox.extend((self, e) for e in self.held)
-        self.held.clear()
+        if self.held:
+            self.outbox.extend((self, e) for e in self.held)
+            self.held.clear()
         self.outbox.append((self, event))
 
     def finish(self, reason: FinishReason, message: str = "") -> None:
