@@ -21,7 +21,18 @@ import time
 
 import httpx
 
-from bench.common import DEFAULT_CHECKPOINT, PROMPT, HuggingFace, median, percentile, plot, rss_mb, table, write_doc
+from bench.common import (
+    DEFAULT_CHECKPOINT,
+    DOCS,
+    PROMPT,
+    HuggingFace,
+    median,
+    percentile,
+    plot,
+    rss_mb,
+    table,
+    write_doc,
+)
 from bench.peers import LlamaCpp
 from server.process import running_server
 
@@ -200,8 +211,17 @@ Resident memory of the batched server (max batch {top}): idle {idle_rss:.0f} MB;
 {", ".join(f"{c} clients {m:.0f} MB" for c, m in peak.items())}.
 
 Reproduce: `.venv/bin/python -m bench.serving`
-"""
+{kept_sections()}"""
     write_doc("serving", "Throughput and latency against concurrency", body)
+
+
+KEPT = "\n## Where the Python time goes"  # a hand-written section (a profile), kept when this doc is rewritten
+
+
+def kept_sections() -> str:
+    path = DOCS / "serving.md"
+    text = path.read_text() if path.exists() else ""
+    return text[text.index(KEPT) :] if KEPT in text else ""
 
 
 if __name__ == "__main__":

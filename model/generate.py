@@ -41,6 +41,8 @@ class TextAssembler:
     def push(self, byte: int) -> tuple[str, bool]:
         """Add a byte; return (text delta, whether a stop string just completed)."""
         self.data.append(byte)
+        if not self.stop:  # nothing to look for or hold back (this runs for every token the server generates)
+            return self._release(len(self.data)), False
         hit = max((len(s) for s in self.stop if self.data.endswith(s)), default=0)  # the earliest-starting one
         if hit:
             del self.data[len(self.data) - hit :]

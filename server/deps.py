@@ -1,4 +1,7 @@
-"""What the routes depend on, as typed dependencies (FastAPI's `Annotated[T, Depends(...)]`)."""
+"""What the routes depend on, as typed dependencies (FastAPI's `Annotated[T, Depends(...)]`).
+
+They are coroutines, though none awaits anything: FastAPI runs a plain function dependency in a worker thread,
+a round trip per dependency per request that 64 clients starting at once would queue behind."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from server.metrics import Metrics
 from server.models import ServedModel, ServedModels
 
 
-def served_models(request: Request) -> ServedModels:
+async def served_models(request: Request) -> ServedModels:
     """The served models, or a 503 until every one of them is loaded and warmed up."""
     models = getattr(request.app.state, "models", None)
     if models is None or not models.ready:
@@ -21,7 +24,7 @@ def served_models(request: Request) -> ServedModels:
     return models
 
 
-def model_in_query(
+async def model_in_query(
     models: Annotated[ServedModels, Depends(served_models)],
     model: Annotated[str | None, Query(description="a model from GET /v1/models (default: the first)")] = None,
 ) -> ServedModel:
@@ -29,15 +32,15 @@ def model_in_query(
     return models.get(model)
 
 
-def settings(request: Request) -> Settings:
+async def settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def metrics(request: Request) -> Metrics:
+async def metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def streams(request: Request) -> StreamLimit:
+async def streams(request: Request) -> StreamLimit:
     return request.app.state.streams
 
 

@@ -1,12 +1,12 @@
 """The serving engine: continuous batching on one worker thread. It schedules; the runner computes.
 
 Each loop the worker (1) runs queued whole-text jobs (attention maps, prompt scoring, inspection), (2) drops
-cancelled and timed-out jobs, (3) prefills one chunk of one waiting prompt into the runner's prefill row,
-(4) decodes one token for every active job in one batched step, and (5) advances each exact job (heads switched
-off, tokens explained) by one prompt chunk or one token in the exact model. Active jobs always sit in cache rows
-0..n-1 (a finished one's row is refilled by moving the last one down), so a step reads rows in a block. Exact jobs
-never join that batch: each has a cache row of its own (the runner's exact rows) and a queue of its own, so what
-the other jobs get does not change with them.
+cancelled and timed-out jobs, (3) prefills up to one chunk of prompt bytes (the rest of one prompt, then the next
+waiting ones) through the runner's prefill row, (4) decodes one token for every active job in one batched step,
+and (5) advances each exact job (heads switched off, tokens explained) by one prompt chunk or one token in the
+exact model. Active jobs always sit in cache rows 0..n-1 (a finished one's row is refilled by moving the last one
+down), so a step reads rows in a block. Exact jobs never join that batch: each has a cache row of its own (the
+runner's exact rows) and a mailbox of its own, so what the other jobs get does not change with them.
 
 Requests reach the worker through asyncio: `submit` (generation), and the whole-text jobs `attention`, `score` and
 `inspect` (server/inspection.py), awaited while the worker runs them between two steps. The engine imports nothing
@@ -132,9 +132,7 @@ class Engine:
             self._drop_cancelled()
             self._admit()
             self._admit_exact()
-            if self.prefilling is not None:
-                self._guard(self._prefill_step, [self.prefilling])
-                worked = True
+            worked |= self._prefill()
             if self.active:
                 self._guard(self._decode_step, list(self.active))
                 worked = True
@@ -147,12 +145,12 @@ class Engine:
 
     def _deliver(self) -> None:
         """Hand this step's events to their event loops: one wake-up per loop per step, not one per event."""
-        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, dict[Job, list]] = {}
         for job, event in self.outbox:
-            by_loop.setdefault(job.loop, []).append((job.queue, event))
+            by_loop.setdefault(job.loop, {}).setdefault(job, []).append(event)
         self.outbox.clear()  # in place: the jobs hold this list
-        for loop, events in by_loop.items():
-            loop.call_soon_threadsafe(_put_all, events)
+        for loop, by_job in by_loop.items():
+            loop.call_soon_threadsafe(_deliver_all, by_job)
 
     def _run_calls(self) -> bool:
         worked = False
@@ -234,10 +232,24 @@ class Engine:
                     if job in waiting:
                         waiting.remove(job)
 
-    def _prefill_step(self) -> None:
+    def _prefill(self) -> bool:
+        """Prefill up to prefill_chunk prompt bytes in this loop: the prompt in progress, then the next waiting
+        ones, so that short prompts arriving together (64 clients at once) start within a few steps, not one per
+        step, while a step still waits behind at most one chunk's worth of prompt. Whether it did anything."""
+        budget = self.prefill_chunk
+        while self.prefilling is not None and budget > 0:
+            job = self.prefilling
+            done_before = job.prefilled
+            self._guard(lambda left=budget: self._prefill_step(left), [job])
+            budget -= max(1, job.prefilled - done_before)  # a failed job (released) counts as a byte: on to the next
+            self._admit()
+        return budget < self.prefill_chunk
+
+    def _prefill_step(self, budget: int) -> None:
+        """Up to `budget` more bytes of the prompt in progress; at its end, it joins the batch with its first token."""
         job = self.prefilling
         n = len(job.req.prompt)
-        start, end = job.prefilled, min(job.prefilled + self.prefill_chunk, n)
+        start, end = job.prefilled, min(job.prefilled + budget, n)
         out = self.runner.prefill(job.seq, self.runner.prefill_row, start, end)
         job.prefilled = end
         if end < n:
@@ -296,6 +308,6 @@ class Engine:
             job.finish(reason, "internal error while sampling" if reason == FinishReason.ERROR else "")
 
 
-def _put_all(events: list[tuple[asyncio.Queue, TokenEvent | FinishEvent]]) -> None:
-    for queue, event in events:
-        queue.put_nowait(event)
+def _deliver_all(by_job: dict[Job, list[TokenEvent | FinishEvent]]) -> None:
+    for job, events in by_job.items():
+        job.deliver(events)

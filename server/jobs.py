@@ -1,9 +1,14 @@
 """A request inside the engine: what it asks (EngineRequest), what it receives (TokenEvent, then one FinishEvent),
-and its Job: its sequence, its cache row, and the asyncio queue its events go to."""
+and its Job: its sequence, its cache row, and the mailbox its events go to.
+
+A job's events arrive in batches: everything the engine delivered since the reader last looked. A reader that keeps
+up gets one token per batch; one that falls behind (a slow client, a busy event loop) gets all its waiting tokens
+at once, so the work per wake-up, not per token, is what a slow reader pays for again."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -69,7 +74,9 @@ class Job:
         """outbox: where the engine collects a step's events to deliver; wake: set to wake the engine's worker;
         context: the model's context length."""
         self.req = req
-        self.loop, self.queue = loop, asyncio.Queue()
+        self.loop = loop
+        self.inbox: list[TokenEvent | FinishEvent] = []  # delivered, not yet read (touched on the event loop only)
+        self.arrived = asyncio.Event()  # set when the inbox gains events
         self.outbox, self.wake = outbox, wake
         self.seq = Sequence(
             list(req.prompt),
@@ -95,16 +102,32 @@ class Job:
     def generated(self) -> int:
         return len(self.seq.tokens) - self.seq.n_prompt
 
-    async def events(self) -> AsyncIterator[TokenEvent | FinishEvent]:
-        """TokenEvents, then one FinishEvent. Leaving early (a client disconnect) cancels the job."""
+    async def batches(self) -> AsyncIterator[list[TokenEvent | FinishEvent]]:
+        """The events in the order they were produced, in lists of those waiting when the reader wakes; the last
+        list ends with the one FinishEvent. Leaving early (a client disconnect) cancels the job."""
         try:
             while True:
-                event = await self.queue.get()
-                yield event
-                if isinstance(event, FinishEvent):
+                if not self.inbox:
+                    self.arrived.clear()
+                    await self.arrived.wait()
+                batch, self.inbox = self.inbox, []
+                yield batch
+                if isinstance(batch[-1], FinishEvent):
                     return
         finally:
             self.cancel()
+
+    async def events(self) -> AsyncIterator[TokenEvent | FinishEvent]:
+        """TokenEvents, then one FinishEvent, one at a time."""
+        async with contextlib.aclosing(self.batches()) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+
+    def deliver(self, events: list[TokenEvent | FinishEvent]) -> None:
+        """On the event loop: add events to the inbox and wake the reader."""
+        self.inbox += events
+        self.arrived.set()
 
     def cancel(self) -> None:
         """Stop generating; the worker frees the cache row at its next step (no-op once finished)."""
@@ -117,8 +140,9 @@ class Job:
         if not self.req.stream and isinstance(event, TokenEvent):
             self.held.append(event)
             return
-        self.outbox.extend((self, e) for e in self.held)
-        self.held.clear()
+        if self.held:
+            self.outbox.extend((self, e) for e in self.held)
+            self.held.clear()
         self.outbox.append((self, event))
 
     def finish(self, reason: FinishReason, message: str = "") -> None:

@@ -5,6 +5,7 @@ and the latency histograms count every model together."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -59,20 +60,22 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
-    async def timed(self, job: Job) -> AsyncIterator:
-        """job.events(), observing time to first token and inter-token latency as the engine produced them (a
-        response that does not stream receives them all at its end)."""
+    async def timed(self, job: Job) -> AsyncIterator[list]:
+        """job.batches(), observing time to first token and inter-token latency as the engine produced the tokens
+        (a reader that fell behind, or a response that does not stream, receives several at once)."""
         start = last = time.perf_counter()
         first = True
-        async for event in job.events():
-            if isinstance(event, TokenEvent):
-                now = event.at
-                if first:
-                    self.ttft.observe(now - start)
-                else:
-                    self.itl.observe(now - last)
-                first, last = False, now
-            yield event
+        async with contextlib.aclosing(job.batches()) as batches:
+            async for batch in batches:
+                for event in batch:
+                    if isinstance(event, TokenEvent):
+                        now = event.at
+                        if first:
+                            self.ttft.observe(now - start)
+                        else:
+                            self.itl.observe(now - last)
+                        first, last = False, now
+                yield batch
 
 
 class CountRequests:

@@ -122,64 +122,75 @@ class ChoiceStream:
 
 
 async def sse_chunks(
-    all_pieces: AsyncIterator[dict], head: dict, choices: list[ChoiceStream], prompt_tokens: int, include_usage: bool
-) -> AsyncIterator[str]:
-    """`data: {chunk}` per piece, an optional usage chunk, then `data: [DONE]`; an error mid-stream is one event."""
+    all_pieces: AsyncIterator[list[dict]],
+    head: dict,
+    choices: list[ChoiceStream],
+    prompt_tokens: int,
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
+    """`data: {chunk}` per piece, an optional usage chunk, then `data: [DONE]`; an error mid-stream is one event.
+    The chunks of the pieces waiting when the stream wakes go out in one write."""
     extra = {"usage": None} if include_usage else {}  # as OpenAI: with include_usage, every chunk has the field
     async with contextlib.aclosing(all_pieces):
         try:
-            async for piece in all_pieces:
-                yield sse.event({**head, "choices": [piece], **extra})
+            async for batch in all_pieces:
+                yield b"".join(sse.event({**head, "choices": [piece], **extra}) for piece in batch)
         except APIError as e:
-            yield sse.event({"error": {"message": e.message, "type": e.type, "param": None, "code": None}})
-            yield sse.DONE
+            yield sse.event({"error": {"message": e.message, "type": e.type, "param": None, "code": None}}) + sse.DONE
             return
+    end = b""
     if include_usage:
-        yield sse.event(
+        end = sse.event(
             {**head, "choices": [], "usage": usage(prompt_tokens, sum(c.completion_tokens for c in choices))}
         )
-    yield sse.DONE
+    yield end + sse.DONE
 
 
-async def merged(jobs: list[Job]) -> AsyncIterator[tuple[int, TokenEvent | FinishEvent]]:
-    """(job index, event) from all jobs as they come; closing it early cancels the unfinished ones."""
+async def merged(jobs: list[Job]) -> AsyncIterator[tuple[int, list[TokenEvent | FinishEvent]]]:
+    """(job index, its events waiting) from all jobs as they come; closing it early cancels the unfinished ones."""
+    if len(jobs) == 1:  # the usual request: no tasks to merge through
+        async with contextlib.aclosing(jobs[0].batches()) as batches:
+            async for batch in batches:
+                yield 0, batch
+        return
     queue: asyncio.Queue = asyncio.Queue()
 
     async def pump(i, job):
-        async for event in job.events():
-            await queue.put((i, event))
+        async for batch in job.batches():
+            await queue.put((i, batch))
 
     tasks = [asyncio.create_task(pump(i, job)) for i, job in enumerate(jobs)]
     try:
         finished = 0
         while finished < len(jobs):
             item = await queue.get()
-            finished += isinstance(item[1], FinishEvent)
+            finished += isinstance(item[1][-1], FinishEvent)
             yield item
     finally:
         for task in tasks:
             task.cancel()
 
 
-async def pieces(jobs: list[Job], choices: list[ChoiceStream]) -> AsyncIterator[dict]:
-    """Every choice's pieces in order of arrival, the echoed prompts first.
+async def pieces(jobs: list[Job], choices: list[ChoiceStream]) -> AsyncIterator[list[dict]]:
+    """Every choice's pieces in order of arrival, the echoed prompts first, in lists: those made from the events
+    waiting when the stream wakes.
 
     Raises APIError on a timeout or an engine failure."""
-    for choice in choices:
-        for piece in choice.take():
-            yield piece
+    echoed = [piece for choice in choices for piece in choice.take()]
+    if echoed:
+        yield echoed
     async with contextlib.aclosing(merged(jobs)) as events:
-        async for index, event in events:
+        async for index, batch in events:
             choice = choices[index]
-            if isinstance(event, TokenEvent):
-                choice.token_piece(event)
-            else:
-                check_finish(event)
-                choice.finish_piece(event.reason, event.completion_tokens)
-            for piece in choice.take():
-                yield piece
+            for event in batch:
+                if isinstance(event, TokenEvent):
+                    choice.token_piece(event)
+                else:
+                    check_finish(event)
+                    choice.finish_piece(event.reason, event.completion_tokens)
+            if new := choice.take():
+                yield new
     if not jobs:  # max_tokens 0
         for choice in choices:
             choice.finish_piece(FinishReason.LENGTH, 0)
-            for piece in choice.take():
-                yield piece
+        yield [piece for choice in choices for piece in choice.take()]

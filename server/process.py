@@ -31,8 +31,11 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_server(checkpoint: Path, *args: str, env: dict | None = None, timeout: float = 60.0) -> Iterator[Server]:
-    """A live server on 127.0.0.1, healthy; stopped (SIGTERM, then SIGKILL) afterwards."""
+def running_server(
+    checkpoint: Path, *args: str, env: dict | None = None, timeout: float = 60.0, root: Path = ROOT
+) -> Iterator[Server]:
+    """A live server on 127.0.0.1, healthy; stopped (SIGTERM, then SIGKILL) afterwards. root: the checkout whose
+    server runs (another commit's, for a before/after benchmark)."""
     port = free_port()
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"tinyllm-server-{port}.log"
     cmd = [
@@ -50,7 +53,7 @@ def running_server(checkpoint: Path, *args: str, env: dict | None = None, timeou
         *args,
     ]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(cmd, cwd=root, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout

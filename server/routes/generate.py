@@ -19,9 +19,12 @@ from server.config import Settings
 from server.deps import MetricsDep, ModelsDep, SettingsDep, StreamsDep
 from server.errors import ERROR_RESPONSES, APIError, check_finish, error_body, finish_error
 from server.jobs import EngineRequest, FinishEvent, TokenEvent
+from server.models import ServedModel
+from server.responses import json_response
 from server.schemas import GenerateRequest, GenerateResponse
 
 router = APIRouter(tags=["generation"])
+LABELS = tuple(tokenizer.label(b) for b in range(256))  # each byte's label, looked up for every token streamed
 
 
 @router.post(
@@ -41,20 +44,32 @@ async def generate(
     if body.stream:
         return streams.response(sse_events(metrics.timed(job), served.fingerprint), job.cancel, request.url.path)
     tokens = []
-    async for event in metrics.timed(job):
-        if isinstance(event, TokenEvent):
-            tokens.append(token_out(event))
-        else:
+    async for batch in metrics.timed(job):
+        for event in batch:
+            if isinstance(event, TokenEvent):
+                tokens.append(token_out(event))
+                continue
             check_finish(event)
-            return {
-                "model": served.name,
-                "system_fingerprint": served.fingerprint,
-                **finish_out(event),
-                "tokens": tokens,
-                "truncated_prompt_tokens": truncated,
-                **attention_axes(req),
-                **({"heads_off": req.heads_off} if req.heads_off else {}),
-            }
+            return json_response(whole_response(served, event, tokens, truncated, req))
+
+
+def whole_response(
+    served: ServedModel, finish: FinishEvent, tokens: list[dict], truncated: int, req: EngineRequest
+) -> dict:
+    """A GenerateResponse as a dict, in its field order and without nulls (orjson writes it as FastAPI would)."""
+    end = finish_out(finish)
+    return {
+        "model": served.name,
+        "system_fingerprint": served.fingerprint,
+        "text": end["text"],
+        "tokens": tokens,
+        "finish_reason": end["finish_reason"],
+        "usage": end["usage"],
+        "timing": end["timing"],
+        "truncated_prompt_tokens": truncated,
+        **attention_axes(req),
+        **({"heads_off": req.heads_off} if req.heads_off else {}),
+    }
 
 
 def engine_request(body: GenerateRequest, cfg: ModelConfig, settings: Settings) -> tuple[EngineRequest, int]:
@@ -123,9 +138,9 @@ def token_out(event: TokenEvent) -> dict:
     """A GeneratedToken as a dict, built directly: this runs for every token on the event loop."""
     out = {
         "id": event.id,
-        "text": tokenizer.label(event.id),
+        "text": LABELS[event.id],
         "logprob": event.logprob,
-        "top_logprobs": [{"id": i, "text": tokenizer.label(i), "logprob": lp} for i, lp in event.top_logprobs],
+        "top_logprobs": [{"id": i, "text": LABELS[i], "logprob": lp} for i, lp in event.top_logprobs],
     }
     if event.attention is not None:
         out["attention"] = event.attention
@@ -156,20 +171,32 @@ def finish_out(event: FinishEvent) -> dict:
     }
 
 
-async def sse_events(events: AsyncIterator[TokenEvent | FinishEvent], fingerprint: str) -> AsyncIterator[str]:
-    """One event per token, a last one with finish_reason/usage/text/system_fingerprint (or the error), then [DONE].
+def newest_char_labels(generated: deque[int]) -> list[str]:
+    """tokenizer.last_char_labels(generated), with ASCII (a character of its own, whatever came before) looked up."""
+    newest = generated[-1]
+    return [LABELS[newest]] if newest < 0x80 else tokenizer.last_char_labels(generated)
+
+
+async def sse_events(batches: AsyncIterator[list[TokenEvent | FinishEvent]], fingerprint: str) -> AsyncIterator[bytes]:
+    """One event per token, a last one with finish_reason/usage/text/system_fingerprint (or the error), then [DONE];
+    the events of the tokens waiting when the stream wakes go out in one write.
 
     A token's event carries the labels of the character it belongs to, ending with its own byte's, so a
     client showing bytes as they arrive relabels just those (the page does).
     """
     generated = deque(maxlen=4)  # a UTF-8 character is at most 4 bytes
-    async for event in events:
-        if isinstance(event, TokenEvent):
-            generated.append(event.id)  # a prompt ends on a whole character, so these alone decide the labels
-            payload = {"token": token_out(event), "text": event.text, "labels": tokenizer.last_char_labels(generated)}
-        elif (error := finish_error(event)) is not None:
-            payload = error_body(error.message, error.type)
-        else:
-            payload = {**finish_out(event), "system_fingerprint": fingerprint}
-        yield sse.event(payload)
-    yield sse.DONE
+    async for batch in batches:
+        out = []
+        for event in batch:
+            if isinstance(event, TokenEvent):
+                generated.append(event.id)  # a prompt ends on a whole character, so these alone decide the labels
+                labels = newest_char_labels(generated)
+                payload = {"token": token_out(event), "text": event.text, "labels": labels}
+            elif (error := finish_error(event)) is not None:
+                payload = error_body(error.message, error.type)
+            else:
+                payload = {**finish_out(event), "system_fingerprint": fingerprint}
+            out.append(sse.event(payload))
+        if isinstance(batch[-1], FinishEvent):
+            out.append(sse.DONE)
+        yield b"".join(out)

@@ -29,6 +29,7 @@ from server.jobs import EngineRequest, Job, QueueFull
 from server.models import ServedModel
 from server.openai_choices import ChoiceStream, pieces, sse_chunks, usage
 from server.openai_schemas import Completion, CompletionRequest, ModelCard, ModelList
+from server.responses import json_response
 
 router = APIRouter(tags=["OpenAI-compatible"])
 
@@ -95,11 +96,13 @@ async def completions(
     async with contextlib.aclosing(pieces(jobs, choices)) as all_pieces:
         async for _ in all_pieces:
             pass
-    return {
-        **head,
-        "choices": [c.choice() for c in choices],
-        "usage": usage(prompt_tokens, sum(c.completion_tokens for c in choices)),
-    }
+    return json_response(
+        {
+            **head,
+            "choices": [c.choice() for c in choices],
+            "usage": usage(prompt_tokens, sum(c.completion_tokens for c in choices)),
+        }
+    )
 
 
 def model_card(served: ServedModel) -> ModelCard:
