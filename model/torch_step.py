@@ -52,6 +52,10 @@ class TorchStep:
         rows = torch.stack([torch.stack([a[i, :, -1] for a in attn]) for i in attention_for])
         return logits[:, -1], rows  # (n, vocab), (len(attention_for), n_layer, nh, keys)
 
+    def decode_and_choose(self, tokens: list[int], positions: list[int], cache: KVCache, attention_for, batch):
+        logits, attn = self.decode(torch.tensor(tokens), torch.tensor(positions), cache, attention_for)
+        return batch.choose(logits), attn
+
     @torch.inference_mode()
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         return self.decoder(ids)[0]
