@@ -241,6 +241,26 @@ inline Choices sample_tensor(const at::Tensor& logits, std::vector<SamplingRow*>
   return SamplingBatch{std::move(rows), std::move(steps), std::move(masks), allowed}.choose(logits);
 }
 
+// The logits each row's choice reads (after the UTF-8 mask and the penalties), (B, vocab): for tests against
+// model.sampling.sampler_logits.
+inline at::Tensor sampler_logits_tensor(const at::Tensor& logits, std::vector<SamplingRow*> rows,
+                                        std::vector<int64_t> steps, std::vector<int64_t> masks,
+                                        const at::Tensor& allowed) {
+  check_rows(logits, at::kFloat, "logits");
+  TORCH_CHECK(logits.dim() == 2 && logits.size(1) > 0, "logits: expected (rows, vocab) with vocab > 0");
+  const int64_t B = logits.size(0), n = logits.size(1);
+  const SamplingBatch batch{std::move(rows), std::move(steps), std::move(masks), allowed};
+  batch.check(B, n);
+  const FlushDenormals flush;
+  at::Tensor out = at::empty_like(logits);
+  for (int64_t i = 0; i < B; i++) {
+    TORCH_CHECK(batch.rows[i], "row ", i, ": no sampling row");
+    const bool* mask = batch.rows[i]->valid_utf8 ? allowed.data_ptr<bool>() + batch.masks[i] * n : nullptr;
+    penalized(logits.data_ptr<float>() + i * n, n, *batch.rows[i], mask, out.data_ptr<float>() + i * n);
+  }
+  return out;
+}
+
 inline void bind_sampling(pybind11::module& m) {
   pybind11::class_<SamplingRow>(m, "SamplingRow")
       .def(pybind11::init<double, int64_t, double, double, double, double, bool, uint64_t, int64_t, int64_t,
@@ -254,6 +274,7 @@ inline void bind_sampling(pybind11::module& m) {
       .def("count", &SamplingRow::count, "add the sequence's next tokens to the history its penalties read");
   m.def("sample", &sample_tensor, "each row's token, logprob, log-probabilities and top logprobs (sampling.h)",
         pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("sampler_logits", &sampler_logits_tensor, "the logits after the UTF-8 mask and the penalties (for tests)");
 }
 
 }  // namespace tinyllm
