@@ -196,3 +196,22 @@ def test_the_decode_call_chooses_as_its_logits_do_on_every_kernel_path(shakespea
         results.append(record)
     assert all(r == results[0] for r in results[1:]), "the kernel paths differ"
     assert numerics.native()
+
+
+def test_the_torch_step_chooses_with_the_same_native_code(shakespeare):
+    """Without the native step (here: asked for), the torch step's logits go through the same native sampler: the
+    choice model.sampling's definition gives on them."""
+    runner = Runner(shakespeare, max_batch=2, form="float32", native_step=False)
+    assert runner.describe()["step"].startswith("torch")
+    params = [SamplingParams(temperature=0), SamplingParams(0.9, 30, 0.9, 1.3, 0.2, 0.1)]
+    seqs = [Sequence(list(b"KING:\nO"), 7, p, seed=9, top_logprobs=2) for p in params]
+    outs = [runner.prefill(s, i, 0, len(s.tokens)) for i, s in enumerate(seqs)]
+    for _ in range(6):
+        for s, o in zip(seqs, outs):
+            s.append(o.token)
+        tokens, positions = [s.tokens[-1] for s in seqs], [len(s.tokens) - 1 for s in seqs]
+        logits, _ = runner.step.decode(torch.tensor(tokens), torch.tensor(positions), runner.cache, [])
+        expected = choice._choose_in_python(seqs, logits)
+        outs = runner.decode(seqs)
+        assert [o.token for o in outs] == expected.tokens
+        assert [o.logprob.hex() for o in outs] == [v.hex() for v in expected.logprobs]
