@@ -52,6 +52,7 @@ class TorchStep:
         rows = torch.stack([torch.stack([a[i, :, -1] for a in attn]) for i in attention_for])
         return logits[:, -1], rows  # (n, vocab), (len(attention_for), n_layer, nh, keys)
 
+    @torch.inference_mode()
     def decode_and_choose(self, tokens: list[int], positions: list[int], cache: KVCache, attention_for, batch):
         logits, attn = self.decode(torch.tensor(tokens), torch.tensor(positions), cache, attention_for)
         return batch.choose(logits), attn
