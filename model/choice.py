@@ -44,14 +44,17 @@ class Batch:
     def native_args(self) -> tuple[list, list[int], list[int], torch.Tensor]:
         """The native sampler's arguments: each sequence's sampling row (None where it could not be built: that
         sequence's choice fails alone), generation step and UTF-8 mask row, and the masks (model.utf8.MASKS)."""
-        rows = []
-        for seq in self.seqs:
+        rows, masks = [], [s.utf8_mask for s in self.seqs]
+        for seq, mask in zip(self.seqs, masks):
             try:
+                if not 0 <= mask < len(utf8.MASKS):
+                    raise ValueError(f"UTF-8 mask row {mask} out of range (is the sequence past its max_length?)")
                 rows.append(_row(seq, self.vocab))
             except Exception:
                 log.exception("building a sequence's sampling row failed")
                 rows.append(None)
-        return rows, [s.generated for s in self.seqs], [s.utf8_mask for s in self.seqs], utf8.MASKS
+                masks[len(rows) - 1] = 0
+        return rows, [s.generated for s in self.seqs], masks, utf8.MASKS
 
     def choose(self, logits: torch.Tensor) -> Choices:
         """Each sequence's next token from its row of logits (B, vocab)."""

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 
 import torch
@@ -36,8 +35,6 @@ from model.kv_cache import KVCache
 from model.model import Transformer
 from model.sampling import SamplingParams, random_seed
 from model.sequence import Sequence, TokenOutput
-
-log = logging.getLogger("tinyllm.runner")
 
 Scored = tuple[int, float | None, list[tuple[int, float]] | None]  # (byte, logprob, top alternatives)
 

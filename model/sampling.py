@@ -3,7 +3,8 @@
 A draw for sequence i at its generation step t is a function of (seed_i, t) and its logits alone
 (exponential_noise): the same seed and parameters give the same bytes alone, in any batch, on any thread. The
 probabilities and the noise's logarithm come from model.numerics: the same bits on every CPU (with the native
-extension).
+extension). These functions define the arithmetic; with the extension, model/native/sampling.h computes the same,
+bit for bit, for a whole batch in one call (model.choice; tests/test_native_sampling.py holds the two equal).
 """
 
 from __future__ import annotations

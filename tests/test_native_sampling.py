@@ -158,6 +158,13 @@ def test_a_row_that_cannot_be_built_fails_alone(monkeypatch, caplog):
     assert "sampling row failed" in caplog.text
 
 
+def test_a_sequence_past_its_max_length_fails_alone(caplog):
+    past = Sequence([65] * 20, 1, SamplingParams(temperature=0), max_length=10)  # room -10: no UTF-8 mask row
+    fine = Sequence([65], 1, SamplingParams(temperature=0))
+    out = choice.Batch([past, fine], VOCAB).choose(torch.arange(2 * VOCAB, dtype=torch.float32).view(2, VOCAB))
+    assert out.tokens == [-1, 0xF4] and "out of range" in caplog.text  # the fine row: the largest lead byte
+
+
 @pytest.fixture(scope="module")
 def shakespeare():
     return checkpoint.load_model(ROOT / "checkpoints" / "shakespeare")
