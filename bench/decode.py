@@ -23,6 +23,7 @@ import torch
 
 from bench.common import DEFAULT_CHECKPOINT, PROMPT, HuggingFace, copy_bandwidth, median, table, write_doc
 from bench.peers import LlamaCpp
+from bench.step_overhead import outside_ms
 from model import checkpoint, form_quality
 from model.generate import generate
 from model.runner import Runner
@@ -160,6 +161,7 @@ def main() -> None:
     choose_med = {k: median(v) for k, v in choose.items()}
     step_med = {b: median([d for d, _ in v]) for b, v in steps.items()}
     native_ms = median([n for _, n in steps[1]])
+    python_ms, _ = outside_ms(runner, GREEDY, 0, steps=100, rounds=3)  # bench.step_overhead
     described = runner.describe()
     nbytes = described["weight_bytes"]  # every matrix and its scales, the norms (one row of the embedding)
     bandwidth, cached = copy_bandwidth(), copy_bandwidth(mbytes=max(1, nbytes >> 20))
@@ -229,8 +231,10 @@ two are nearly tied; its cost is bounded by the checkpoint's `weight_forms.json`
   **{cached_floor_ms:.3f} ms**, and the step takes {native_ms / cached_floor_ms:.1f}× it. The rest is the
   arithmetic (one VNNI instruction, or four AVX2 ones, per 32 int8 products), attention over the cached
   positions, and quantizing each matrix product's input.
-- Around it, per step: {step_med[1] - native_ms:.3f} ms (`runner.decode` minus the native call: the runner's
-  tensors, log-probabilities, the UTF-8 mask, sampling); over HTTP, per token, {
+- Around it, per step: {step_med[1] - native_ms:.3f} ms (`runner.decode` minus the step's forward call:
+  log-probabilities, the UTF-8 mask and sampling in the same native call, `model/native/sampling.h`, and the
+  runner's Python); outside the native call, per token: {python_ms:.3f} ms (`python -m bench.step_overhead`,
+  greedy, the median token); over HTTP, per token, {
         1e3 / m["http"] - 1e3 / m["in-process"]:+.3f} ms against in-process (the engine's loop and events, the
   response's JSON, the client; a whole response's tokens reach the event loop together).
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 
 import torch
@@ -31,12 +30,11 @@ import torch.nn.functional as F
 from model import numerics, trace
 from model import step as steps
 from model.attribution import split_step
+from model.choice import Batch, Choices
 from model.kv_cache import KVCache
 from model.model import Transformer
-from model.sampling import SamplingParams, random_seed, sample_rows
+from model.sampling import SamplingParams, random_seed
 from model.sequence import Sequence, TokenOutput
-
-log = logging.getLogger("tinyllm.runner")
 
 Scored = tuple[int, float | None, list[tuple[int, float]] | None]  # (byte, logprob, top alternatives)
 
@@ -116,20 +114,22 @@ class Runner:
             return None
         return self._choose([seq], logits, [attn[0] if want_attention else None])[0]
 
-    @torch.inference_mode()
     def decode(self, seqs: list[Sequence]) -> list[TokenOutput | None]:
-        """One token for every sequence, sequence i sitting in cache row i; None where sampling failed."""
+        """One token for every sequence, sequence i sitting in cache row i; None where sampling failed. (No
+        inference_mode here: entering it costs a tenth of the Python around a batch-1 step; a step that runs torch
+        enters it itself.)"""
         n = len(seqs)
         if not 0 < n <= self.max_batch:
             raise ValueError(f"a decode step takes 1..{self.max_batch} sequences, got {n}")
-        tokens = torch.tensor([s.tokens[-1] for s in seqs])
-        positions = torch.tensor([len(s.tokens) - 1 for s in seqs])
+        tokens = [s.tokens[-1] for s in seqs]
+        positions = [len(s.tokens) - 1 for s in seqs]
         asking = [i for i, s in enumerate(seqs) if s.attention is not None]
-        logits, attn = self.step.decode(tokens, positions, self.cache, asking)
+        batch = Batch(seqs, self.config.vocab_size)
+        chosen, attn = self.step.decode_and_choose(tokens, positions, self.cache, asking, batch)
         rows: list[torch.Tensor | None] = [None] * n
         for m, i in enumerate(asking):
             rows[i] = attn[m]
-        return self._choose(seqs, logits, rows)
+        return self._outputs(seqs, chosen, rows)
 
     def exact_row(self, i: int) -> int:
         """The cache row of exact sequence i (0..exact_rows-1)."""
@@ -157,57 +157,25 @@ class Runner:
         return self.prefill_exact(seq, row, n - 1, n)
 
     def _choose(self, seqs: list[Sequence], logits: torch.Tensor, attention) -> list[TokenOutput | None]:
-        """Sample each sequence's next token from its logits row (B, vocab), all rows at once.
+        """Choose each sequence's next token from its logits row (B, vocab), all rows at once (model.choice)."""
+        return self._outputs(seqs, Batch(seqs, logits.shape[-1]).choose(logits), attention)
 
-        attention: per sequence, None or its query's attention (n_layer, n_head, keys) in every layer.
-        """
-        logits = logits.float().cpu()  # the one host-device synchronisation per step
-        logprobs = numerics.log_softmax(logits)  # fixed-order: the same bits on every CPU
-        tokens = self._sample(seqs, logits)
-        picked = torch.tensor([0 if t is None else t for t in tokens]).unsqueeze(1)  # (B, 1)
-        chosen = logprobs.gather(1, picked).squeeze(1).tolist()  # each token's logprob, in one read
-        asked = [i for i, seq in enumerate(seqs) if seq.top_logprobs and tokens[i] is not None]
-        top = {}
-        if asked:
-            values, indices = logprobs[asked].topk(max(seqs[i].top_logprobs for i in asked), dim=-1)
-            for r, i in enumerate(asked):
-                n = seqs[i].top_logprobs
-                top[i] = list(zip(indices[r, :n].tolist(), values[r, :n].tolist()))
+    @staticmethod
+    def _outputs(seqs: list[Sequence], chosen: Choices, attention) -> list[TokenOutput | None]:
+        """Each sequence's TokenOutput (None where choosing failed). attention: per sequence, None or its query's
+        attention (n_layer, n_head, keys) in every layer."""
         out: list[TokenOutput | None] = []
-        for i, (seq, token) in enumerate(zip(seqs, tokens)):
+        for i, (seq, row) in enumerate(zip(seqs, chosen.rows.unbind(0))):
+            token = chosen.tokens[i]
+            if token < 0:
+                out.append(None)
+                continue
             rows = None
-            if token is not None and seq.attention is not None:
+            if seq.attention is not None:
                 layers, heads = seq.attention
                 rows = [attention[i][layer, heads, : len(seq.tokens)].float().cpu() for layer in layers]
-            out.append(None if token is None else TokenOutput(token, chosen[i], logprobs[i], top.get(i, []), rows))
+            out.append(TokenOutput(token, chosen.logprobs[i], row, chosen.top[i], rows))
         return out
-
-    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int | None]:
-        """The batch's tokens; if sampling the batch fails, row by row, so one bad row fails alone (None)."""
-
-        def rows(chosen: list[Sequence], rows_logits: torch.Tensor) -> list[int]:
-            return sample_rows(
-                rows_logits,
-                [s.params for s in chosen],
-                [torch.tensor(s.tokens) if s.params.uses_history else None for s in chosen],
-                [s.n_prompt for s in chosen],
-                [s.seed for s in chosen],
-                [s.generated for s in chosen],
-                [s.utf8_mask for s in chosen],
-            )
-
-        try:
-            return rows(seqs, logits)
-        except Exception:
-            log.exception("sampling a batch failed; sampling its rows one by one")
-        tokens: list[int | None] = []
-        for i, seq in enumerate(seqs):
-            try:
-                tokens += rows([seq], logits[i : i + 1])
-            except Exception:
-                log.exception("sampling failed")
-                tokens.append(None)
-        return tokens
 
     @contextlib.contextmanager
     def every_core(self):

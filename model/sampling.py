@@ -3,7 +3,8 @@
 A draw for sequence i at its generation step t is a function of (seed_i, t) and its logits alone
 (exponential_noise): the same seed and parameters give the same bytes alone, in any batch, on any thread. The
 probabilities and the noise's logarithm come from model.numerics: the same bits on every CPU (with the native
-extension).
+extension). These functions define the arithmetic; with the extension, model/native/sampling.h computes the same,
+bit for bit, for a whole batch in one call (model.choice; tests/test_native_sampling.py holds the two equal).
 """
 
 from __future__ import annotations
@@ -128,6 +129,30 @@ def penalize(logits: torch.Tensor, params: SamplingParams, previous: torch.Tenso
     )
 
 
+def sampler_logits(
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    previous: list[torch.Tensor | None],
+    n_prompt: list[int],
+    utf8_masks: list[int] | None = None,
+) -> torch.Tensor:
+    """The logits (B, vocab) the draws read (sample_rows): after the UTF-8 mask, then the penalties (in place where
+    logits is float32 already)."""
+    logits = logits.float()
+    masked = [i for i, p in enumerate(params) if p.valid_utf8]
+    utf8_masks = utf8_masks or [utf8.START] * len(params)
+    if masked:  # one add: a row for one sequence, a stack of them for several
+        rows = [_UTF8_LOGITS[utf8_masks[i]] for i in masked]
+        if len(masked) == len(params):
+            logits = logits + (rows[0] if len(rows) == 1 else torch.stack(rows))
+        else:
+            logits[masked] += torch.stack(rows)
+    for i, p in enumerate(params):
+        if p.uses_history:
+            logits[i] = penalize(logits[i], p, previous[i], n_prompt[i])
+    return logits
+
+
 def sample_rows(
     logits: torch.Tensor,
     params: list[SamplingParams],
@@ -147,18 +172,7 @@ def sample_rows(
     exponential_noise(seed, step): an exact sample from probs (the exponential race). Greedy rows (temperature
     0) take the argmax.
     """
-    logits = logits.float()
-    masked = [i for i, p in enumerate(params) if p.valid_utf8]
-    utf8_masks = utf8_masks or [utf8.START] * len(params)
-    if masked:  # one add: a row for one sequence, a stack of them for several
-        rows = [_UTF8_LOGITS[utf8_masks[i]] for i in masked]
-        if len(masked) == len(params):
-            logits = logits + (rows[0] if len(rows) == 1 else torch.stack(rows))
-        else:
-            logits[masked] += torch.stack(rows)
-    for i, p in enumerate(params):
-        if p.uses_history:
-            logits[i] = penalize(logits[i], p, previous[i], n_prompt[i])
+    logits = sampler_logits(logits, params, previous, n_prompt, utf8_masks)
     greedy = logits.argmax(dim=-1)
     drawn = [i for i, p in enumerate(params) if p.temperature > 0]
     if not drawn:

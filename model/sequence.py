@@ -26,6 +26,10 @@ class Sequence:
     explain: bool = False  # split each chosen byte's logit by what pushed it (model.attribution): the exact model
     max_length: int = 0  # the most tokens it may hold (prompt + max_new_tokens, at most the context); 0: no limit
     utf8_state: int = utf8.START  # of the tokens so far (model.utf8); kept by append()
+    # the native sampler's row (model.choice): its parameters and the counts its penalties read, and the params
+    # it was built from (a new row if they change)
+    sampling_row: object = field(default=None, init=False, repr=False, compare=False)
+    sampling_params: SamplingParams | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.params.valid_utf8:

@@ -17,6 +17,7 @@ from typing import Protocol
 
 import torch
 
+from model.choice import Batch, Choices
 from model.kv_cache import KVCache
 from model.model import Transformer
 from model.native import step as native
@@ -41,6 +42,12 @@ class DecodeStep(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One token for each of n sequences, sequence i in cache row i at positions[i]: logits (n, vocab) and the
         probabilities (len(attention_for), n_layer, n_head, keys) of the sequences attention_for names."""
+
+    def decode_and_choose(
+        self, tokens: list[int], positions: list[int], cache: KVCache, attention_for: list[int], batch: Batch
+    ) -> tuple[Choices, torch.Tensor | None]:
+        """decode(), then each sequence's next token chosen from its logits (model.choice; the native step makes
+        both in one call): the choices and the probabilities decode() gives."""
 
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, vocab) of whole windows ids (B, T) from position 0, in this step's form and arithmetic."""

@@ -53,6 +53,11 @@ class TorchStep:
         return logits[:, -1], rows  # (n, vocab), (len(attention_for), n_layer, nh, keys)
 
     @torch.inference_mode()
+    def decode_and_choose(self, tokens: list[int], positions: list[int], cache: KVCache, attention_for, batch):
+        logits, attn = self.decode(torch.tensor(tokens), torch.tensor(positions), cache, attention_for)
+        return batch.choose(logits), attn
+
+    @torch.inference_mode()
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         return self.decoder(ids)[0]
 

@@ -207,16 +207,22 @@ def test_openapi_docs_have_examples(client):
 def test_a_failing_sequence_does_not_take_the_batch_down(client, monkeypatch):
     import concurrent.futures
 
-    import model.runner as runner_module
+    from model import choice
 
-    real_sample_rows = runner_module.sample_rows
+    real_row, real_sample_rows = choice._row, choice.sample_rows
 
-    def sample_rows(logits, params, *rest):
-        if any(p.temperature == 0.123 for p in params):  # the request chosen to fail
+    def row(seq, vocab):  # the native sampler's row of each sequence
+        if seq.params.temperature == 0.123:  # the request chosen to fail
+            raise RuntimeError("injected sampling failure")
+        return real_row(seq, vocab)
+
+    def sample_rows(logits, params, *rest):  # without the extension
+        if any(p.temperature == 0.123 for p in params):
             raise RuntimeError("injected sampling failure")
         return real_sample_rows(logits, params, *rest)
 
-    monkeypatch.setattr(runner_module, "sample_rows", sample_rows)
+    monkeypatch.setattr(choice, "_row", row)
+    monkeypatch.setattr(choice, "sample_rows", sample_rows)
     good = dict(prompt="fine", max_new_tokens=40, temperature=0.7, seed=2)
     expected = gen(client, **good)["text"]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:

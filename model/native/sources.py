@@ -12,7 +12,8 @@ import re
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("step.cpp", "kernels.h", "fixed_math.h", "numerics.h")  # everything the extension is compiled from
+# everything the extension is compiled from
+SOURCES = ("step.cpp", "kernels.h", "fixed_math.h", "numerics.h", "sampling.h")
 
 
 def source_hash(folder: Path = HERE) -> str | None:

@@ -26,6 +26,7 @@
 
 #include "kernels.h"
 #include "numerics.h"
+#include "sampling.h"
 
 using namespace tinyllm;
 
@@ -33,8 +34,10 @@ namespace {
 
 // Bumped whenever the arithmetic changes: it is part of the server's system_fingerprint. 2: exp from
 // fixed_math.h (not libm's), NaN activations quantize alike on every path, int8 -128 read as -127, and
-// numerics.h: the fixed-order log-softmax, sampling probabilities and RoPE tables.
-constexpr int ARITHMETIC_VERSION = 2;
+// numerics.h: the fixed-order log-softmax, sampling probabilities and RoPE tables. 3: the choice of the next
+// token in sampling.h (the same tokens and logprobs as 2), whose top logprobs break ties by token id (torch's
+// topk left tied values in an order of its own).
+constexpr int ARITHMETIC_VERSION = 3;
 
 // sha256 of the sources this binary is built from (setup.py defines it, model/native/sources.py computes it):
 // model/native/step.py refuses a binary whose hash is not that of the sources on disk. Empty when built otherwise.
@@ -217,6 +220,21 @@ class Step {
       }
       linears_.push_back(std::move(L));
     }
+  }
+
+  // A decode step and the choice of each sequence's next token, in one call (the GIL released throughout):
+  // sequence i is entry i, in cache row i, at positions[i]; its logits go through sampling.h. The sampling
+  // inputs are checked before the step runs. attention_for, attention_out: as forward().
+  Choices decode(const std::vector<int64_t>& tokens, const std::vector<int64_t>& positions,
+                 std::vector<at::Tensor> k_cache, std::vector<at::Tensor> v_cache, at::Tensor attention_for,
+                 at::Tensor attention_out, const SamplingBatch& sampling) {
+    const int64_t n = int64_t(tokens.size()), vocab = embed_.size(0);
+    sampling.check(n, vocab);
+    at::Tensor entries = at::arange(n, at::kLong), logits = at::empty({n, vocab}, at::kFloat);
+    forward(at::tensor(tokens, at::kLong), entries, at::tensor(positions, at::kLong), std::move(k_cache),
+            std::move(v_cache), entries, logits, std::move(attention_for), std::move(attention_out));
+    const FlushDenormals flush;
+    return sampling.choose(logits);
   }
 
   std::string kernels() const { return kern_.name; }
@@ -434,7 +452,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                           std::vector<at::Tensor>>())
       .def_property_readonly("kernels", &Step::kernels)
       .def_property_readonly("form", &Step::form)
-      .def("forward", &Step::forward, pybind11::call_guard<pybind11::gil_scoped_release>());
+      .def("forward", &Step::forward, pybind11::call_guard<pybind11::gil_scoped_release>())
+      .def(
+          "decode",
+          [](Step& step, const std::vector<int64_t>& tokens, const std::vector<int64_t>& positions,
+             std::vector<at::Tensor> k_cache, std::vector<at::Tensor> v_cache, at::Tensor attention_for,
+             at::Tensor attention_out, std::vector<SamplingRow*> rows, std::vector<int64_t> steps,
+             std::vector<int64_t> masks, at::Tensor allowed) {
+            const SamplingBatch sampling{std::move(rows), std::move(steps), std::move(masks), std::move(allowed)};
+            return step.decode(tokens, positions, std::move(k_cache), std::move(v_cache), std::move(attention_for),
+                               std::move(attention_out), sampling);
+          },
+          pybind11::call_guard<pybind11::gil_scoped_release>());
   bind_numerics(m);
+  bind_sampling(m);
   m.def("quantize_group", &quantize_group, "one group of activations quantized by the kernels named (for tests)");
 }

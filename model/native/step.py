@@ -162,6 +162,23 @@ class NativeStep:
             n_keys=int(positions.max()) + 1,
         )
 
+    def decode_and_choose(self, tokens: list[int], positions: list[int], cache, attention_for: list[int], batch):
+        """model.step.DecodeStep.decode_and_choose: the step and the choice (sampling.h) in one call."""
+        attention = _NONE_4D
+        if attention_for:
+            keys = max(positions) + 1
+            attention = torch.empty(len(attention_for), self.config.n_layer, self.config.n_head, keys)
+        chosen = self._step.decode(
+            tokens,
+            positions,
+            cache.k,
+            cache.v,
+            torch.tensor(attention_for) if attention_for else _NONE,
+            attention,
+            *batch.native_args(),
+        )
+        return batch.choices(chosen), (None if attention is _NONE_4D else attention)
+
     def forward(
         self,
         tokens: torch.Tensor,
