@@ -234,6 +234,20 @@ __attribute__((target("avx2"))) inline __m256 scores8(const float* q, const floa
   return _mm256_set_m128(s1, s0);
 }
 
+// out[0 .. 8M) = sum over keys k in order of probs[k] * values[k * hs + i]: M vectors held in registers (a
+// count fixed at compile time, so the compiler does not keep them in memory).
+template <int M>
+__attribute__((target("avx2"))) inline void weighted_sum_avx2(const float* probs, const float* values, int64_t n,
+                                                             int64_t hs, float* out) {
+  __m256 acc[M];
+  for (int c = 0; c < M; c++) acc[c] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < n; k++) {
+    const __m256 p = _mm256_set1_ps(probs[k]);
+    for (int c = 0; c < M; c++) acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(p, _mm256_loadu_ps(values + k * hs + 8 * c)));
+  }
+  for (int c = 0; c < M; c++) _mm256_storeu_ps(out + 8 * c, acc[c]);
+}
+
 __attribute__((target("avx2"))) inline void attend_avx2(const float* q, const float* keys, const float* values,
                                                        int64_t n, int64_t hs, float scale, float* probs, float* out) {
   int64_t j = 0;
@@ -243,9 +257,11 @@ __attribute__((target("avx2"))) inline void attend_avx2(const float* q, const fl
   softmax(probs, n, exp_avx2);
   // out, 64 floats at a time in registers, summed over the keys in order
   const int64_t body = hs - hs % 8;
-  for (int64_t i0 = 0; i0 < body; i0 += 64) {
-    const int m = int(std::min<int64_t>(64, body - i0) / 8);
+  int64_t i0 = 0;
+  for (; i0 + 64 <= body; i0 += 64) weighted_sum_avx2<8>(probs, values + i0, n, hs, out + i0);
+  if (body - i0 > 0) {
     __m256 acc[8];
+    const int m = int((body - i0) / 8);
     for (int c = 0; c < 8; c++) acc[c] = _mm256_setzero_ps();
     for (int64_t k = 0; k < n; k++) {
       const __m256 p = _mm256_set1_ps(probs[k]);
@@ -308,7 +324,7 @@ __attribute__((target("avx2"))) void q8_tile16_avx2(const Q8Weights& w, const Q8
   const int64_t groups = w.n / w.group;  // w.group == 32 * CHUNKS
   const __m256i ones = _mm256_set1_epi16(1);
   const int8_t* wq = w.q + 16 * block * w.n;
-  for (int i = 0; i < 16 * C; i++) out[i] = 0.0f;
+  for (int i = 0; i < 16 * C; i += 8) _mm256_storeu_ps(out + i, _mm256_setzero_ps());  // (a loop: rep stos, slow)
   for (int64_t g = 0; g < groups; g++) {
     __m256i sum[2][C];
     for (int c = 0; c < C; c++) sum[0][c] = _mm256_setzero_si256(), sum[1][c] = _mm256_setzero_si256();
@@ -373,7 +389,7 @@ __attribute__((target("avx2,avx512f,avx512bw,avx512vl,avx512vnni"))) void q8_til
     const Q8Weights& w, const Q8Activations& x, int64_t block, int64_t e0, float* out) {
   const int64_t groups = w.n / w.group;  // w.group == 32 * CHUNKS
   const int8_t* wq = w.q + 32 * block * w.n;
-  for (int i = 0; i < 32 * C; i++) out[i] = 0.0f;
+  for (int i = 0; i < 32 * C; i += 16) _mm512_storeu_ps(out + i, _mm512_setzero_ps());
   for (int64_t g = 0; g < groups; g++) {
     __m512i sum[2][C];
     for (int c = 0; c < C; c++) sum[0][c] = _mm512_setzero_si512(), sum[1][c] = _mm512_setzero_si512();
