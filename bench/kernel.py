@@ -47,7 +47,7 @@ def step_shapes(model) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def macs_per_token(model) -> int:
-    """int8 multiply-adds of one entry through every matrix (the unembedding included: every decoded entry has logits)."""
+    """int8 multiply-adds of one entry through every matrix (the unembedding too: every decoded entry has logits)."""
     return sum(m.shape[0] * m.shape[1] for m in step_matrices(model))
 
 
