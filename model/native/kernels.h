@@ -20,6 +20,12 @@
 //   gives the same integer), then, group after group: acc = acc + float(sum) * (activation scale * weight scale).
 //   AVX2 multiplies |x| by w with x's sign (vpmaddubsw); VNNI multiplies x + 128 by w (vpdpbusd) and subtracts
 //   128 * sum(w): both are the exact integer of the scalar loop.
+// - A matrix product runs in tiles: a block of weight rows (AVX2 16, VNNI 32, scalar 4) by up to 4 entries, each
+//   weight vector loaded once for the tile's entries and each entry's activations once for its rows; a vector
+//   lane holds one (row, entry)'s sum. The tiling decides only which entries share loads: each entry's integer
+//   sums are exact and its float steps run per (entry, row), group after group, so no bit depends on the tile
+//   an entry falls in (tests/test_native_tiles.py). The VNNI tile is compiled but was not run on the AMD (AVX2)
+//   machine it was written on: tests/test_native_step.py and test_native_tiles.py compare it where a CPU has it.
 
 #pragma once
 
