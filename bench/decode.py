@@ -161,6 +161,7 @@ def main() -> None:
     choose_med = {k: median(v) for k, v in choose.items()}
     vector_int8 = form == "int8" and runner.step.kernels in ("avx2", "vnni")
     rate = profile(runner.step, model, rounds=3) if vector_int8 else None
+    rate_text = section(rate, macs_per_token(model), runner.step.kernels, model.config) if rate else "(not int8 here)"
     torch.set_num_threads(threads)
     step_med = {b: median([d for d, _ in v]) for b, v in steps.items()}
     native_ms = median([n for _, n in steps[1]])
@@ -240,7 +241,7 @@ two are nearly tied; its cost is bounded by the checkpoint's `weight_forms.json`
 
 ## The int8 rate against this CPU's peak, at batch 1, 16 and 64
 
-{section(rate, macs_per_token(model), runner.step.kernels) if rate else "(not int8 in vector kernels here)"}
+{rate_text}
 
 One or two step threads: `python -m bench.kernel` (docs/benchmarks/kernel-cpu.md).
 

@@ -132,8 +132,14 @@ RATE_HEADERS = [
 ]  # fmt: skip
 
 
-def section(p: dict, macs: int, kernels: str) -> str:
+def kv_bytes(config, batch: int) -> int:
+    """The float32 keys and values a step at POSITION reads: every layer and head of every entry."""
+    return batch * config.n_layer * config.n_head * 2 * (POSITION + 1) * config.head_dim * 4
+
+
+def section(p: dict, macs: int, kernels: str, config) -> str:
     """The decode doc's section: the rates against the peak, and where the rest goes."""
+    kv = ", ".join(f"{kv_bytes(config, b) / 1e6:.1f} MB at batch {b}" for b in BATCHES)
     return f"""One thread, the {kernels} kernels. The peak: this CPU's int8 dot-product instruction sequence on data in
 L1 (kernels.h's `int8_peak_{kernels}`), **{p["peak"] / 1e9:.1f} G multiply-adds/s**. A token is {macs / 1e6:.2f} M
 int8 multiply-adds (every matrix, the unembedding included). The step at position {POSITION}; "products" are its
@@ -142,6 +148,9 @@ minus the step at position 0; "rest" is the step at position 0 minus the product
 quantizing activations, copies); the three shares are of the step at {POSITION}. Times are thread CPU time.
 
 {table(RATE_HEADERS, rate_rows(p, macs))}
+
+Attention reads the cached keys and values in float32 ({kv}): beyond the last-level cache from batch 16
+on, so it runs at memory speed there, while each weight row is read once for the whole batch.
 
 A 512-byte prompt in chunks of 128 (the server's prefill chunk): {p["prefill"] * 1e3:.0f} ms,
 **{512 / p["prefill"]:,.0f} bytes/s** (one thread)."""
@@ -154,7 +163,10 @@ def threads_section(t: dict, rounds: int) -> str:
 
 {table(["batch", "1 thread ms", "2 threads ms", "speed-up"], rows)}
 
-Load average (1, 5, 15 min) at the end: {load} on {len(os.sched_getaffinity(0))} cores."""
+Load average (1, 5, 15 min) at the end: {load} on {len(os.sched_getaffinity(0))} cores. A step has some 31
+parallel regions, and each waits for its slowest thread: where another process holds the second core, a second
+step thread costs a scheduler time slice per region, and the step slows by up to hundreds of times; only with a
+core free for each step thread (and one for the event loop that speaks HTTP) does the second thread pay."""
 
 
 def main() -> None:
@@ -169,7 +181,7 @@ def main() -> None:
     body = f"""
 ## The int8 rate against this CPU's peak
 
-{section(measured, macs_per_token(model), step.kernels)}
+{section(measured, macs_per_token(model), step.kernels, model.config)}
 
 ## One or two step threads
 
