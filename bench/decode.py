@@ -22,6 +22,7 @@ import httpx
 import torch
 
 from bench.common import DEFAULT_CHECKPOINT, PROMPT, HuggingFace, copy_bandwidth, median, table, write_doc
+from bench.kernel import macs_per_token, profile, section
 from bench.peers import LlamaCpp
 from bench.step_overhead import outside_ms
 from model import checkpoint, form_quality
@@ -159,6 +160,10 @@ def main() -> None:
         for b in steps:
             steps[b].append(step_ms(runner, b))
     choose_med = {k: median(v) for k, v in choose.items()}
+    vector_int8 = form == "int8" and runner.step.kernels in ("avx2", "vnni")
+    rate = profile(runner.step, model, rounds=3) if vector_int8 else None
+    rate_text = section(rate, macs_per_token(model), runner.step.kernels, model.config) if rate else "(not int8 here)"
+    torch.set_num_threads(threads)
     step_med = {b: median([d for d, _ in v]) for b, v in steps.items()}
     native_ms = median([n for _, n in steps[1]])
     python_ms, _ = outside_ms(runner, GREEDY, 0, steps=100, rounds=3)  # bench.step_overhead
@@ -229,7 +234,7 @@ two are nearly tied; its cost is bounded by the checkpoint's `weight_forms.json`
   {floor_ms:.3f} ms; but {nbytes / 1e6:.1f} MB fits this CPU's last-level cache, where a copy of that size moves
   {cached / 1e9:.1f} GB/s (read + write, measured the same way): the floor for a step whose weights stay cached is
   **{cached_floor_ms:.3f} ms**, and the step takes {native_ms / cached_floor_ms:.1f}× it. The rest is the
-  arithmetic (one VNNI instruction, or four AVX2 ones, per 32 int8 products), attention over the cached
+  arithmetic (one VNNI instruction per 64 int8 products, four AVX2 ones per 32), attention over the cached
   positions, and quantizing each matrix product's input.
 - Around it, per step: {step_med[1] - native_ms:.3f} ms (`runner.decode` minus the step's forward call:
   log-probabilities, the UTF-8 mask and sampling in the same native call, `model/native/sampling.h`, and the
@@ -237,6 +242,12 @@ two are nearly tied; its cost is bounded by the checkpoint's `weight_forms.json`
   greedy, the median token); over HTTP, per token, {
         1e3 / m["http"] - 1e3 / m["in-process"]:+.3f} ms against in-process (the engine's loop and events, the
   response's JSON, the client; a whole response's tokens reach the event loop together).
+
+## The int8 rate against this CPU's peak, at batch 1, 16 and 64
+
+{rate_text}
+
+One or two step threads: `python -m bench.kernel` (docs/benchmarks/kernel-cpu.md).
 
 ## The UTF-8 mask
 

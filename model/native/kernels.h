@@ -20,6 +20,12 @@
 //   gives the same integer), then, group after group: acc = acc + float(sum) * (activation scale * weight scale).
 //   AVX2 multiplies |x| by w with x's sign (vpmaddubsw); VNNI multiplies x + 128 by w (vpdpbusd) and subtracts
 //   128 * sum(w): both are the exact integer of the scalar loop.
+// - A matrix product runs in tiles: a block of weight rows (AVX2 16, VNNI 32, scalar 4) by up to 4 entries, each
+//   weight vector loaded once for the tile's entries and each entry's activations once for its rows; a vector
+//   lane holds one (row, entry)'s sum. The tiling decides only which entries share loads: each entry's integer
+//   sums are exact and its float steps run per (entry, row), group after group, so no bit depends on the tile
+//   an entry falls in (tests/test_native_tiles.py). The VNNI tile is compiled but was not run on the AMD (AVX2)
+//   machine it was written on: tests/test_native_step.py and test_native_tiles.py compare it where a CPU has it.
 
 #pragma once
 
@@ -59,7 +65,7 @@ struct Q8Weights {
   int64_t n, group;
 };
 
-// out[c * R + r] = x[e0 + c] . w[R * block + r] for r < R, c < C.
+// out[c * R + r] = x[e0 + c] . w[R * block + r] for r < R, c < C: one tile of a matrix product.
 using Q8Block = void (*)(const Q8Weights&, const Q8Activations&, int64_t block, int64_t e0, float* out);
 using DotF32 = float (*)(const float*, const float*, int64_t);
 // One query's attention over n keys and values ((n, hs) rows); probs and out get n and hs floats.
@@ -234,6 +240,20 @@ __attribute__((target("avx2"))) inline __m256 scores8(const float* q, const floa
   return _mm256_set_m128(s1, s0);
 }
 
+// out[0 .. 8M) = sum over keys k in order of probs[k] * values[k * hs + i]: M vectors held in registers (a
+// count fixed at compile time, so the compiler does not keep them in memory).
+template <int M>
+__attribute__((target("avx2"))) inline void weighted_sum_avx2(const float* probs, const float* values, int64_t n,
+                                                             int64_t hs, float* out) {
+  __m256 acc[M];
+  for (int c = 0; c < M; c++) acc[c] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < n; k++) {
+    const __m256 p = _mm256_set1_ps(probs[k]);
+    for (int c = 0; c < M; c++) acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(p, _mm256_loadu_ps(values + k * hs + 8 * c)));
+  }
+  for (int c = 0; c < M; c++) _mm256_storeu_ps(out + 8 * c, acc[c]);
+}
+
 __attribute__((target("avx2"))) inline void attend_avx2(const float* q, const float* keys, const float* values,
                                                        int64_t n, int64_t hs, float scale, float* probs, float* out) {
   int64_t j = 0;
@@ -243,9 +263,11 @@ __attribute__((target("avx2"))) inline void attend_avx2(const float* q, const fl
   softmax(probs, n, exp_avx2);
   // out, 64 floats at a time in registers, summed over the keys in order
   const int64_t body = hs - hs % 8;
-  for (int64_t i0 = 0; i0 < body; i0 += 64) {
-    const int m = int(std::min<int64_t>(64, body - i0) / 8);
+  int64_t i0 = 0;
+  for (; i0 + 64 <= body; i0 += 64) weighted_sum_avx2<8>(probs, values + i0, n, hs, out + i0);
+  if (body - i0 > 0) {
     __m256 acc[8];
+    const int m = int((body - i0) / 8);
     for (int c = 0; c < 8; c++) acc[c] = _mm256_setzero_ps();
     for (int64_t k = 0; k < n; k++) {
       const __m256 p = _mm256_set1_ps(probs[k]);
@@ -297,84 +319,130 @@ __attribute__((target("avx2"))) inline float quantize_avx2(const float* x, int64
   return d;
 }
 
-// The exact int32 sums of 4 rows' 8-lane accumulators, as [row 0, row 1, row 2, row 3].
-__attribute__((target("avx2"))) inline __m128i hsum_rows(__m256i s0, __m256i s1, __m256i s2, __m256i s3) {
-  const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(s0, s1), _mm256_hadd_epi32(s2, s3));
-  return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-}
-
-// acc (one entry, 4 rows) + float(sums) * (entry's scale * rows' scales): the contract's step, 4 rows at once.
-__attribute__((target("avx2"))) inline __m128 scale_add(__m128 acc, __m128i sums, float xscale, const float* wscale) {
-  const __m128 scale = _mm_mul_ps(_mm_set1_ps(xscale), _mm_loadu_ps(wscale));
-  return _mm_add_ps(acc, _mm_mul_ps(_mm_cvtepi32_ps(sums), scale));
-}
-
+// A tile of a block of 16 weight rows (interleaved by 4 inputs: [n / 4][16][4]) by C entries: at each 4 inputs,
+// two weight vectors (rows 0-7 and 8-15, 4 bytes each) are loaded once for the C entries, and each entry's 4
+// activation bytes (broadcast) serve the 16 rows. Each lane is one row's sum (no horizontal sums): |x| * (w with
+// x's sign) = x * w (vpmaddubsw; pairs fit int16: 127 * 127 * 2 < 32767), quads in int32 (vpmaddwd by ones).
+// The float accumulators live in `out` (in L1): 4 C int sums and the weights take the 16 registers.
 template <int C, int CHUNKS>
-__attribute__((target("avx2"))) void q8_block_avx2(const Q8Weights& w, const Q8Activations& x, int64_t block,
-                                                   int64_t e0, float* out) {
+__attribute__((target("avx2"))) void q8_tile16_avx2(const Q8Weights& w, const Q8Activations& x, int64_t block,
+                                                    int64_t e0, float* out) {
   const int64_t groups = w.n / w.group;  // w.group == 32 * CHUNKS
   const __m256i ones = _mm256_set1_epi16(1);
-  const int8_t* wq = w.q + 4 * block * w.n;
-  __m128 acc[C];
-  for (int c = 0; c < C; c++) acc[c] = _mm_setzero_ps();
+  const int8_t* wq = w.q + 16 * block * w.n;
+  for (int i = 0; i < 16 * C; i += 8) _mm256_storeu_ps(out + i, _mm256_setzero_ps());  // (a loop: rep stos, slow)
   for (int64_t g = 0; g < groups; g++) {
-    __m256i sum[4][C];
-    for (int r = 0; r < 4; r++)
-      for (int c = 0; c < C; c++) sum[r][c] = _mm256_setzero_si256();
-    for (int64_t k = g * w.group; k < g * w.group + 32 * CHUNKS; k += 32) {
-      __m256i xq[C], xa[C];
+    __m256i sum[2][C];
+    for (int c = 0; c < C; c++) sum[0][c] = _mm256_setzero_si256(), sum[1][c] = _mm256_setzero_si256();
+    for (int64_t k = g * w.group; k < g * w.group + 32 * CHUNKS; k += 4) {
+      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq + 16 * k));      // rows 0-7
+      const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq + 16 * k + 32)); // rows 8-15
       for (int c = 0; c < C; c++) {
-        xq[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + (e0 + c) * w.n + k));
-        xa[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.abs + (e0 + c) * w.n + k));
-      }
-      for (int r = 0; r < 4; r++) {
-        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq + r * w.n + k));
-        for (int c = 0; c < C; c++) {
-          // |x| * (w with x's sign) = x * w; pairs of them fit int16 (127 * 127 * 2 < 32767), quads int32.
-          const __m256i pairs = _mm256_maddubs_epi16(xa[c], _mm256_sign_epi8(wv, xq[c]));
-          sum[r][c] = _mm256_add_epi32(sum[r][c], _mm256_madd_epi16(pairs, ones));
-        }
+        int32_t four_abs, four_q;
+        std::memcpy(&four_abs, x.abs + (e0 + c) * w.n + k, 4);
+        std::memcpy(&four_q, x.q + (e0 + c) * w.n + k, 4);
+        const __m256i xa = _mm256_set1_epi32(four_abs), xq = _mm256_set1_epi32(four_q);
+        sum[0][c] = _mm256_add_epi32(sum[0][c], _mm256_madd_epi16(_mm256_maddubs_epi16(xa, _mm256_sign_epi8(w0, xq)), ones));
+        sum[1][c] = _mm256_add_epi32(sum[1][c], _mm256_madd_epi16(_mm256_maddubs_epi16(xa, _mm256_sign_epi8(w1, xq)), ones));
       }
     }
-    for (int c = 0; c < C; c++)
-      acc[c] = scale_add(acc[c], hsum_rows(sum[0][c], sum[1][c], sum[2][c], sum[3][c]),
-                         x.scale[(e0 + c) * groups + g], w.scale + (block * groups + g) * 4);
+    // acc + float(sum) * (entry's scale * row's scale), per lane: the contract's step, 8 rows at once
+    const float* wscale = w.scale + (block * groups + g) * 16;
+    for (int c = 0; c < C; c++) {
+      const __m256 xscale = _mm256_set1_ps(x.scale[(e0 + c) * groups + g]);
+      for (int h = 0; h < 2; h++) {
+        const __m256 scale = _mm256_mul_ps(xscale, _mm256_loadu_ps(wscale + 8 * h));
+        const __m256 acc = _mm256_loadu_ps(out + 16 * c + 8 * h);
+        _mm256_storeu_ps(out + 16 * c + 8 * h, _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sum[h][c]), scale)));
+      }
+    }
   }
-  for (int c = 0; c < C; c++) _mm_storeu_ps(out + c * 4, acc[c]);
+}
+
+// The peak of the AVX2 int8 dot product on data in L1: the tile's four instructions per 32 products (vpsignb,
+// vpmaddubsw, vpmaddwd, vpaddd) on 4 independent sums (their adds take one cycle: 4 keep every pipe busy, and 4 weight
+// vectors and 4 sums stay in registers), `steps` times (the empty asm makes the activations new to
+// the compiler at every step, so nothing is hoisted). Returns the products done; sink gets the sums. For bench use:
+// a measured ceiling to set the step's rate against.
+__attribute__((target("avx2"))) inline int64_t int8_peak_avx2(int64_t steps, int32_t* sink) {
+  alignas(32) int8_t weights[4][32];
+  for (int j = 0; j < 4; j++)
+    for (int i = 0; i < 32; i++) weights[j][i] = int8_t((i * 7 + j * 13) % 255 - 127);
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i xq = _mm256_set1_epi32(0x05fb7f81), xa = _mm256_abs_epi8(xq), sum[4];
+  for (auto& s : sum) s = _mm256_setzero_si256();
+  for (int64_t step = 0; step < steps; step++) {
+    asm volatile("" : "+x"(xq), "+x"(xa));
+    for (int j = 0; j < 4; j++) {
+      const __m256i wv = _mm256_load_si256(reinterpret_cast<const __m256i*>(weights[j]));
+      sum[j] = _mm256_add_epi32(sum[j], _mm256_madd_epi16(_mm256_maddubs_epi16(xa, _mm256_sign_epi8(wv, xq)), ones));
+    }
+  }
+  __m256i total = _mm256_setzero_si256();
+  for (auto& s : sum) total = _mm256_add_epi32(total, s);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(sink), total);
+  return steps * 4 * 32;
 }
 
 // ------------------------------------------------------------------ AVX-512 VNNI
 
-// Blocks of 16 rows interleaved by 4 inputs: one vpdpbusd multiplies 4 activation bytes (broadcast) by 4 bytes of
-// each of the 16 rows, so each lane is one row's sum and a group needs no horizontal sum.
+// The AVX2 tile's structure with 512-bit vectors: a block of 32 rows interleaved by 4 inputs ([n / 4][32][4]); at
+// each 4 inputs two weight vectors (rows 0-15 and 16-31) serve the C entries, and one vpdpbusd multiplies an
+// entry's 4 activation bytes (broadcast, as x + 128) by 4 bytes of 16 rows: each lane is one row's sum, less
+// 128 * sum(w) at the group's end. The float accumulators live in `out`, as in the AVX2 tile.
 template <int C, int CHUNKS>
-__attribute__((target("avx2,avx512f,avx512bw,avx512vl,avx512vnni"))) void q8_block16_vnni(
+__attribute__((target("avx2,avx512f,avx512bw,avx512vl,avx512vnni"))) void q8_tile32_vnni(
     const Q8Weights& w, const Q8Activations& x, int64_t block, int64_t e0, float* out) {
   const int64_t groups = w.n / w.group;  // w.group == 32 * CHUNKS
-  const int8_t* wq = w.q + 16 * block * w.n;
-  __m512 acc[C];
-  for (int c = 0; c < C; c++) acc[c] = _mm512_setzero_ps();
+  const int8_t* wq = w.q + 32 * block * w.n;
+  for (int i = 0; i < 32 * C; i += 16) _mm512_storeu_ps(out + i, _mm512_setzero_ps());
   for (int64_t g = 0; g < groups; g++) {
-    __m512i sum[C];
-    for (int c = 0; c < C; c++) sum[c] = _mm512_setzero_si512();
+    __m512i sum[2][C];
+    for (int c = 0; c < C; c++) sum[0][c] = _mm512_setzero_si512(), sum[1][c] = _mm512_setzero_si512();
     for (int64_t k = g * w.group; k < g * w.group + 32 * CHUNKS; k += 4) {
-      const __m512i wv = _mm512_loadu_si512(wq + 16 * k);  // 16 rows x 4 bytes
+      const __m512i w0 = _mm512_loadu_si512(wq + 32 * k);       // rows 0-15 x 4 bytes
+      const __m512i w1 = _mm512_loadu_si512(wq + 32 * k + 64);  // rows 16-31
       for (int c = 0; c < C; c++) {
         int32_t four;
         std::memcpy(&four, x.plus + (e0 + c) * w.n + k, 4);
-        sum[c] = _mm512_dpbusd_epi32(sum[c], _mm512_set1_epi32(four), wv);  // (x + 128) * w
+        const __m512i xp = _mm512_set1_epi32(four);
+        sum[0][c] = _mm512_dpbusd_epi32(sum[0][c], xp, w0);  // (x + 128) * w
+        sum[1][c] = _mm512_dpbusd_epi32(sum[1][c], xp, w1);
       }
     }
-    const int64_t at = (block * groups + g) * 16;
-    const __m512i offset = _mm512_slli_epi32(_mm512_loadu_si512(w.sum + at), 7);  // 128 * sum(w)
-    const __m512 wscale = _mm512_loadu_ps(w.scale + at);
-    for (int c = 0; c < C; c++) {
-      const __m512 scale = _mm512_mul_ps(_mm512_set1_ps(x.scale[(e0 + c) * groups + g]), wscale);
-      const __m512 sums = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum[c], offset));
-      acc[c] = _mm512_add_ps(acc[c], _mm512_mul_ps(sums, scale));
+    const int64_t at = (block * groups + g) * 32;
+    for (int h = 0; h < 2; h++) {
+      const __m512i offset = _mm512_slli_epi32(_mm512_loadu_si512(w.sum + at + 16 * h), 7);  // 128 * sum(w)
+      const __m512 wscale = _mm512_loadu_ps(w.scale + at + 16 * h);
+      for (int c = 0; c < C; c++) {
+        const __m512 scale = _mm512_mul_ps(_mm512_set1_ps(x.scale[(e0 + c) * groups + g]), wscale);
+        const __m512 sums = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum[h][c], offset));
+        const __m512 acc = _mm512_loadu_ps(out + 32 * c + 16 * h);
+        _mm512_storeu_ps(out + 32 * c + 16 * h, _mm512_add_ps(acc, _mm512_mul_ps(sums, scale)));
+      }
     }
   }
-  for (int c = 0; c < C; c++) _mm512_storeu_ps(out + c * 16, acc[c]);
+}
+
+// int8_peak_avx2's measure for VNNI: one vpdpbusd per 64 products, 12 independent sums (its
+// result takes some 5 cycles to feed the next, on up to 2 ports).
+__attribute__((target("avx2,avx512f,avx512bw,avx512vl,avx512vnni"))) inline int64_t int8_peak_vnni(int64_t steps,
+                                                                                                   int32_t* sink) {
+  alignas(64) int8_t weights[12][64];
+  for (int j = 0; j < 12; j++)
+    for (int i = 0; i < 64; i++) weights[j][i] = int8_t((i * 7 + j * 13) % 255 - 127);
+  __m512i xp = _mm512_set1_epi32(0x05fb7f81), sum[12];
+  for (auto& s : sum) s = _mm512_setzero_si512();
+  for (int64_t step = 0; step < steps; step++) {
+    asm volatile("" : "+v"(xp));
+    for (int j = 0; j < 12; j++) sum[j] = _mm512_dpbusd_epi32(sum[j], xp, _mm512_load_si512(weights[j]));
+  }
+  __m512i total = _mm512_setzero_si512();
+  for (auto& s : sum) total = _mm512_add_epi32(total, s);
+  alignas(64) int32_t lanes[16];
+  _mm512_store_si512(lanes, total);
+  std::memcpy(sink, lanes, 8 * sizeof(int32_t));
+  return steps * 12 * 64;
 }
 #endif
 
@@ -394,9 +462,12 @@ class FlushDenormals {
 
 // ------------------------------------------------------------------ choosing a path
 
-// The kernels of one path: float dot products; one query's attention; quantizing activations; exp; int8 blocks of
-// `rows` weight rows (interleaved by 4 inputs or not) for 1 to `entries` entries at a time (up to 8: enough
-// independent sums to keep the multipliers busy), for groups of 32 and 64 inputs (q8[entries - 1][group/32 - 1]).
+// The kernels of one path: float dot products; one query's attention; quantizing activations; exp; int8 tiles of a
+// block of `rows` weight rows (interleaved by 4 inputs or not) by 1 to `entries` entries (MAX_TILE_ENTRIES at
+// most), for groups of 32 and 64 inputs (q8[entries - 1][group/32 - 1]). A tile's float outputs fit in
+// MAX_TILE floats.
+constexpr int MAX_TILE_ENTRIES = 4, MAX_TILE = 4 * 32;
+
 struct Kernels {
   std::string name;
   DotF32 dot_f32;
@@ -406,7 +477,7 @@ struct Kernels {
   int rows;
   bool interleaved;
   int entries;
-  Q8Block q8[8][2];
+  Q8Block q8[MAX_TILE_ENTRIES][2];
 };
 
 inline bool cpu_has(const std::string& name) {
@@ -429,18 +500,17 @@ inline Kernels kernels_named(const std::string& name) {
   TORCH_CHECK(cpu_has(chosen), "this CPU cannot run the ", chosen, " kernels");
 #ifdef TINYLLM_X86
   if (chosen == "vnni")
-    return {"vnni", dot_f32_avx2, attend_avx2, quantize_avx2, exp_avx2, 16, true, 8,
-            {{q8_block16_vnni<1, 1>, q8_block16_vnni<1, 2>},
-             {q8_block16_vnni<2, 1>, q8_block16_vnni<2, 2>},
-             {q8_block16_vnni<3, 1>, q8_block16_vnni<3, 2>},
-             {q8_block16_vnni<4, 1>, q8_block16_vnni<4, 2>},
-             {q8_block16_vnni<5, 1>, q8_block16_vnni<5, 2>},
-             {q8_block16_vnni<6, 1>, q8_block16_vnni<6, 2>},
-             {q8_block16_vnni<7, 1>, q8_block16_vnni<7, 2>},
-             {q8_block16_vnni<8, 1>, q8_block16_vnni<8, 2>}}};
+    return {"vnni", dot_f32_avx2, attend_avx2, quantize_avx2, exp_avx2, 32, true, 4,
+            {{q8_tile32_vnni<1, 1>, q8_tile32_vnni<1, 2>},
+             {q8_tile32_vnni<2, 1>, q8_tile32_vnni<2, 2>},
+             {q8_tile32_vnni<3, 1>, q8_tile32_vnni<3, 2>},
+             {q8_tile32_vnni<4, 1>, q8_tile32_vnni<4, 2>}}};
   if (chosen == "avx2")
-    return {"avx2", dot_f32_avx2, attend_avx2, quantize_avx2, exp_avx2, 4, false, 2,
-            {{q8_block_avx2<1, 1>, q8_block_avx2<1, 2>}, {q8_block_avx2<2, 1>, q8_block_avx2<2, 2>}}};
+    return {"avx2", dot_f32_avx2, attend_avx2, quantize_avx2, exp_avx2, 16, true, 4,
+            {{q8_tile16_avx2<1, 1>, q8_tile16_avx2<1, 2>},
+             {q8_tile16_avx2<2, 1>, q8_tile16_avx2<2, 2>},
+             {q8_tile16_avx2<3, 1>, q8_tile16_avx2<3, 2>},
+             {q8_tile16_avx2<4, 1>, q8_tile16_avx2<4, 2>}}};
 #endif
   return {"scalar", dot_f32_scalar, attend_scalar, quantize_scalar, exp_scalar, 4, false, 2,
           {{q8_block_scalar<1, 1>, q8_block_scalar<1, 2>}, {q8_block_scalar<2, 1>, q8_block_scalar<2, 2>}}};

@@ -15,6 +15,7 @@
 #include <ATen/Parallel.h>
 
 #include <sys/mman.h>
+#include <time.h>
 
 #include <algorithm>
 #include <cmath>
@@ -136,15 +137,15 @@ struct Linear {
 
 int64_t grain(int64_t per_item_work) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, per_item_work)); }
 
-// out[e, n] = x[e] . W[n] for `rows` entries. Threads split the output rows, in blocks (of 4 or 8 rows); each
-// block of weights is read once for all entries.
+// out[e, n] = x[e] . W[n] for `rows` entries. Threads split the output rows, in blocks (of kern.rows rows); each
+// block of weights is read once for all entries, in tiles of up to kern.entries entries (kernels.h).
 void matmul(const Linear& L, const Kernels& kern, const float* x, int64_t rows, float* out, QuantizedRows& xq) {
   if (L.group) {
     const Q8Activations xa = xq.quantize(kern, x, rows, L.in, L.group);
     const Q8Weights w = L.int8();
     at::parallel_for(0, L.blocks, grain(L.R * L.in * rows), [&](int64_t begin, int64_t end) {
       const FlushDenormals flush;  // in each thread that runs a part
-      float tile[128];  // up to 8 entries x 16 rows
+      float tile[MAX_TILE];  // entries x rows of one tile
       for (int64_t block = begin; block < end; block++) {
         const int64_t n0 = L.R * block, nn = std::min<int64_t>(L.R, L.out - n0);
         for (int64_t e0 = 0; e0 < rows; e0 += kern.entries) {
@@ -439,6 +440,66 @@ std::tuple<at::Tensor, double> quantize_group(const at::Tensor& x, const std::st
   return {q, d};
 }
 
+
+// The calling thread's CPU time in seconds.
+double thread_seconds() {
+  timespec t;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+}
+
+// x (E, in) float32 times an int8 matrix q8 (out, in) with scales (out, in / group), by the kernels named, as the
+// step multiplies: (out (E, out), seconds per product: the median of `repeats` after one untimed, in the calling
+// thread's CPU time, which a shared machine's other work does not inflate; time it with one thread). For tests of
+// the tiles against the scalar reference, and for bench/kernel.py.
+std::tuple<at::Tensor, double> q8_matmul(const at::Tensor& x, const at::Tensor& q8, const at::Tensor& scales,
+                                         int64_t group, const std::string& kernels, int64_t repeats) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous() && x.dim() == 2,
+              "x: expected a contiguous CPU float32 matrix");
+  TORCH_CHECK(q8.scalar_type() == at::kChar && q8.is_contiguous() && q8.dim() == 2 && q8.size(1) == x.size(1),
+              "q8: expected a contiguous int8 matrix (out, in) with x's in");
+  TORCH_CHECK((group == 32 || group == 64) && q8.size(1) % group == 0, "group must be 32 or 64 and divide in");
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() &&
+                  scales.sizes() == at::IntArrayRef({q8.size(0), q8.size(1) / group}),
+              "scales: expected (out, in / group) float32");
+  TORCH_CHECK(repeats >= 1, "repeats must be >= 1");
+  const Kernels kern = kernels_named(kernels);
+  HugeBuffer arena(Linear::bytes(q8, kern));
+  Linear L;
+  L.pack_int8(q8, scales, group, kern, arena.data());
+  at::Tensor out = at::empty({x.size(0), q8.size(0)}, at::kFloat);
+  QuantizedRows xq;
+  const FlushDenormals flush;
+  std::vector<double> times;
+  for (int64_t i = 0; i <= repeats; i++) {
+    const double start = thread_seconds();
+    matmul(L, kern, x.data_ptr<float>(), x.size(0), out.data_ptr<float>(), xq);
+    times.push_back(thread_seconds() - start);
+  }
+  std::sort(times.begin() + 1, times.end());
+  return {out, times[1 + repeats / 2]};
+}
+
+// The int8 multiply-adds per second of the kernels' dot-product instruction sequence on data in L1, one thread,
+// over about `seconds` of its CPU time (kernels.h: int8_peak_avx2, int8_peak_vnni). For bench/kernel.py.
+double int8_peak(const std::string& kernels, double seconds) {
+  const Kernels kern = kernels_named(kernels);
+  TORCH_CHECK(kern.name != "scalar", "the scalar kernels have no instruction sequence to measure");
+  int32_t sink[8];
+  int64_t done = 0, steps = 1 << 16;
+  const double start = thread_seconds();
+  double elapsed = 0.0;
+  while (elapsed < seconds) {
+#ifdef TINYLLM_X86
+    done += kern.name == "vnni" ? int8_peak_vnni(steps, sink) : int8_peak_avx2(steps, sink);
+#endif
+    elapsed = thread_seconds() - start;
+    steps *= 2;
+  }
+  TORCH_CHECK(sink[0] != 0x7fffffff || done > 0, "");  // the sums are used: the loops cannot be dropped
+  return double(done) / elapsed;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -467,4 +528,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   bind_numerics(m);
   bind_sampling(m);
   m.def("quantize_group", &quantize_group, "one group of activations quantized by the kernels named (for tests)");
+  m.def("q8_matmul", &q8_matmul, "x times an int8 matrix as the step multiplies, and its time (for tests and bench)",
+        pybind11::arg("x"), pybind11::arg("q8"), pybind11::arg("scales"), pybind11::arg("group"),
+        pybind11::arg("kernels"), pybind11::arg("repeats") = 1, pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("int8_peak", &int8_peak, "int8 multiply-adds per second of the kernels' instruction sequence in L1 (bench)",
+        pybind11::arg("kernels"), pybind11::arg("seconds") = 0.2, pybind11::call_guard<pybind11::gil_scoped_release>());
 }
