@@ -206,10 +206,17 @@ def start(command: list[str], cwd: Path, log: Path, core: int | None, threads: i
         return subprocess.Popen(prefix + command, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT), time.time()
 
 
-def finish(proc: subprocess.Popen, t0: float, log: Path) -> float:
-    if proc.wait() != 0:
-        sys.exit(f"{proc.args[:4]} failed; its log: {log}\n{log.read_text()[-2000:]}")
-    return time.time() - t0
+def finish(started: dict[str, tuple[subprocess.Popen, float]], logs: dict[str, Path]) -> dict[str, float]:
+    """Wait for every process; each one's wall time, from its start to its own exit."""
+    wall = {}
+    while len(wall) < len(started):
+        for name, (proc, t0) in started.items():
+            if name not in wall and proc.poll() is not None:
+                wall[name] = time.time() - t0
+                if proc.returncode != 0:
+                    sys.exit(f"{proc.args[:4]} failed; its log: {logs[name]}\n{logs[name].read_text()[-2000:]}")
+        time.sleep(0.05)
+    return wall
 
 
 def race(repo: Path, text: str, corpus: Path, minutes: float, layout: str, extra: list[str]) -> dict:
@@ -229,15 +236,15 @@ def race(repo: Path, text: str, corpus: Path, minutes: float, layout: str, extra
         "nanogpt": (nanogpt_command(iters, nano_out), repo, cores[0]),
         "tinyllm": (tinyllm_command(work / "train.txt", work / "val.txt", ours_out, minutes, extra), ROOT, cores[1]),
     }
-    wall = {}
+    logs = {name: work / f"{name}.log" for name in runs}
     if side:
-        started = {
-            name: start(cmd, cwd, work / f"{name}.log", core, threads) for name, (cmd, cwd, core) in runs.items()
-        }
-        wall = {name: finish(*started[name], work / f"{name}.log") for name in runs}
+        wall = finish(
+            {name: start(cmd, cwd, logs[name], core, threads) for name, (cmd, cwd, core) in runs.items()}, logs
+        )
     else:
+        wall = {}
         for name, (cmd, cwd, core) in runs.items():
-            wall[name] = finish(*start(cmd, cwd, work / f"{name}.log", core, threads), work / f"{name}.log")
+            wall |= finish({name: start(cmd, cwd, logs[name], core, threads)}, logs)
     ours_steps = checkpoint.load_training(ours_out)["step"]
     result = {
         "text": text,

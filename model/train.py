@@ -72,8 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument(
         "--optimizer",
         choices=OPTIMIZERS,
-        default="muon",
-        help="muon: Muon for the blocks' matrices, AdamW for the embeddings, output head and norms; adamw: AdamW alone",
+        default="adamw",
+        help="adamw: AdamW alone; muon: Muon for the blocks' matrices, AdamW for the embeddings, output head and "
+        "norms (wins per step, loses per second on a CPU at small batches: docs/benchmarks/training.md)",
     )
     g.add_argument("--lr", type=float, default=1e-3, help="AdamW's peak learning rate")
     g.add_argument("--muon-lr", type=float, default=MUON_LR, help="Muon's peak learning rate")

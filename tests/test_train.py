@@ -42,6 +42,8 @@ TINY = [
     "8",
     "--lr",
     "3e-3",
+    "--optimizer",  # not the default (adamw, which the SIGKILL test's runs use): its resume and DDP are tested here
+    "muon",
     "--device",
     "cpu",
 ]
@@ -321,6 +323,7 @@ def test_sigkill_during_saves_leaves_a_checkpoint_to_resume(tmp_path, data_file)
     run_ok(train_cmd(*args, "--eval-every", 10, "--resume"))
     t = checkpoint.load_training(out)
     assert t["step"] == steps
+    assert set(t["optimizer"]) == {"adamw"}, "the default optimizer, resumed through the kills"
     assert not tmp.exists() and not out.with_name("ck.old").exists()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     logged = [r["step"] for r in rows if "loss" in r]
