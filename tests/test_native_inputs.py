@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from model.native import step as native
-from model.quantize import int8_group, quantize_groups
+from model.quantize import quantize_groups
 from server.process import ROOT
 from support import tiny_model
 
@@ -27,17 +27,7 @@ def step_args(form: str = "float32") -> dict:
     NativeStep builds them."""
     model = tiny_model(seed=0)
     cfg = model.config
-    group = int8_group(cfg) if form == "int8" else 0
-    weights, scales = [], []
-    for matrix in native.step_matrices(model):
-        if form == "int8":
-            q, scale = quantize_groups(matrix, group)
-            weights.append(q.flatten(-2).to(torch.int8).contiguous())
-            scales.append(scale.squeeze(-1).contiguous())
-        else:
-            weights.append(matrix.float().contiguous())
-    norms = [n.weight for layer in model.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
-    norms = [n.detach().float().contiguous() for n in norms + [model.norm.weight]]
+    group, weights, scales, norms = native.packed(model, form)
     return dict(
         n_layer=cfg.n_layer,
         n_head=cfg.n_head,

@@ -102,18 +102,7 @@ class NativeStep:
             raise RuntimeError(why)
         cfg = model.config
         self.config, self.form = cfg, form
-        group = int8_group(cfg) if form == "int8" else 0
-        weights, scales = [], []
-        for matrix in step_matrices(model):
-            if form == "int8":
-                q, scale = quantize_groups(matrix, group)
-                weights.append(q.flatten(-2).to(torch.int8).contiguous())
-                scales.append(scale.squeeze(-1).contiguous())
-            else:
-                weights.append(matrix.float().contiguous())
-        norms = [n.weight for layer in model.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
-        norms.append(model.norm.weight)
-        norms = [n.detach().float().contiguous() for n in norms]
+        group, weights, scales, norms = packed(model, form)
         self.weight_bytes = sum(t.numel() * t.element_size() for t in weights + scales + norms)  # read per token
         self._step = _step.Step(
             cfg.n_layer,
@@ -215,6 +204,23 @@ class NativeStep:
 
 _NONE = torch.empty(0, dtype=torch.long)
 _NONE_4D = torch.empty(0, 0, 0, 0)
+
+
+def packed(model: Transformer, form: str) -> tuple[int, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """What step.cpp's constructor takes of `model` in `form`: the int8 group (0 for float32), every matrix (int8
+    values, or float32), their scales (int8 only), and the norms' weights."""
+    group = int8_group(model.config) if form == "int8" else 0
+    weights, scales = [], []
+    for matrix in step_matrices(model):
+        if form == "int8":
+            q, scale = quantize_groups(matrix, group)
+            weights.append(q.flatten(-2).to(torch.int8).contiguous())
+            scales.append(scale.squeeze(-1).contiguous())
+        else:
+            weights.append(matrix.float().contiguous())
+    norms = [n.weight for layer in model.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+    norms.append(model.norm.weight)
+    return group, weights, scales, [n.detach().float().contiguous() for n in norms]
 
 
 def step_matrices(model: Transformer) -> list[torch.Tensor]:
