@@ -170,6 +170,17 @@ def shakespeare():
     return checkpoint.load_model(ROOT / "checkpoints" / "shakespeare")
 
 
+def decode_beside_python(runner: Runner, seqs: list[Sequence], outs: list) -> tuple[list, choice.Choices]:
+    """Append each sequence's last choice, then decode once: the runner's outputs, and model.sampling's choice on
+    the step's logits for the same entries (computed first: decoding them again writes the same keys and values)."""
+    for s, o in zip(seqs, outs):
+        s.append(o.token)
+    tokens, positions = [s.tokens[-1] for s in seqs], [len(s.tokens) - 1 for s in seqs]
+    logits, _ = runner.step.decode(torch.tensor(tokens), torch.tensor(positions), runner.cache, [])
+    expected = choice._choose_in_python(seqs, logits)
+    return runner.decode(seqs), expected
+
+
 @pytest.mark.parametrize("form", native.FORMS)
 def test_the_decode_call_chooses_as_its_logits_do_on_every_kernel_path(shakespeare, form):
     """Step.decode (the step and the choice in one call) gives what the step's logits give the sampler, and every
@@ -186,12 +197,7 @@ def test_the_decode_call_chooses_as_its_logits_do_on_every_kernel_path(shakespea
         outs = [runner.prefill(s, i, 0, len(s.tokens)) for i, s in enumerate(seqs)]
         record = []
         for _ in range(12):
-            for s, o in zip(seqs, outs):
-                s.append(o.token)
-            tokens, positions = [s.tokens[-1] for s in seqs], [len(s.tokens) - 1 for s in seqs]
-            logits, _ = runner.step.decode(torch.tensor(tokens), torch.tensor(positions), runner.cache, [])
-            expected = choice._choose_in_python(seqs, logits)
-            outs = runner.decode(seqs)  # the same entries again: the same keys and values into the cache
+            outs, expected = decode_beside_python(runner, seqs, outs)
             got = choice.Choices(
                 [o.token for o in outs],
                 [o.logprob for o in outs],
@@ -214,11 +220,6 @@ def test_the_torch_step_chooses_with_the_same_native_code(shakespeare):
     seqs = [Sequence(list(b"KING:\nO"), 7, p, seed=9, top_logprobs=2) for p in params]
     outs = [runner.prefill(s, i, 0, len(s.tokens)) for i, s in enumerate(seqs)]
     for _ in range(6):
-        for s, o in zip(seqs, outs):
-            s.append(o.token)
-        tokens, positions = [s.tokens[-1] for s in seqs], [len(s.tokens) - 1 for s in seqs]
-        logits, _ = runner.step.decode(torch.tensor(tokens), torch.tensor(positions), runner.cache, [])
-        expected = choice._choose_in_python(seqs, logits)
-        outs = runner.decode(seqs)
+        outs, expected = decode_beside_python(runner, seqs, outs)
         assert [o.token for o in outs] == expected.tokens
         assert [o.logprob.hex() for o in outs] == [v.hex() for v in expected.logprobs]
