@@ -91,12 +91,11 @@ COPY --from=builder /opt/venv /opt/venv
 COPY --from=checkpoint /checkpoints /app/checkpoints
 WORKDIR /app
 USER tinyllm
-# Same settings as outside Docker (server/config.py). TINYLLM_CHECKPOINT: shakespeare first (the native
-# API's default model), then every other checkpoint folder in /app/checkpoints, each named after its folder.
-# Mount other checkpoints (one, or a folder of them) and point TINYLLM_CHECKPOINT at them to serve those.
+# The settings of `make serve` (server/config.py), from /app: every bundled model in checkpoints/, shakespeare
+# first (the native API's default model), each named after its folder. Mount other checkpoints (one, or a folder
+# of them) and point TINYLLM_CHECKPOINT at them to serve those.
 ENV TINYLLM_HOST=0.0.0.0 \
-    TINYLLM_PORT=8000 \
-    TINYLLM_CHECKPOINT=/app/checkpoints/shakespeare,/app/checkpoints
+    TINYLLM_PORT=8000
 EXPOSE 8000
 # /health answers 503 until the model is loaded; urlopen raises on it, so the check fails.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \

@@ -23,7 +23,6 @@ an interrupted run leaves the previous atlas or none. model/atlas_store.py reads
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from model import json_file
 from model.detectors import text_sums
 from model.hooks import Hooks, point, record
 from model.tokenizer import char_spans
@@ -318,6 +318,6 @@ def save(folder: Path, atlas: dict, model_sha256: str) -> None:
     os.chmod(tensors_tmp, 0o644)  # readable like the checkpoint beside it
     record = {**atlas["record"], "model_sha256": model_sha256}
     record["tensors_sha256"] = hashlib.sha256(tensors_tmp.read_bytes()).hexdigest()
-    json_tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    json_tmp.write_text(json_file.dumps(record, indent=1, ensure_ascii=False) + "\n")
     os.replace(tensors_tmp, folder / ATLAS_TENSORS)
     os.replace(json_tmp, folder / ATLAS_JSON)

@@ -8,12 +8,12 @@ heads, a head's top pairs, a head's byte × byte map grouped for display, and th
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file
 
+from model import json_file
 from model.atlas import ATLAS_JSON, ATLAS_TENSORS, CHAR_SLOTS, FORMAT, MAX_CHAR_BYTES
 from model.tokenizer import tokenizer
 
@@ -63,7 +63,7 @@ class Atlas:
             raise AtlasMissing(
                 f"no attention atlas next to the checkpoint {folder}; make it with: {make_command(folder)}"
             )
-        record = json.loads(json_path.read_text())
+        record = json_file.loads(json_path.read_text())  # older files: NaN as None
         raw = tensors_path.read_bytes()
         if record.get("format") != FORMAT or hashlib.sha256(raw).hexdigest() != record.get("tensors_sha256"):
             raise AtlasMissing(

@@ -8,7 +8,6 @@ Loading for inference never unpickles: only JSON and safetensors are read.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from model import json_file
 from model.config import ModelConfig
 from model.model import Transformer
 
@@ -59,7 +59,7 @@ def save(
     if model.config.tie_embeddings:
         del state["lm_head.weight"]  # the same tensor as embed_tokens.weight
     save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
-    (tmp / TRAINING).write_text(json.dumps(training, indent=2) + "\n")
+    (tmp / TRAINING).write_text(json_file.dumps(training, indent=2) + "\n")
     if optimizer_state is not None:
         torch.save(optimizer_state, tmp / OPTIMIZER)
     for name, data in (extra_files or {}).items():
@@ -101,7 +101,7 @@ def load_training(path) -> dict:
     if not f.exists():
         return {}
     try:
-        return json.loads(f.read_text())
+        return json_file.loads(f.read_text())
     except ValueError as e:
         raise CheckpointError(f"{f}: invalid JSON: {e}") from e
 

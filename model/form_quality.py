@@ -9,14 +9,13 @@ that serves the form: model.step).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from model import checkpoint, step
+from model import checkpoint, json_file, step
 from model.quantize import int8_group
 from model.weight_forms import FORMS
 
@@ -41,7 +40,7 @@ def allowed(path) -> tuple[list[str], str]:
     f = checkpoint.resolve(path) / QUALITY_FILE
     if not f.exists():
         return ["float32"], f"no {QUALITY_FILE} in the checkpoint: reduced precision is unmeasured"
-    losses = json.loads(f.read_text())["val_loss"]
+    losses = json_file.loads(f.read_text())["val_loss"]
     base = losses["float32"]
     ok = [form for form in FORMS if form in losses and losses[form] - base <= MAX_LOSS_INCREASE]
     costs = ", ".join(f"{form} {losses[form] - base:+.4f}" for form in FORMS if form in losses and form != "float32")
@@ -99,4 +98,4 @@ def main(argv=None) -> None:
         "data": {"file": args.data.name, "bytes": len(data), "held_out_bytes": len(held_out)},
         "windows": f"all non-overlapping {model.config.context_length}-byte windows of the held-out part",
     }
-    (checkpoint.resolve(args.checkpoint) / QUALITY_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    (checkpoint.resolve(args.checkpoint) / QUALITY_FILE).write_text(json_file.dumps(record, indent=2) + "\n")

@@ -7,7 +7,6 @@ kill at any moment leaves a checkpoint whose files agree with each other.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from model import checkpoint
+from model import checkpoint, json_file
 from model.config import ModelConfig
 from model.model import Transformer
 from model.train_eval import LN2
@@ -67,7 +66,7 @@ def resume_training(resumed: Path | None, optimizer, device) -> tuple[int, dict,
     rows = []
     if (resumed / "metrics.jsonl").exists():
         lines = (resumed / "metrics.jsonl").read_text().splitlines()
-        rows = [r for r in (json.loads(line) for line in lines if line.strip()) if r["step"] <= step]
+        rows = [r for r in (json_file.loads(line) for line in lines if line.strip()) if r["step"] <= step]
     return step, history, rows
 
 

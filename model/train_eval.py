@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import io
-import json
 import math
 import sys
 import time
@@ -14,6 +13,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from model import json_file
 from model.detectors import probe_scores
 from model.generate import generate
 from model.model import Transformer
@@ -136,7 +136,7 @@ class Metrics:
 
     def files(self) -> dict[str, bytes]:
         """metrics.jsonl and loss.png, for the checkpoint folder."""
-        metrics = "".join(json.dumps(r) + "\n" for r in self.rows).encode()
+        metrics = "".join(json_file.dumps(r) + "\n" for r in self.rows).encode()
         return {"metrics.jsonl": metrics, "loss.png": plot_losses(self.rows)}
 
 

@@ -30,26 +30,29 @@ def main(argv: list[str] | None = None) -> None:
         llms = load_checkpoints(settings)
     except CheckpointError as e:
         sys.exit(f"tinyllm-serve: error: {e}")
-    app = create_app(settings, llms)
-    grace = settings.shutdown_grace
-    server = GracefulServer(
-        uvicorn.Config(
-            app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=grace
-        ),
-        drain=lambda: app.state.streams.drain(after=max(grace - 1.0, grace / 2)),
-    )
+    server = GracefulServer(create_app(settings, llms), settings)
     # uvicorn raises the signal again once it has shut down: ignoring that second one lets main() return, status 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     server.run()
 
 
 class GracefulServer(uvicorn.Server):
-    """On SIGTERM/SIGINT uvicorn stops accepting and gives in-flight requests the grace period, then cuts them;
-    drain() ends the streams still open cleanly just before that."""
+    """uvicorn serving the app as the settings say. On SIGTERM/SIGINT (handle_exit) uvicorn stops accepting and
+    gives in-flight requests the grace period, then cuts them; drain() ends the streams still open cleanly just
+    before that."""
 
-    def __init__(self, config: uvicorn.Config, drain):
-        super().__init__(config)
-        self.drain = drain
+    def __init__(self, app, settings: Settings):
+        grace = settings.shutdown_grace
+        super().__init__(
+            uvicorn.Config(
+                app,
+                host=settings.host,
+                port=settings.port,
+                log_level=settings.log_level,
+                timeout_graceful_shutdown=grace,
+            )
+        )
+        self.drain = lambda: app.state.streams.drain(after=max(grace - 1.0, grace / 2))
 
     def handle_exit(self, sig, frame) -> None:
         if not self.should_exit:

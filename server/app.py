@@ -17,10 +17,11 @@ from model.api import TinyLLM
 from server.auth import install_auth
 from server.config import Settings
 from server.docs_pages import install_docs
-from server.errors import install_handlers
+from server.errors import UnexpectedErrors, install_handlers
 from server.limits import BodySizeLimit, StreamLimit
 from server.metrics import CountRequests, Metrics
 from server.models import ServedModels, load_checkpoints
+from server.responses import JSON
 from server.routes import (
     atlas,
     attention,
@@ -59,6 +60,7 @@ def create_app(settings: Settings, llms: dict[Path, TinyLLM] | None = None) -> F
         title="TinyLLM",
         version="0.1.0",
         lifespan=lifespan,
+        default_response_class=JSON,  # orjson: non-finite numbers as null
         docs_url=None,  # /docs and /redoc from this server's files (server/docs_pages.py), not a CDN
         redoc_url=None,
         description="A byte-level transformer: generate text and look at its attention.",
@@ -77,6 +79,7 @@ def create_app(settings: Settings, llms: dict[Path, TinyLLM] | None = None) -> F
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
+    app.add_middleware(UnexpectedErrors)  # outermost: whatever fails inside answers the envelope
     for module in (
         system,
         generate,

@@ -36,10 +36,11 @@ class Settings(BaseSettings):
     )
 
     checkpoint: PathList = Field(
-        default_factory=lambda: [Path("checkpoints/shakespeare")],
+        default_factory=lambda: [Path("checkpoints/shakespeare"), Path("checkpoints")],
         min_length=1,
         description="checkpoint folder to serve, or a folder of checkpoint folders (each is served); repeatable, "
-        "or comma-separated. Each model is named after its folder; the first is the default",
+        "or comma-separated. Each model is named after its folder; the first is the default. Default: every bundled "
+        "model, shakespeare first",
     )
     host: str = Field("127.0.0.1", description="address to bind (0.0.0.0 for all interfaces)")
     port: int = Field(8000, ge=0, le=65535)

@@ -12,12 +12,12 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model.generate import FinishReason
 from server.jobs import FinishEvent, QueueFull
+from server.responses import JSON
 
 log = logging.getLogger("tinyllm.server")
 
@@ -110,8 +110,8 @@ def error_response(
     headers=None,
     path: str = "",
     code: str | None = None,
-) -> JSONResponse:
-    return JSONResponse(error_body(message, type, param, path, code), status_code=status, headers=headers)
+) -> JSON:
+    return JSON(error_body(message, type, param, path, code), status_code=status, headers=headers)
 
 
 _STATUS_TYPES = {
@@ -172,7 +172,34 @@ def install_handlers(app: FastAPI) -> None:
             exc.status_code, message, kind, headers=getattr(exc, "headers", None), path=request.url.path
         )
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal server error", "server_error", path=request.url.path)
+
+class UnexpectedErrors:
+    """The outermost middleware: an error no handler expected costs only its own request. It is logged with its
+    traceback and answered with the 500 envelope, and the connection stays open for the client's next request.
+
+    (Starlette's own last resort answers too, then raises the error again, and uvicorn closes a connection whose
+    app raised: the next request on that keep-alive connection would fail with it.) An error after the response
+    started (a stream cut mid-body) can only end the connection: it is raised on to uvicorn, which logs it.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def send_and_note(message):
+            nonlocal started
+            started |= message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        except Exception:
+            if started:
+                raise
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            response = error_response(500, "internal server error", "server_error", path=scope.get("path", ""))
+            await response(scope, receive, send)

@@ -32,26 +32,19 @@ class Server:
 
 @contextlib.contextmanager
 def running_server(
-    checkpoint: Path, *args: str, env: dict | None = None, timeout: float = 60.0, root: Path = ROOT
+    checkpoint: Path | None, *args: str, env: dict | None = None, timeout: float = 60.0, root: Path = ROOT
 ) -> Iterator[Server]:
     """A live server on 127.0.0.1, healthy; stopped (SIGTERM, then SIGKILL) afterwards. root: the checkout whose
-    server runs (another commit's, for a before/after benchmark)."""
+    server runs (another commit's, for a before/after benchmark).
+
+    checkpoint None: the shipped configuration, as `make serve` and the Docker image start it: every bundled model
+    with the default settings (only the address differs, and the log level is info)."""
     port = free_port()
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"tinyllm-server-{port}.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "server",
-        "--checkpoint",
-        str(checkpoint),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        *args,
-    ]
+    cmd = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port)]
+    if checkpoint is not None:
+        cmd += ["--checkpoint", str(checkpoint), "--log-level", "warning"]
+    cmd += args
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=root, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"

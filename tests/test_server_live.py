@@ -10,11 +10,12 @@ import time
 import httpx
 import pytest
 
+from live import live_app, wait_for
 from model import TinyLLM
 from model.generate import generate
 from model.sampling import SamplingParams
 from server.process import running_server
-from support import metric, sse_events, start_fails
+from support import assert_envelope, metric, sse_events, start_fails
 
 
 @pytest.fixture(scope="module")
@@ -42,23 +43,20 @@ def test_stream_over_http(server):
     assert events[-1]["usage"]["completion_tokens"] == 30
 
 
-def test_disconnect_mid_stream_frees_the_slot(server):
-    body = {"prompt": "abc", "max_new_tokens": 60, "temperature": 1.0, "seed": 1, "stream": True}
-    before = metric(server.url, "tinyllm_tokens_generated_total")
-    with httpx.stream("POST", f"{server.url}/v1/generate", json=body) as r:
-        lines = r.iter_lines()
-        got = [next(lines) for _ in range(4)]  # two events (each followed by a blank line)
-    assert got[0].startswith("data: ")
-    deadline = time.monotonic() + 5
-    while metric(server.url, "tinyllm_active_sequences") != 0:
-        assert time.monotonic() < deadline, "the disconnected sequence still holds its slot"
-        time.sleep(0.05)
-    generated = metric(server.url, "tinyllm_tokens_generated_total") - before
-    assert generated < 60, "generation went on after the client left"
-    assert metric(server.url, "tinyllm_kv_slots_free") == 8
-    assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
-    again = httpx.post(f"{server.url}/v1/generate", json={**body, "stream": False})
-    assert again.status_code == 200 and again.json()["usage"]["completion_tokens"] == 60
+def test_disconnect_mid_stream_frees_the_slot(tiny_checkpoint):
+    with live_app(tiny_checkpoint, max_batch=8) as live:
+        engine, gate = live.engine(), live.gate()  # no decode step runs until the test lets it
+        body = {"prompt": "abc", "max_new_tokens": 60, "temperature": 1.0, "seed": 1, "stream": True}
+        with httpx.stream("POST", f"{live.url}/v1/generate", json=body) as r:
+            assert next(r.iter_lines()).startswith("data: ")  # the prompt's first token (its prefill's)
+        wait_for(lambda: engine.active and engine.active[0].cancelled, "the server to see the client leave")
+        gate.open()
+        wait_for(lambda: engine.active_count == 0, "the disconnected sequence to give its slot back")
+        assert engine.tokens_generated == 2, "generation went on after the client left (one step was in flight)"
+        assert metric(live.url, "tinyllm_kv_slots_free") == 8
+        assert httpx.get(f"{live.url}/health").json() == {"status": "ok"}
+        again = httpx.post(f"{live.url}/v1/generate", json={**body, "stream": False})
+        assert again.status_code == 200 and again.json()["usage"]["completion_tokens"] == 60
 
 
 def test_concurrent_requests_all_progress_and_health_answers(server):
@@ -130,3 +128,24 @@ def test_the_server_needs_no_writable_home(tiny_checkpoint, tmp_path):
     with running_server(tiny_checkpoint, env={"HOME": str(blocker / "home")}) as srv:
         r = httpx.post(f"{srv.url}/v1/generate", json={"prompt": "Hi", "max_new_tokens": 5, "temperature": 0})
         assert r.status_code == 200 and len(r.json()["tokens"]) == 5
+
+
+def test_an_unexpected_error_costs_only_its_own_request(tiny_checkpoint, caplog):
+    """A bug in a route answers the 500 envelope, is logged with its traceback, and the keep-alive connection it came
+    on serves the client's next request (uvicorn closes a connection whose app raised)."""
+    with live_app(tiny_checkpoint) as live:
+
+        def broken_route():
+            raise RuntimeError("a bug")
+
+        live.app.add_api_route("/v1/broken", broken_route)  # a route with a bug: no route of ours is known to have one
+        with httpx.Client(base_url=live.url) as client:
+            assert client.get("/health").status_code == 200
+            (connection,) = live.server.server_state.connections
+            assert_envelope(client.get("/v1/broken"), 500, kind="server_error")
+            r = client.post("/v1/generate", json={"prompt": "ab", "max_new_tokens": 3})
+            assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
+            assert live.server.server_state.connections == {connection}, "the connection was closed after the 500"
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in errors] == ["unhandled error on GET /v1/broken"]
+    assert errors[0].exc_info and "a bug" in str(errors[0].exc_info[1])

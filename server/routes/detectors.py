@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from fastapi import APIRouter
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from model.detectors import INDUCTION_THRESHOLD, induction_heads
 from server.across_jobs import Detect
@@ -21,11 +21,22 @@ class DetectRequest(ChoosesModel):
     text: Text | None = Field(None, min_length=2, description="a text to score the heads on (optional)")
 
 
-def as_lists(scores: dict) -> dict:
-    return {k: [[None if np.isnan(v) else float(v) for v in row] for row in np.asarray(a)] for k, a in scores.items()}
+Scores = dict[str, list[list[float | None]]]
+UNDEFINED = "null where a score is undefined: no query has such keys (same_character on an ASCII text)"
 
 
-@router.post("/v1/detectors", responses=ERROR_RESPONSES)
+class DetectResponse(BaseModel):
+    model: str
+    scores: Scores = Field(description=f"per score, per layer, per head; {UNDEFINED}")
+    corpus: Scores | None = Field(description=f"the same text scores over the atlas's corpus; {UNDEFINED}")
+    corpus_note: str | None = Field(description="why there are no corpus scores (no atlas: the command to make it)")
+    induction_threshold: float
+    induction_heads: list[tuple[int, int]] = Field(
+        description="(layer, head) of every head whose induction_probe reaches the threshold"
+    )
+
+
+@router.post("/v1/detectors", response_model=DetectResponse, responses=ERROR_RESPONSES)
 async def detect_heads(body: DetectRequest, models: ModelsDep):
     """Per head: previous byte, duplicate byte, induction (TransformerLens's scores) and same character, same word,
     start of text on the text; induction, duplicate and previous byte on a repeated random probe; OV copying."""
@@ -39,9 +50,9 @@ async def detect_heads(body: DetectRequest, models: ModelsDep):
         corpus, corpus_note = None, e.message
     return {
         "model": served.name,
-        "scores": as_lists(scores),
+        "scores": {name: np.asarray(a).tolist() for name, a in scores.items()},
         "corpus": corpus,
         "corpus_note": corpus_note,
         "induction_threshold": INDUCTION_THRESHOLD,
-        "induction_heads": [list(h) for h in induction_heads(scores)],
+        "induction_heads": induction_heads(scores),
     }

@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import orjson
 import torch
 from fastapi import APIRouter, Response
 
@@ -43,6 +42,7 @@ from server.inspect_schemas import (
 )
 from server.inspection import Ablate, Attribute, ExplainHead, Inspection, LogitLens, Result
 from server.models import ServedModel
+from server.responses import json_response
 from server.schemas import text_bytes
 
 router = APIRouter(tags=["inspect"])
@@ -79,9 +79,7 @@ class Asked:
             ablation=self.body.ablation,
             **fields,
         )
-        return Response(
-            orjson.dumps(body, default=vars, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
-        )
+        return json_response(body)
 
 
 def float32(t: torch.Tensor) -> np.ndarray:
