@@ -54,6 +54,15 @@ def server(tiny_checkpoint):
         yield s
 
 
+@pytest.fixture(scope="session")
+def shipped_server():
+    """The shipped configuration: `python -m server` with the default settings, as `make serve` and the Docker image
+    start it (every bundled model, with its atlas), on a free port. One per session: the fuzz and page tests share
+    it (nothing they do changes what it answers)."""
+    with running_server(None) as s:
+        yield s
+
+
 @pytest.fixture(scope="module")
 def browser():
     """Debian's chromium, headless (page test modules skip without it: browser.NEEDS_BROWSER)."""
