@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from model.api import TinyLLM
 from server.auth import install_auth
 from server.config import Settings
-from server.docs_pages import install_docs
+from server.docs_pages import install_docs, install_served_model_examples
 from server.errors import UnexpectedErrors, install_handlers
 from server.limits import BodySizeLimit, StreamLimit
 from server.metrics import CountRequests, Metrics
@@ -95,5 +95,6 @@ def create_app(settings: Settings, llms: dict[Path, TinyLLM] | None = None) -> F
     ):
         app.include_router(module.router)
     install_docs(app)  # before /static: its assets live under /static/docs
+    install_served_model_examples(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -41,3 +41,25 @@ def install_docs(app: FastAPI) -> None:
     @app.get(redirect_url, include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:
         return get_swagger_ui_oauth2_redirect_html()
+
+
+def install_served_model_examples(app: FastAPI) -> None:
+    """The OpenAPI schema with the served models' names as the examples of every `model` field and parameter: the
+    schema says which names this server answers to (a client's first question; and what a fuzzer reads to reach a
+    model's routes rather than the 404 of an unknown name). Built once, when first asked for, after start-up."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            names = [served.name for served in app.state.models]
+            for component in schema.get("components", {}).get("schemas", {}).values():
+                if "model" in component.get("properties", {}):
+                    component["properties"]["model"]["examples"] = names
+            for operation in (op for path in schema["paths"].values() for op in path.values()):
+                for parameter in operation.get("parameters", []):
+                    if parameter["name"] == "model":
+                        parameter["schema"]["examples"] = names
+        return app.openapi_schema
+
+    app.openapi = openapi

@@ -121,3 +121,22 @@ def test_the_route_names_induction_heads(server):
     induction = np.array(out["scores"]["induction_probe"])
     assert out["induction_heads"] == [list(map(int, x)) for x in np.argwhere(induction >= out["induction_threshold"])]
     assert_envelope(httpx.post(f"{server.url}/v1/detectors", json={"text": "x" * 65}, timeout=60), 400, "text")
+
+
+@pytest.mark.parametrize(
+    "body", [{}, {"text": "ab"}, {"text": "To be, or not to be, that is the question"}], ids=["probe", "ab", "hamlet"]
+)
+def test_the_route_answers_on_every_bundled_model_with_its_atlas(shipped_server, body):
+    """What the page's detectors panel asks, on what ships: each bundled model, with its atlas's corpus scores, whose
+    undefined scores (same character on an ASCII corpus) are null, not NaN that no JSON reader accepts."""
+    import httpx
+    import orjson
+
+    for model in [m["id"] for m in httpx.get(f"{shipped_server.url}/v1/models").json()["data"]]:
+        r = httpx.post(f"{shipped_server.url}/v1/detectors", json={**body, "model": model}, timeout=120)
+        assert r.status_code == 200, (model, r.text)
+        out = orjson.loads(r.content)  # strict: NaN would raise
+        assert out["model"] == model and out["corpus"] is not None, out["corpus_note"]
+        assert set(out["corpus"]) == set(detectors.TEXT_SCORES)
+        if model == "shakespeare":  # a pure-ASCII corpus: no byte has an earlier byte of its own character
+            assert all(v is None for row in out["corpus"]["same_character"] for v in row)

@@ -58,7 +58,8 @@ def head_of(served: ServedModel, layer: int | None, head: int | None) -> tuple[i
     return layer, head
 
 
-Index = Annotated[int | None, Query(ge=0)]
+HeadIndex = Annotated[int, Query(ge=0, examples=[0])]
+Index = Annotated[int | None, Query(ge=0, examples=[0])]
 
 
 @router.get("/v1/atlas", responses=ERROR_RESPONSES)
@@ -66,8 +67,8 @@ def atlas_pair(
     served: QueryModelDep,
     layer: Index = None,
     head: Index = None,
-    query: Annotated[str | None, Query(description='the query byte: "H" or "0x48"')] = None,
-    key: Annotated[str | None, Query(description='the key byte: "i" or "0x69"')] = None,
+    query: Annotated[str | None, Query(description='the query byte: "H" or "0x48"', examples=["H"])] = None,
+    key: Annotated[str | None, Query(description='the key byte: "i" or "0x69"', examples=["i"])] = None,
     top: Annotated[int, Query(ge=1, le=500, description="how many top pairs a head lists")] = 20,
     min_count: Annotated[int, Query(ge=1, description="top pairs: only pairs seen at least this often")] = 20,
 ):
@@ -98,7 +99,7 @@ def corpus_info(atlas: Atlas) -> dict:
 
 
 @router.get("/v1/atlas/map", responses=ERROR_RESPONSES)
-def atlas_map(served: QueryModelDep, layer: Annotated[int, Query(ge=0)], head: Annotated[int, Query(ge=0)]):
+def atlas_map(served: QueryModelDep, layer: HeadIndex, head: HeadIndex):
     """One head's query × key map: printable ASCII byte by byte, the other bytes grouped by their UTF-8 role."""
     chosen = head_of(served, layer, head)
     atlas = served.atlas()
@@ -107,7 +108,9 @@ def atlas_map(served: QueryModelDep, layer: Annotated[int, Query(ge=0)], head: A
 
 
 @router.get("/v1/atlas/character", responses=ERROR_RESPONSES)
-def atlas_character(served: QueryModelDep, char: Annotated[str, Query(min_length=1, description='e.g. "é"')]):
+def atlas_character(
+    served: QueryModelDep, char: Annotated[str, Query(min_length=1, description='e.g. "é"', examples=["é"])]
+):
     """Per head, how much each byte of a multi-byte character attends to its earlier bytes (the same occurrence)."""
     n = len(char.encode("utf-8", errors="replace"))
     if len(char) != 1 or n < 2:

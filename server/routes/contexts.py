@@ -4,7 +4,7 @@ its occurrences in a text (or in two texts), after the embedding and after every
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from model.contexts import OccurrenceError, occurrences
 from server.across_jobs import CompareContexts
@@ -17,6 +17,8 @@ router = APIRouter(tags=["inspect"])
 
 
 class ContextsRequest(ChoosesModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"text": "the cat sat on the mat", "byte": "t"}]})
+
     text: Text = Field(min_length=1)
     positions: list[int] | None = Field(None, description="byte positions in text (default: every one of `byte`)")
     byte: int | str | None = Field(
