@@ -46,7 +46,8 @@ const nextByte = new NextBytePanel(selection);
 const stepPanel = new StepPanel(selection, (text, i, info) => nextByte.show(text, i, info));
 const headsOff = new HeadsOff(selection, () => stepPanel.refresh());
 const summaryView = new SummaryView(selection, select, (layer, head) => headsOff.toggle(layer, head));
-new AtlasPanel(selection, select);  // across text: atlas-view.js (atlas, detectors), patch-view.js (patching, contexts)
+// across text: atlas-view.js (atlas, detectors), patch-view.js (patching, contexts)
+const atlasPanel = new AtlasPanel(selection, select);
 new PatchPanel(selection, select, (text, i) => stepPanel.open(text, i, { source: "the clean text" }));
 const panel = new GeneratePanel(selection, $("text"), (text) => {
   $("text").value = text;
@@ -67,6 +68,7 @@ async function loadModel(name) {
   selection.model = m.model;
   $("model").value = m.model;
   context = m.context_length;
+  atlasPanel.setModel(m);  // its atlas, or why there is none; nothing of the last model's atlas or scores
   $("model-info").textContent = `${m.config.n_layer} layers × ${m.config.n_head} heads · ` +
     `d_k ${m.config.d_model / m.config.n_head} · context ${m.context_length} bytes · ${m.device}`;
   // keep the selected layer and head where this model has them
