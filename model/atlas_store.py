@@ -63,7 +63,12 @@ class Atlas:
             raise AtlasMissing(
                 f"no attention atlas next to the checkpoint {folder}; make it with: {make_command(folder)}"
             )
-        record = json_file.loads(json_path.read_text())  # older files: NaN as None
+        try:
+            record = json_file.loads(json_path.read_text())  # older files: NaN as None
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):  # not JSON, or cut short: as unusable as an atlas of another version
+            record = {}
         raw = tensors_path.read_bytes()
         if record.get("format") != FORMAT or hashlib.sha256(raw).hexdigest() != record.get("tensors_sha256"):
             raise AtlasMissing(
@@ -199,7 +204,7 @@ class Atlas:
 
     def binding(self) -> dict:
         """Per head, over every multi-byte character: the mean weight a continuation byte gives the earlier bytes of
-        its own character (summed over them), and the characters seen most."""
+        its own character (summed over them; null without any), and the characters seen most."""
         count = self.t["char_count"]  # (Nc, slots)
         queries = count[:, [(i - 1) * (MAX_CHAR_BYTES - 1) for i in range(1, MAX_CHAR_BYTES)]].sum()
         weight = (self.char_mean * count).sum(axis=(-1, -2))  # (L, H)
@@ -207,6 +212,7 @@ class Atlas:
         seen = np.argsort(-count[:, 0], kind="stable")[:30]
         return {
             "continuation_bytes": int(queries),
-            "binding": (weight / max(int(queries), 1)).tolist(),
+            # a corpus without multi-byte characters has no binding to measure: null, not a weight of 0
+            "binding": (weight / queries).tolist() if queries else [[None] * self.n_head for _ in range(self.n_layer)],
             "characters": [{"character": names[c], "count": int(count[c, 0])} for c in seen if count[c, 0] > 0],
         }

@@ -95,7 +95,9 @@ class ServedModel:
     llm: TinyLLM
     engine: Engine
     fingerprint: str  # OpenAI's system_fingerprint: what decides the bytes (Runner.fingerprint)
-    _atlas: tuple[float | None, Atlas] | None = field(default=None, repr=False)  # (its file's mtime, the atlas)
+    # (its file's mtime, the atlas or why there is none): a missing or stale atlas is not looked for again (hashing
+    # the weights each time) until its file changes
+    _atlas: tuple[float | None, Atlas | str] | None = field(default=None, repr=False)
     _atlas_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def atlas(self) -> Atlas:
@@ -106,15 +108,19 @@ class ServedModel:
         except OSError:
             mtime = None
         with self._atlas_lock:
-            if self._atlas is not None and self._atlas[0] == mtime:
-                return self._atlas[1]
-            cfg = self.llm.config
-            try:
-                atlas = Atlas.load(self.checkpoint, cfg.n_layer, cfg.n_head, checkpoint.content_sha256(self.checkpoint))
-            except AtlasMissing as e:
-                raise APIError(404, str(e), "not_found", param="model") from None
-            self._atlas = (mtime, atlas)
-            return atlas
+            if self._atlas is None or self._atlas[0] != mtime:
+                cfg = self.llm.config
+                try:
+                    found = Atlas.load(
+                        self.checkpoint, cfg.n_layer, cfg.n_head, checkpoint.content_sha256(self.checkpoint)
+                    )
+                except AtlasMissing as e:
+                    found = str(e)
+                self._atlas = (mtime, found)
+            found = self._atlas[1]
+        if isinstance(found, str):
+            raise APIError(404, found, "not_found", param="model")
+        return found
 
     @property
     def created(self) -> int:

@@ -50,13 +50,19 @@ READ_CANVAS = """(el) => {
 
 
 def open_page(browser, url):
-    """A fresh page on `url`; it records page errors and every URL requested (all must be this server's)."""
+    """A fresh page on `url`; it records page errors and console errors (page.errors), every URL requested
+    (page.requests: all must be this server's) and the requests that failed (page.failed)."""
     context = browser.new_context(viewport={"width": 1300, "height": 1000})
     page = context.new_page()
     page.errors, page.requests = [], []
     page.on("pageerror", lambda e: page.errors.append(str(e)))
     page.on("console", lambda m: m.type == "error" and page.errors.append(m.text))
     page.on("request", lambda r: page.requests.append(r.url))
+    # what a page test may hold to "nothing failed": requests that failed at the network level (an abort the page
+    # chose, by its Stop button, included: the test that presses it removes its own) and answers of 400 and up
+    page.failed = []
+    page.on("requestfailed", lambda r: page.failed.append(f"{r.method} {r.url}: {r.failure}"))
+    page.on("response", lambda r: r.status >= 400 and page.failed.append(f"{r.request.method} {r.url}: {r.status}"))
     page.goto(url)
     page.wait_for_function("document.getElementById('head').options.length > 0")  # GET /v1/model answered
     return page

@@ -22,6 +22,8 @@ from server.config import Settings
 from server.process import running_server
 from support import require_native, sharp_model, tiny_model, wait_healthy
 
+pytest.register_assert_rewrite("page_panels", "page_panels_across")  # the page tests' checks, in helper modules
+
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:

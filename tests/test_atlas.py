@@ -14,7 +14,7 @@ import pytest
 from model import checkpoint, detectors
 from model.atlas import ATLAS_JSON, ATLAS_TENSORS
 from model.atlas_cli import main as atlas_main
-from model.atlas_store import Atlas
+from model.atlas_store import Atlas, AtlasMissing
 from server.process import running_server
 from support import assert_envelope, sharp_model
 
@@ -63,6 +63,8 @@ def recompute(server) -> tuple[dict, dict, np.ndarray, np.ndarray]:
 def test_no_atlas_yet_is_a_404_naming_the_command(served, folder):
     error = assert_envelope(get(served, "/v1/atlas", query="H", key="i"), 404, "model")
     assert "tinyllm-atlas" in error["message"] and str(folder) in error["message"]
+    info = get(served, "/v1/model").json()  # what the page reads, rather than ask routes that answer 404
+    assert info["atlas"] is None and info["atlas_note"] == error["message"]
 
 
 def test_an_empty_corpus_writes_nothing(folder, tmp_path, capsys):
@@ -126,6 +128,8 @@ def test_the_seeds_question_over_http(served):
     assert len(everywhere["heads"]) == L * H
     lifts = [h["lift"] for h in everywhere["heads"]]
     assert lifts == sorted(lifts, reverse=True)
+    info = get(served, "/v1/model").json()  # the atlas made since the 404 above is found
+    assert info["atlas"] == {"corpus": out["corpus"], "characters": 3} and info["atlas_note"] is None
     top = get(served, "/v1/atlas", layer=0, head=1, min_count=3).json()["top_pairs"]
     assert top and all(p["count"] >= 3 for p in top)
     grid = get(served, "/v1/atlas/map", layer=0, head=1).json()
@@ -175,6 +179,16 @@ def test_bad_input_names_the_field(served, path, params, param):
 
 def test_a_character_the_corpus_never_has_is_a_404(served):
     assert_envelope(get(served, "/v1/atlas/character", char="ß"), 404, "char")
+
+
+def test_an_atlas_json_cut_short_is_missing_not_an_error(tmp_path):
+    path = tmp_path / "ckpt"
+    checkpoint.save(path, sharp_model(seed=7), training={})
+    (tmp_path / "corpus.txt").write_bytes(CORPUS)
+    assert atlas_main([str(path), "--data", str(tmp_path / "corpus.txt")]) == 0
+    (path / ATLAS_JSON).write_text((path / ATLAS_JSON).read_text()[:100])
+    with pytest.raises(AtlasMissing, match="remake it: tinyllm-atlas"):  # so the server answers 404, not 500
+        Atlas.load(path, L, H)
 
 
 def test_tinyllm_atlas_is_the_same_command(folder, tmp_path, capsys):

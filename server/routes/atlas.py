@@ -93,6 +93,16 @@ def atlas_pair(
     return out | {"layer": chosen[0], "head": chosen[1], "top_pairs": atlas.top_pairs(*chosen, top, min_count)}
 
 
+def atlas_state(served: ServedModel) -> tuple[dict | None, str | None]:
+    """For GET /v1/model: the atlas's corpus and how many multi-byte characters it holds, or None and why there is
+    no atlas (the command that makes one), so that a client need not ask a route that would answer 404."""
+    try:
+        atlas = served.atlas()
+    except APIError as e:
+        return None, e.message
+    return {"corpus": corpus_info(atlas), "characters": len(atlas.chars)}, None
+
+
 def corpus_info(atlas: Atlas) -> dict:
     r = atlas.record
     return {"bytes": r["bytes"], "windows": r["windows"], "data_sha256": r["data_sha256"], "data": r["data"]}

@@ -6,9 +6,11 @@ from pathlib import Path
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from server.deps import MetricsDep, ModelsDep, QueryModelDep
 from server.errors import ErrorResponse
+from server.routes.atlas import atlas_state
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 
@@ -30,6 +32,7 @@ async def prometheus_metrics(metrics: MetricsDep):
 async def model_info(served: QueryModelDep):
     llm, engine = served.llm, served.engine
     step = engine.runner.describe()
+    atlas, atlas_note = await run_in_threadpool(atlas_state, served)  # its first read hashes files: off the loop
     return {
         "model": served.name,
         "checkpoint": str(served.checkpoint),
@@ -42,6 +45,8 @@ async def model_info(served: QueryModelDep):
         "context_length": llm.config.context_length,
         "max_batch": engine.max_batch,
         "training": llm.training_info,
+        "atlas": atlas,  # {corpus, characters} or None: then atlas_note names the command that makes one
+        "atlas_note": atlas_note,
     }
 
 

@@ -1,9 +1,12 @@
 // The attention atlas across the model's corpus (GET /v1/atlas, /v1/atlas/map, /v1/atlas/character,
 // /v1/atlas/binding) and the head detectors (POST /v1/detectors). The atlas is computed by `tinyllm-atlas
-// CHECKPOINT`; without one the server's message (which names the command) is shown instead.
+// CHECKPOINT`; GET /v1/model says whether the model has one: without one the atlas controls are off and the server's
+// note (which names the command) is shown, rather than asking routes that would answer 404.
 import { errorMessage, getJson, postJson } from "./api.js";
 import { $, setStatus, tableCell as cell } from "./dom.js";
 
+const ATLAS_CONTROLS = ["atlas-go", "atlas-query", "atlas-key", "atlas-where"];
+const CHARACTER_CONTROLS = ["atlas-char-input", "atlas-char-go"];
 const fmt = (v, d = 3) => (v === null || v === undefined ? "–" : Number(v).toFixed(d));
 const q = (params) => new URLSearchParams(Object.entries(params).filter(([, v]) => v !== null && v !== undefined));
 
@@ -25,6 +28,26 @@ export class AtlasPanel {
     $("atlas-char-go").addEventListener("click", () => this.character());
     $("detect-go").addEventListener("click", () => this.detect());
     $("atlas-map").addEventListener("click", (e) => this.pick(e));
+  }
+
+  // Another model (GET /v1/model's answer): nothing shown of the last one's atlas or scores (their heads may not
+  // exist in this one), and the controls this model's atlas can answer.
+  setModel({ atlas, atlas_note: note }) {
+    this.map = null;
+    const canvas = $("atlas-map");
+    canvas.width = canvas.height = 0;
+    for (const id of ["atlas-top", "atlas-readout", "atlas-where-out", "atlas-char", "detect-table"]) {
+      $(id).textContent = "";
+    }
+    for (const id of ["atlas-status", "atlas-char-status", "detect-status"]) setStatus($(id), "");
+    for (const id of ATLAS_CONTROLS) $(id).disabled = !atlas;
+    const characters = !!atlas && atlas.characters > 0;
+    for (const id of CHARACTER_CONTROLS) $(id).disabled = !characters;
+    if (!atlas) setStatus($("atlas-status"), `This model has no atlas: ${note}`);
+    else if (!characters) {
+      setStatus($("atlas-char-status"), `the atlas's corpus (${atlas.corpus.bytes.toLocaleString()} bytes) has no ` +
+        "multi-byte characters");
+    }
   }
 
   // The selected head's map (grouped bytes) and top pairs.

@@ -45,6 +45,20 @@ export class GeneratePanel {
     });
   }
 
+  // Another model: the rows and pushes shown are the last one's (its layers and heads, which this one may not
+  // have), so they go, and a generation still streaming from it stops.
+  reset() {
+    this.gen?.controller.abort();
+    this.gen = null;
+    const strip = $("gen-bytes");
+    strip.textContent = "";
+    delete strip.dataset.done;
+    delete strip.dataset.generated;
+    $("gen-readout").textContent = "";
+    setStatus($("gen-status"), "");
+    $("analyse-generated").disabled = true;
+  }
+
   async generate() {
     const status = $("gen-status"), strip = $("gen-bytes");
     const prompt = this.textBox.value;
@@ -71,10 +85,11 @@ export class GeneratePanel {
       if (!res.ok) return setStatus(status, await errorMessage(res), true);
       await readEvents(res.body, (event) => this.onEvent(gen, event, t0));
     } catch (e) {
+      if (this.gen !== gen) return;  // stopped by reset(): nothing of it is shown any more
       if (e.name === "AbortError") setStatus(status, `stopped after ${gen.bytes.length - gen.start} bytes`);
       else setStatus(status, String(e.message || e), true);
     } finally {
-      this.setGenerating(false);
+      if (this.gen === gen || this.gen === null) this.setGenerating(false);
     }
   }
 

@@ -40,6 +40,13 @@ export class HeadView {
     this.clear();
   }
 
+  forget() {  // nothing analysed (map-view.js forget)
+    this.an = null;
+    this.chips = [];
+    $("bytes").textContent = "";
+    this.clear();
+  }
+
   hover(i) {
     if (this.an && !this.pinned) this.focusOn(i);
   }

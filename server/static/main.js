@@ -46,8 +46,9 @@ const nextByte = new NextBytePanel(selection);
 const stepPanel = new StepPanel(selection, (text, i, info) => nextByte.show(text, i, info));
 const headsOff = new HeadsOff(selection, () => stepPanel.refresh());
 const summaryView = new SummaryView(selection, select, (layer, head) => headsOff.toggle(layer, head));
-new AtlasPanel(selection, select);  // across text: atlas-view.js (atlas, detectors), patch-view.js (patching, contexts)
-new PatchPanel(selection, select, (text, i) => stepPanel.open(text, i, { source: "the clean text" }));
+// across text: atlas-view.js (atlas, detectors), patch-view.js (patching, contexts)
+const atlasPanel = new AtlasPanel(selection, select);
+const patchPanel = new PatchPanel(selection, select, (text, i) => stepPanel.open(text, i, { source: "the clean text" }));
 const panel = new GeneratePanel(selection, $("text"), (text) => {
   $("text").value = text;
   updateByteCount();
@@ -67,6 +68,9 @@ async function loadModel(name) {
   selection.model = m.model;
   $("model").value = m.model;
   context = m.context_length;
+  atlasPanel.setModel(m);  // the panels that hold what the last model said, its layers and heads
+  patchPanel.clear();
+  panel.reset();
   $("model-info").textContent = `${m.config.n_layer} layers × ${m.config.n_head} heads · ` +
     `d_k ${m.config.d_model / m.config.n_head} · context ${m.context_length} bytes · ${m.device}`;
   // keep the selected layer and head where this model has them
@@ -134,6 +138,18 @@ function select(layer, head) {
   stepPanel.refresh({ lens: false });
 }
 
+// The views of the last model's analysis, when this model cannot analyse the text: nothing of it stays on the page to
+// be clicked into requests this model would refuse (the text is longer than its context).
+function forgetAnalysis() {
+  analyses++;  // an analysis still on its way is the last model's too
+  analysed = summaryOf = null;
+  mapView.forget();
+  headView.forget();
+  summaryView.forget();
+  stepPanel.forget();
+  nextByte.forget();
+}
+
 function updateByteCount() {
   const n = utf8.encode($("text").value).length;
   const el = $("byte-count");
@@ -151,6 +167,7 @@ function main() {
   $("model").addEventListener("change", (e) => {
     loadModel(e.target.value).then(() => {
       headsOff.clear();
+      if (utf8.encode($("text").value).length > context) forgetAnalysis();  // analyse() will refuse it
       analyse();
     }).catch((err) => setStatus($("status"), String(err.message || err), true));
   });

@@ -45,6 +45,15 @@ export class MapView {
     this.drawGrid();
   }
 
+  forget() {  // nothing analysed: the last model's maps are no longer this page's to show
+    this.an = null;
+    this.highlight(null);
+    const canvas = $("heatmap");
+    canvas.width = canvas.height = 0;
+    canvas.dataset.t = "0";
+    for (const id of ["key-labels", "query-labels", "grid", "map-title", "cell-readout"]) $(id).textContent = "";
+  }
+
   // Size the map to its card and label both axes, one element per byte.
   layout() {
     const { T, labels } = this.an;

@@ -43,6 +43,13 @@ export class NextBytePanel {
     this.draw();
   }
 
+  forget() {  // the last model's bars (step-view.js forget)
+    this.asked++;
+    this.out = this.chosen = null;
+    for (const id of ["next-bars", "next-title", "next-summary"]) $(id).textContent = "";
+    setStatus($("next-status"), "");
+  }
+
   // The bars: the model's probability (grey) and what the settings leave to draw from (blue), largest first.
   draw() {
     if (!this.out) return;

@@ -23,6 +23,11 @@ export class PatchPanel {
     $("contexts-go").addEventListener("click", () => this.contexts());
   }
 
+  clear() {  // another model: the grids' layers and heads were the last one's
+    for (const id of ["patch-residual", "patch-heads", "contexts-strip"]) $(id).textContent = "";
+    for (const id of ["patch-status", "contexts-status"]) setStatus($(id), "");
+  }
+
   async run() {
     const { model } = this.selection;
     const status = $("patch-status");

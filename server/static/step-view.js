@@ -55,6 +55,16 @@ export class StepPanel {
     }
   }
 
+  // The last model's walkthrough and lens: gone, and an answer still on its way to them is dropped.
+  forget() {
+    Object.assign(this, { text: null, key: null, out: null, bytes: [], labels: [], chips: [], query: null });
+    this.asked.walk++;
+    this.asked.lens++;
+    for (const id of ["step-bytes", "step-walk", "lens"]) $(id).textContent = "";
+    delete $("step-walk").dataset.query;
+    setStatus($("step-status"), "");
+  }
+
   lastByteOf(character) {  // the character's last byte: the one that has read all of it
     const first = this.starts.map((s, i) => (i === 0 || s !== this.starts[i - 1] ? i : -1)).filter((i) => i >= 0);
     return character + 1 < first.length ? first[character + 1] - 1 : this.bytes.length - 1;

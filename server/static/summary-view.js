@@ -54,6 +54,11 @@ export class SummaryView {
     this.markSelected();
   }
 
+  forget() {  // the last model's heads
+    this.summary = null;
+    $("summary").textContent = $("summary-title").textContent = "";
+  }
+
   cell(layer, head, li, hi) {
     const value = (name) => this.summary.metrics[name][li][hi];
     const label = this.summary.labels[li][hi];
