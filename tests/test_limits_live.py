@@ -35,16 +35,6 @@ async def stream_all(client: httpx.AsyncClient, body: dict, path: str = "/v1/gen
         return r.status_code, lines
 
 
-async def first_event(client: httpx.AsyncClient, body: dict):
-    """Open a stream and wait for its first event; return (response, line iterator, the cm to close)."""
-    cm = client.stream("POST", "/v1/generate", json={**body, "stream": True})
-    r = await cm.__aenter__()
-    assert r.status_code == 200, await r.aread()
-    lines = r.aiter_lines()
-    assert (await anext(lines)).startswith("data: ")
-    return r, lines, cm
-
-
 # ------------------------------------------------------------------ limits that protect everyone
 
 
