@@ -24,14 +24,14 @@ import httpx
 import numpy as np
 import torch
 
-from bench.common import DEFAULT_CHECKPOINT, ROOT, median, table, write_doc
+from bench.common import DEFAULT_CHECKPOINT, ROOT, SHAKESPEARE_TEXT, median, table, write_doc
 from model import checkpoint
 from model.config import ModelConfig
 from model.model import Transformer
 from server.config import Settings
 from server.process import running_server
 
-SAMPLE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+SAMPLE = SHAKESPEARE_TEXT
 FALLBACK = (
     "ROMEO: But, soft! what light through yonder window breaks? It is the east, and Juliet is the sun. "
     "Arise, fair sun, and kill the envious moon, who is already sick and pale with grief. "

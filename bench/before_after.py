@@ -13,7 +13,7 @@ thread:
 
 Medians over rounds; the ratio is after / before (1.00 = the same speed). Writes docs/benchmarks/before-after.md.
 
-    python -m bench.before_after --before a7a9ac1 [--rounds 5]
+    python -m bench.before_after --before a7a9ac1 [--rounds 5] [--text ../shared/data/tinyshakespeare.txt]
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import DEFAULT_CHECKPOINT, ROOT, median, table, write_doc
+from bench.common import DEFAULT_CHECKPOINT, ROOT, SHAKESPEARE_TEXT, median, table, write_doc
+from server.process import running_server
 
 PROBE = r"""
 import json, statistics, sys, time, asyncio
@@ -94,24 +95,10 @@ def side_run(root: Path, checkpoint: Path, text: Path) -> dict:
         [sys.executable, "-c", PROBE, str(checkpoint), str(text)], env=env, cwd=root, check=True, capture_output=True
     )
     result = json.loads(probe.stdout)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "server", "--checkpoint", str(checkpoint), "--port", "8791", "--max-batch", "8"],
-        env=env,
-        cwd=root,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait = "import httpx,time\nfor _ in range(600):\n try:\n  r=httpx.get('http://127.0.0.1:8791/health')\n"
-        wait += "  if r.status_code==200: break\n except httpx.HTTPError: pass\n time.sleep(0.1)\n"
-        subprocess.run([sys.executable, "-c", wait], check=True)
-        serve = subprocess.run(
-            [sys.executable, "-c", SERVE, "http://127.0.0.1:8791"], check=True, capture_output=True, env=env
-        )
+    # the side's own server (cwd and PYTHONPATH: its checkout) on a free port: two runs at once do not collide
+    with running_server(checkpoint, "--max-batch", "8", root=root, env={"PYTHONPATH": str(root)}) as server:
+        serve = subprocess.run([sys.executable, "-c", SERVE, server.url], check=True, capture_output=True, env=env)
         result.update(json.loads(serve.stdout))
-    finally:
-        server.terminate()
-        server.wait()
     return result
 
 
@@ -120,8 +107,10 @@ def main() -> None:
     p.add_argument("--before", required=True, help="the earlier commit (a revision git knows)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    p.add_argument("--text", type=Path, default=ROOT.parent / "shared" / "data" / "tinyshakespeare.txt")
+    p.add_argument("--text", type=Path, default=SHAKESPEARE_TEXT, help=f"what the probes read ({SHAKESPEARE_TEXT})")
     args = p.parse_args()
+    if not args.text.is_file():
+        p.error(f"no text at {args.text}: pass --text, or set TINYLLM_SHARED to the shared folder")
     rev = subprocess.run(["git", "rev-parse", "--short", args.before], cwd=ROOT, check=True, capture_output=True)
     before_rev = rev.stdout.decode().strip()
     after_rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True).stdout.decode()

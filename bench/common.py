@@ -14,6 +14,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks"
 DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "shakespeare"
+# the shared folder beside the checkouts (../shared, as in the README's commands), or $TINYLLM_SHARED
+SHARED = Path(os.environ.get("TINYLLM_SHARED", ROOT.parent / "shared"))
+SHAKESPEARE_TEXT = SHARED / "data" / "tinyshakespeare.txt"
 PROMPT = b"ROMEO:\nBut soft, what light through yonder window breaks?\n"  # the decode benchmarks' prompt
 
 

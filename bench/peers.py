@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import DEFAULT_CHECKPOINT, PROMPT, ROOT, median, table, write_doc
+from bench.common import DEFAULT_CHECKPOINT, PROMPT, SHAKESPEARE_TEXT, median, table, write_doc
 from model import checkpoint, form_quality
 from model.export_gguf import export
 from model.generate import generate
@@ -39,7 +39,7 @@ GREEDY = SamplingParams(temperature=0)
 
 LLAMA_CPP_PYTHON = "0.3.36"
 BUILD = {"CMAKE_ARGS": "-DGGML_NATIVE=ON"}  # -march=native: every instruction this CPU has (our step picks at run time)
-DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"  # as bench.attention finds it
+DATA = SHAKESPEARE_TEXT
 CACHE = Path(tempfile.gettempdir()) / "tinyllm-gguf"
 TYPES = ("f32", "f16", "q8_0")
 THREADS = (1, 2)  # llama.cpp's thread counts tried (this machine has 2 cores)

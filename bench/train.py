@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from bench.common import DOCS, ROOT, machine, table
+from bench.common import DOCS, ROOT, SHAKESPEARE_TEXT, machine, table
 from model import checkpoint
 
 DIMS = {"n_layer": 4, "n_head": 4, "d_model": 128, "context_length": 64, "batch_size": 12}
@@ -51,7 +51,7 @@ NANOGPT_RECIPE = [  # README "I only have a macbook", less --max_iters/--lr_deca
     "--n_embd=128",
     "--dropout=0.0",
 ]
-SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+SHAKESPEARE = SHAKESPEARE_TEXT
 MULTILINGUAL = ROOT / "data" / "multilingual"
 SLICE_BYTES = 1_000_000  # the multilingual slice: about Tiny Shakespeare's size, split evenly over its languages
 

@@ -35,6 +35,15 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def long_checkpoint(tmp_path_factory) -> Path:
+    """The tiny model with a 2048-byte context, so that one request can ask for many tokens (the limit and shutdown
+    tests, which hold or pace the engine so that it is still running)."""
+    path = tmp_path_factory.mktemp("ckpt") / "long"
+    checkpoint.save(path, tiny_model(seed=0, context_length=2048), training={"step": 0, "note": "tests"})
+    return path
+
+
+@pytest.fixture(scope="session")
 def sharp(tmp_path_factory) -> Path:
     """A checkpoint of a tiny random model whose attention is far from uniform (2 layers x 2 heads, context 64),
     named "sharp": for the inspection tests, whose numbers are tested against an independent reference."""

@@ -35,6 +35,7 @@ class FakeRunner:
         self.rows: dict[int, list[int]] = {}
         self.calls: list[tuple] = []
         self.on_prefill = lambda seq, start, end: None  # hooks, called on the worker thread
+        self.on_decode = lambda seqs: None
         self.fail_decode = lambda seqs: False
         self.fail_sampling = lambda seq: False
         self.step_seconds = 0.0  # how long a decode step takes
@@ -51,6 +52,7 @@ class FakeRunner:
 
     def decode(self, seqs: list[Sequence]) -> list[TokenOutput | None]:
         self.calls.append(("decode", len(seqs)))
+        self.on_decode(seqs)
         time.sleep(self.step_seconds)
         if self.fail_decode(seqs):
             raise RuntimeError("injected step failure")
@@ -132,32 +134,36 @@ def test_a_job_that_does_not_stream_gets_its_tokens_with_its_finish():
 
     async def scenario(engine):
         streamed, whole = engine.submit(request(b"ab", 10)), engine.submit(request(b"ab", 10, stream=False))
-        arrivals = {}
 
-        async def arrival_times(name, job):
-            arrivals[name] = [(time.perf_counter(), event) async for event in job.events()]
+        async def batches(job):
+            return [batch async for batch in job.batches()]
 
-        await asyncio.gather(arrival_times("streamed", streamed), arrival_times("whole", whole))
-        return arrivals
+        return await asyncio.gather(batches(streamed), batches(whole))
 
-    arrivals = run(runner, scenario)
-    whole_times = [t for t, _ in arrivals["whole"]]
-    streamed_times = [t for t, _ in arrivals["streamed"]]
-    assert streamed_times[-1] - streamed_times[0] > 0.04, "one token per step"
-    assert whole_times[-1] - whole_times[0] < (streamed_times[-1] - streamed_times[0]) / 4, "all eleven came together"
-    assert [e.id for _, e in arrivals["whole"][:-1]] == [e.id for _, e in arrivals["streamed"][:-1]], "same tokens"
-    produced = [e.at for _, e in arrivals["whole"][:-1]]
+    streamed, whole = run(runner, scenario)
+    assert len(whole) == 1, "all eleven came together, with the finish"
+    assert len(streamed) > 1, "a stream is delivered as its tokens are made"
+    streamed_ids = [e.id for batch in streamed for e in batch if isinstance(e, TokenEvent)]
+    assert [e.id for e in whole[0][:-1]] == streamed_ids, "same tokens"
+    produced = [e.at for e in whole[0][:-1]]
     assert produced == sorted(produced) and produced[-1] - produced[0] > 0.04, "stamped when they were made"
 
 
 def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps():
     runner = FakeRunner()
-    runner.step_seconds = 0.01
+    decoding, second_sent = threading.Event(), threading.Event()
+
+    def first_decode_waits_for_the_second(seqs):
+        decoding.set()
+        second_sent.wait(5.0)
+
+    runner.on_decode = first_decode_waits_for_the_second
 
     async def scenario(engine):
         first = engine.submit(request(b"x", 30))
-        await asyncio.sleep(0.05)  # first is decoding when the long prompt arrives
+        await asyncio.to_thread(decoding.wait, 5.0)  # first is decoding when the long prompt arrives
         second = engine.submit(request(bytes(range(65, 75)), 3))
+        second_sent.set()
         return await asyncio.gather(collect(first), collect(second))
 
     (_, f1), (tokens, f2) = run(runner, scenario, prefill_chunk=4)
@@ -204,7 +210,8 @@ def test_cancelling_during_prefill_frees_the_slot_and_the_engine_serves_on():
 
     async def scenario(engine):
         jobs.append(engine.submit(request(b"0123456789ab", 5)))
-        await asyncio.sleep(0.2)
+        while engine.active_count or engine.queue_length:  # until the engine has let the cancelled job go
+            await asyncio.sleep(0.001)
         after = await collect(engine.submit(request(b"z", 2)))
         return after, engine.active_count, engine.queue_length
 
@@ -288,7 +295,8 @@ def test_a_full_queue_refuses_with_queue_full():
 
     async def scenario(engine):
         jobs = [engine.submit(request(b"a", 1))]  # taken into prefill, where it waits
-        await asyncio.sleep(0.1)
+        while engine.prefilling is None:
+            await asyncio.sleep(0.001)
         jobs.append(engine.submit(request(b"b", 1)))  # the one place in the queue
         with pytest.raises(QueueFull):
             engine.submit(request(b"c", 1))

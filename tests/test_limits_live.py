@@ -1,38 +1,32 @@
-"""Limits, load, faults and shutdown against a real server process (loopback only, bounded in count and time).
+"""Limits, load and faults against a live server (loopback only, bounded in count and time).
 
-Each limit answers the one who crosses it with a clear 4xx/503 while the others carry on and finish; a load of
-64 streaming clients (a third walking away mid-stream) leaves no 5xx, every KV-cache slot free, memory near
-its idle level and greedy bytes unchanged; SIGTERM lets a stream in flight finish, then the process exits 0.
+Each limit answers the one who crosses it with a clear 4xx/503 while the others carry on and finish: those tests
+serve the app in a thread (tests/live.py) and hold its engine, so that the others are surely still running when the
+limit is crossed, on a fast machine too. A load of 64 streaming clients against a server process (a third walking
+away mid-stream) leaves no 5xx, every KV-cache slot free, memory near its idle level and greedy bytes unchanged.
+Graceful shutdown: tests/test_shutdown_live.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import json
 import os
 import random
 import shutil
-import signal
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from live import live_app, wait_for
-from model import checkpoint
+from live import live_app, until, wait_for
 from server.process import running_server
-from support import assert_envelope, metric, sse_events, start_fails, tiny_model
+from support import assert_envelope, metric, sse_events, start_fails
 
-LONG = 2000  # tokens a long request asks for: seconds of decoding, so it is surely in flight
-
-
-@pytest.fixture(scope="module")
-def long_checkpoint(tmp_path_factory) -> Path:
-    """The tiny model with a 2048-byte context, so one request can run for a while."""
-    path = tmp_path_factory.mktemp("ckpt") / "long"
-    checkpoint.save(path, tiny_model(seed=0, context_length=2048), training={"step": 0, "note": "tests"})
-    return path
+LONG = 2000  # tokens: at a loop every 10 ms, 20 s of decoding, far past a request timeout of 2 s
 
 
 async def stream_all(client: httpx.AsyncClient, body: dict, path: str = "/v1/generate") -> tuple[int, list[str]]:
@@ -41,83 +35,89 @@ async def stream_all(client: httpx.AsyncClient, body: dict, path: str = "/v1/gen
         return r.status_code, lines
 
 
-async def first_event(client: httpx.AsyncClient, body: dict):
-    """Open a stream and wait for its first event; return (response, line iterator, the cm to close)."""
-    cm = client.stream("POST", "/v1/generate", json={**body, "stream": True})
-    r = await cm.__aenter__()
-    assert r.status_code == 200, await r.aread()
-    lines = r.aiter_lines()
-    assert (await anext(lines)).startswith("data: ")
-    return r, lines, cm
-
-
 # ------------------------------------------------------------------ limits that protect everyone
 
 
 def test_body_limit_refuses_one_while_streams_finish(tiny_checkpoint):
-    with running_server(tiny_checkpoint, "--max-body-bytes", "4096") as srv:
+    with live_app(tiny_checkpoint, max_body_bytes=4096) as live:
+        gate = live.gate()
 
         async def main():
-            async with httpx.AsyncClient(base_url=srv.url, timeout=60) as c:
+            async with httpx.AsyncClient(base_url=live.url, timeout=60) as c:
                 body = {"prompt": "go", "max_new_tokens": 60, "temperature": 0.8, "utf8": "any"}
                 streams = [asyncio.create_task(stream_all(c, {**body, "seed": i})) for i in range(4)]
+                await asyncio.to_thread(gate.take_in, 4)  # the four are decoding, held between two steps
                 big = await c.post("/v1/generate", json={"prompt": "z" * 5000})
-                return big, await asyncio.gather(*streams)
+                in_flight = len(live.engine().active)
+                gate.open()
+                return big, in_flight, await asyncio.gather(*streams)
 
-        big, done = asyncio.run(main())
-        assert_envelope(big, 413, kind="request_too_large")
-        for status, lines in done:
-            assert status == 200 and lines[-1] == "data: [DONE]"
-            assert sse_events(lines)[-1]["usage"]["completion_tokens"] == 60
+        big, in_flight, done = asyncio.run(main())
+    assert_envelope(big, 413, kind="request_too_large")
+    assert in_flight == 4, "the streams were not in flight when the big body was refused"
+    for status, lines in done:
+        assert status == 200 and lines[-1] == "data: [DONE]"
+        assert sse_events(lines)[-1]["usage"]["completion_tokens"] == 60
 
 
 def test_request_timeout_ends_the_long_one_while_short_ones_finish(long_checkpoint):
-    with running_server(long_checkpoint, "--request-timeout", "0.4") as srv:
+    """The engine runs a loop every 10 ms at most, so LONG tokens take 20 s on any machine: the long requests are
+    in flight at their 2 s deadline, while a short one's 8 tokens take 70 ms."""
+    with live_app(long_checkpoint, request_timeout=2.0) as live:
+        engine, gate = live.engine(), live.gate()
 
         async def main():
-            async with httpx.AsyncClient(base_url=srv.url, timeout=60) as c:
+            async with httpx.AsyncClient(base_url=live.url, timeout=60) as c:
                 long = asyncio.create_task(c.post("/v1/generate", json={"prompt": "a", "max_new_tokens": LONG}))
                 long_stream = asyncio.create_task(stream_all(c, {"prompt": "b", "max_new_tokens": LONG}))
+                await asyncio.to_thread(gate.take_in, 2)
+                gate.pace(0.01)
                 short = [
                     await c.post("/v1/generate", json={"prompt": "c", "max_new_tokens": 8, "seed": i, "utf8": "any"})
                     for i in range(5)
                 ]
+                await until(lambda: engine.active_count == 0, "the long requests to time out")
                 return await long, await long_stream, short
 
         long, (status, lines), short = asyncio.run(main())
         assert_envelope(long, 504, kind="timeout")
         assert status == 200 and lines[-1] == "data: [DONE]"
         assert sse_events(lines)[-1]["error"]["type"] == "timeout"  # the stream ends with one error event
+        assert len(lines) < LONG // 2, "the stream ran on past its deadline"
         assert all(r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 8 for r in short)
-        assert metric(srv.url, "tinyllm_active_sequences") == 0
+        assert metric(live.url, "tinyllm_active_sequences") == 0
 
 
 def test_max_streams_refuses_the_extra_stream_while_the_open_ones_finish(long_checkpoint):
-    with running_server(long_checkpoint, "--max-streams", "2") as srv:
-
-        async def main():
-            async with httpx.AsyncClient(base_url=srv.url, timeout=60) as c:
-                body = {"prompt": "s", "max_new_tokens": 400, "temperature": 0, "utf8": "any"}
-                opened = [await first_event(c, body) for _ in range(2)]
-                third = await c.post("/v1/generate", json={**body, "stream": True})
-                openai_third = await c.post("/v1/completions", json={"model": "long", "prompt": "s", "stream": True})
-                plain = await c.post("/v1/generate", json={"prompt": "p", "max_new_tokens": 5})  # not a stream
-                rest = []
-                for _, lines, cm in opened:
-                    rest.append([line async for line in lines if line])
-                    await cm.__aexit__(None, None, None)
-                again = await stream_all(c, {**body, "max_new_tokens": 5})
-                return third, openai_third, plain, rest, again
-
-        third, openai_third, plain, rest, again = asyncio.run(main())
-        error = assert_envelope(third, 503, kind="overloaded")
-        assert third.headers["retry-after"] == "1" and "2 streams" in error["message"]
-        assert_envelope(openai_third, 503, openai=True, kind="overloaded")
-        assert set(openai_third.json()["error"]) == {"message", "type", "param", "code"}
-        assert plain.status_code == 200
-        for lines in rest:
-            assert lines[-1] == "data: [DONE]" and sse_events(lines)[-1]["usage"]["completion_tokens"] == 400
-        assert again[0] == 200 and again[1][-1] == "data: [DONE]"  # the slots came back
+    with live_app(long_checkpoint, max_streams=2) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        gate = live.gate()
+        body = {"prompt": "s", "max_new_tokens": 400, "temperature": 0, "utf8": "any", "stream": True}
+        with contextlib.ExitStack() as opened:
+            streams = []
+            for n in (1, 2):  # each open (its headers came back), taken in by the engine, then its first event read
+                r = opened.enter_context(c.stream("POST", "/v1/generate", json=body))
+                gate.take_in(n)
+                streams.append(r.iter_lines())
+                assert next(streams[-1]).startswith("data: ")
+            third = c.post("/v1/generate", json=body, timeout=10)  # a refusal answers at once
+            openai_third = c.post("/v1/completions", json={"model": "long", "prompt": "s", "stream": True}, timeout=10)
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:  # not a stream: it needs steps to answer
+                plain = pool.submit(c.post, "/v1/generate", json={"prompt": "p", "max_new_tokens": 5})
+                gate.take_in(3)
+                gate.allow(10)  # its 5 tokens take 4 loops; the streams get as many of their 400
+                plain = plain.result()
+            assert len(live.engine().active) == 2, "the open streams ended before the refusals were checked"
+            gate.open()
+            rest = [[line for line in lines if line] for lines in streams]
+        again = c.post("/v1/generate", json={**body, "max_new_tokens": 5})  # the slots came back
+    error = assert_envelope(third, 503, kind="overloaded")
+    assert third.headers["retry-after"] == "1" and "2 streams" in error["message"]
+    assert_envelope(openai_third, 503, openai=True, kind="overloaded")
+    assert set(openai_third.json()["error"]) == {"message", "type", "param", "code"}
+    assert plain.status_code == 200 and plain.json()["usage"]["completion_tokens"] == 5
+    for lines in rest:
+        assert lines[-1] == "data: [DONE]" and sse_events(lines)[-1]["usage"]["completion_tokens"] == 400
+    assert again.status_code == 200 and again.text.rstrip().endswith("data: [DONE]")
 
 
 # ------------------------------------------------------------------ load with faults
@@ -187,10 +187,7 @@ def load_and_check(checkpoint: Path, clients: int, seconds: float) -> dict:
         t0 = time.monotonic()
         stats = run_load(srv.url, clients, seconds)
         stats["seconds"] = round(time.monotonic() - t0, 1)
-        deadline = time.monotonic() + 10
-        while metric(srv.url, "tinyllm_active_sequences") != 0:  # the walkers' sequences are let go
-            assert time.monotonic() < deadline, "sequences still active after the load"
-            time.sleep(0.1)
+        wait_for(lambda: metric(srv.url, "tinyllm_active_sequences") == 0, "the walkers' sequences to be let go", 10)
         time.sleep(0.5)
         stats.update(idle_rss_mib=round(idle / 1024, 1), after_rss_mib=round(rss_kib(srv.proc.pid) / 1024, 1))
         text = httpx.get(f"{srv.url}/metrics").text
@@ -221,51 +218,6 @@ def test_load_64_streaming_clients_a_third_walking_away(tiny_checkpoint):
 @pytest.mark.slow
 def test_load_64_streaming_clients_for_a_minute(tiny_checkpoint):
     load_and_check(tiny_checkpoint, 64, 60)
-
-
-# ------------------------------------------------------------------ graceful shutdown
-
-
-def test_sigterm_lets_the_stream_in_flight_finish_then_exits_0(long_checkpoint):
-    with running_server(long_checkpoint, "--shutdown-grace", "30") as srv:
-        with httpx.stream(
-            "POST",
-            f"{srv.url}/v1/generate",
-            json={"prompt": "t", "max_new_tokens": LONG, "temperature": 0, "stream": True, "utf8": "any"},
-            timeout=60,
-        ) as r:
-            lines = r.iter_lines()
-            assert next(lines).startswith("data: ")
-            srv.proc.send_signal(signal.SIGTERM)
-            time.sleep(0.5)
-            with pytest.raises(httpx.TransportError):  # no longer accepting
-                httpx.get(f"{srv.url}/health", timeout=2)
-            rest = [line for line in lines if line]
-        assert rest[-1] == "data: [DONE]"
-        assert sse_events(rest)[-1]["usage"]["completion_tokens"] == LONG
-        assert srv.proc.wait(timeout=30) == 0
-
-
-def test_sigterm_past_the_grace_period_ends_the_stream_cleanly(long_checkpoint):
-    """A stream still open near the end of the grace period ends with an error event and [DONE], not cut mid-event.
-    The test paces the engine (a step every 20 ms), so the stream cannot finish within the grace period on any
-    machine; the process's exit status after SIGTERM is the test above's."""
-    with live_app(long_checkpoint, shutdown_grace=1.0) as live:
-        gate = live.gate()
-        body = {"prompt": "t", "max_new_tokens": LONG, "temperature": 0, "stream": True, "utf8": "any"}
-        with httpx.stream("POST", f"{live.url}/v1/generate", json=body, timeout=60) as r:
-            lines = r.iter_lines()
-            assert next(lines).startswith("data: ")
-            gate.pace(0.02)  # LONG tokens take 40 s
-            t0 = time.monotonic()
-            live.sigterm()
-            rest = [line for line in lines if line]
-        assert rest[-1] == "data: [DONE]"
-        last = sse_events(rest)[-1]
-        assert last["error"]["type"] == "overloaded" and "shutting down" in last["error"]["message"]
-        assert len(rest) < LONG // 2, "the stream ran on instead of ending at the grace period"
-        wait_for(lambda: not live.server.started or live.server.should_exit, "the server to stop")
-        assert time.monotonic() - t0 < 10
 
 
 # ------------------------------------------------------------------ corrupt checkpoint at start-up

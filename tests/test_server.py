@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 
 import pytest
 import torch
 
+from live import StepGate
 from model import TinyLLM
 from model.generate import generate
 from model.sampling import SamplingParams
@@ -205,31 +207,41 @@ def test_openapi_docs_have_examples(client):
 
 
 def test_a_failing_sequence_does_not_take_the_batch_down(client, monkeypatch):
-    import concurrent.futures
-
+    """A sequence whose sampling fails in a decode step, beside three others in the same batch (the engine is held
+    until all four are decoding, so none can have ended first): it alone gets the 500, the others their bytes."""
     from model import choice
 
+    FAILS_AT = 10  # tokens: past the few loops that taking the four in lets it run, so in a step with the others
     real_row, real_sample_rows = choice._row, choice.sample_rows
 
     def row(seq, vocab):  # the native sampler's row of each sequence
-        if seq.params.temperature == 0.123:  # the request chosen to fail
+        if seq.params.temperature == 0.123 and seq.generated >= FAILS_AT:  # the request chosen to fail
             raise RuntimeError("injected sampling failure")
         return real_row(seq, vocab)
 
-    def sample_rows(logits, params, *rest):  # without the extension
-        if any(p.temperature == 0.123 for p in params):
+    def sample_rows(logits, params, histories, n_prompt, seeds, generated, *rest):  # without the extension
+        if any(p.temperature == 0.123 and g >= FAILS_AT for p, g in zip(params, generated)):
             raise RuntimeError("injected sampling failure")
-        return real_sample_rows(logits, params, *rest)
+        return real_sample_rows(logits, params, histories, n_prompt, seeds, generated, *rest)
 
     monkeypatch.setattr(choice, "_row", row)
     monkeypatch.setattr(choice, "sample_rows", sample_rows)
     good = dict(prompt="fine", max_new_tokens=40, temperature=0.7, seed=2)
     expected = gen(client, **good)["text"]
+    engine = client.app.state.models.get(None).engine
+    gate = StepGate(engine)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        bad = pool.submit(client.post, "/v1/generate", json=dict(prompt="bad", max_new_tokens=40, temperature=0.123))
-        goods = [pool.submit(client.post, "/v1/generate", json=good) for _ in range(3)]
-        r = bad.result()
-        assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
-        assert "injected" not in r.text and "Traceback" not in r.text
-        assert [g.result().json()["text"] for g in goods] == [expected] * 3
+        try:  # the gate opens before the pool waits for its requests, whatever happens
+            bad = dict(prompt="bad", max_new_tokens=40, temperature=0.123)
+            bad = pool.submit(client.post, "/v1/generate", json=bad)
+            goods = [pool.submit(client.post, "/v1/generate", json=good) for _ in range(3)]
+            gate.take_in(4)
+            gate.open()
+            r = bad.result()
+            assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+            assert "injected" not in r.text and "Traceback" not in r.text
+            assert [g.result().json()["text"] for g in goods] == [expected] * 3
+        finally:
+            gate.open()
+            del engine._deliver  # the engine's own again, for the module's other tests
     assert client.get("/health").json() == {"status": "ok"}

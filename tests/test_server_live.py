@@ -1,11 +1,12 @@
-"""Integration tests against a real `python -m server` process on a free port, over HTTP with httpx."""
+"""Integration tests over HTTP with httpx: against a real `python -m server` process on a free port, and where a test
+must decide a race (a disconnect, a full queue), against the app served by uvicorn in a thread with its engine held
+(tests/live.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import shutil
-import time
 
 import httpx
 import pytest
@@ -59,39 +60,54 @@ def test_disconnect_mid_stream_frees_the_slot(tiny_checkpoint):
         assert again.status_code == 200 and again.json()["usage"]["completion_tokens"] == 60
 
 
-def test_concurrent_requests_all_progress_and_health_answers(server):
-    async def main():
-        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-            bodies = [{"prompt": f"request {i}", "max_new_tokens": 40, "temperature": 0.9, "seed": i} for i in range(6)]
-            alone = [(await client.post("/v1/generate", json=b)).json()["text"] for b in bodies]
-            tasks = [asyncio.create_task(client.post("/v1/generate", json=b)) for b in bodies]
-            long = asyncio.create_task(client.post("/v1/generate", json={"prompt": "x", "max_new_tokens": 63}))
-            t0 = time.perf_counter()
-            health = await client.get("/health")
-            health_s = time.perf_counter() - t0
-            together = [(await t).json()["text"] for t in tasks]
-            await long
-            return alone, together, health, health_s
+def test_concurrent_requests_all_progress_and_health_answers(tiny_checkpoint):
+    """/health answers while seven generations are in flight (held between two steps, so none can have ended), and
+    each request gets the bytes it gets alone."""
+    bodies = [{"prompt": f"request {i}", "max_new_tokens": 40, "temperature": 0.9, "seed": i} for i in range(6)]
+    with live_app(tiny_checkpoint, max_batch=8) as live:
+        alone = [httpx.post(f"{live.url}/v1/generate", json=b).json()["text"] for b in bodies]
+        gate = live.gate()
 
-    alone, together, health, health_s = asyncio.run(main())
-    assert health.status_code == 200 and health_s < 2.0
+        async def main():
+            async with httpx.AsyncClient(base_url=live.url, timeout=60) as client:
+                tasks = [asyncio.create_task(client.post("/v1/generate", json=b)) for b in bodies]
+                long = asyncio.create_task(client.post("/v1/generate", json={"prompt": "x", "max_new_tokens": 63}))
+                await asyncio.to_thread(gate.take_in, 7)
+                health = await client.get("/health", timeout=10)
+                in_flight = len(live.engine().active)
+                gate.open()
+                together = [(await t).json()["text"] for t in tasks]
+                assert (await long).status_code == 200
+                return together, health, in_flight
+
+        together, health, in_flight = asyncio.run(main())
+    assert health.status_code == 200 and in_flight == 7, "/health waited for the generations"
     assert together == alone  # each request's bytes do not depend on what else is in the batch
 
 
 def test_queue_full_is_503_with_retry_after(tiny_checkpoint):
-    with running_server(tiny_checkpoint, "--max-batch", "1", "--max-queue", "1") as srv:
+    """One slot, one place in the queue: of six requests at once, the first is generating (held, so it cannot end
+    while the others arrive), the second waits, the other four are refused at once."""
+    with live_app(tiny_checkpoint, max_batch=1, max_queue=1) as live:
+        gate = live.gate()
 
         async def main():
-            async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
+            async with httpx.AsyncClient(base_url=live.url, timeout=60) as client:
                 body = {"prompt": "q", "max_new_tokens": 63, "temperature": 0}
-                return await asyncio.gather(*[client.post("/v1/generate", json=body) for _ in range(6)])
+                tasks = [asyncio.create_task(client.post("/v1/generate", json=body)) for _ in range(6)]
+                pending = set(tasks)
+                while len(pending) > 2:  # the refusals come back while the engine is held
+                    done, pending = await asyncio.wait(pending, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+                    assert done, f"{len(pending)} requests unanswered: more than one slot and one place were given"
+                gate.open()
+                return await asyncio.gather(*tasks)
 
         responses = asyncio.run(main())
-        codes = sorted(r.status_code for r in responses)
-        assert codes.count(200) >= 2 and 503 in codes, codes
+        assert sorted(r.status_code for r in responses) == [200, 200, 503, 503, 503, 503]
         busy = next(r for r in responses if r.status_code == 503)
         assert busy.headers["retry-after"] and busy.json()["error"]["type"] == "overloaded"
-        assert httpx.post(f"{srv.url}/v1/generate", json={"prompt": "q", "max_new_tokens": 3}).status_code == 200
+        assert all(r.json()["usage"]["completion_tokens"] == 63 for r in responses if r.status_code == 200)
+        assert httpx.post(f"{live.url}/v1/generate", json={"prompt": "q", "max_new_tokens": 3}).status_code == 200
 
 
 def test_metrics_exposition(server):

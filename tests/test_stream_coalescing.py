@@ -3,7 +3,8 @@
 The job's mailbox hands a reader every event waiting when it wakes (server/jobs.py); the routes write those events
 together (one HTTP chunk), each still its own `data:` event. Checked here: the mailbox's batches, the routes'
 writes against the same events written one at a time, and over a real socket, a reader with a tiny receive
-window that reads slowly: the server's chunks hold several events, and the bytes equal a fast reader's.
+window that reads nothing until the generation has ended: the server's chunks hold several events, and the bytes
+equal a fast reader's.
 """
 
 from __future__ import annotations
@@ -12,16 +13,15 @@ import asyncio
 import json
 import socket
 import threading
-import time
 
 import orjson
 import pytest
 
+from live import live_app, wait_for
 from model.generate import FinishReason
 from server import sse
 from server.jobs import EngineRequest, FinishEvent, Job, TokenEvent
 from server.openai_choices import ChoiceStream, pieces, sse_chunks
-from server.process import running_server
 from server.routes.generate import sse_events
 
 
@@ -103,27 +103,23 @@ def test_an_event_stays_on_one_line_for_line_splitters():
     assert orjson.loads(data[6:]) == {"text": text}
 
 
-# ------------------------------------------------------------------ a slow reader over a real socket
+# ------------------------------------------------------------------ a reader that falls behind, over a real socket
 
 
-def read_stream(port: int, body: dict, slow: bool) -> tuple[bytes, list[bytes]]:
-    """POST body and read the chunked response: its header block and its HTTP chunks. A slow reader asks for a
-    tiny receive window and reads a little at a time, so the server's writes back up and its events wait."""
-    sock = socket.socket()
-    if slow:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
-    sock.connect(("127.0.0.1", port))
+def send_request(sock: socket.socket, body: dict) -> None:
     payload = json.dumps(body).encode()
     sock.sendall(
         b"POST /v1/generate HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
         + f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
         + payload
     )
+
+
+def read_response(sock: socket.socket) -> tuple[bytes, list[bytes]]:
+    """Read a chunked response to its end: its header block and its HTTP chunks (the server's writes)."""
     raw = b""
-    while chunk := sock.recv(256 if slow else 65536):
+    while chunk := sock.recv(65536):
         raw += chunk
-        if slow:
-            time.sleep(0.002)
     sock.close()
     head, _, rest = raw.partition(b"\r\n\r\n")
     chunks = []
@@ -147,10 +143,14 @@ def without_timing(stream: bytes) -> list[dict | str]:
     return events
 
 
-def test_a_slow_reader_gets_every_byte_once_in_order_with_the_last_event_whole(tiny_checkpoint):
+def test_a_reader_that_fell_behind_gets_every_byte_once_in_order_with_the_last_event_whole(long_checkpoint):
+    """A reader that reads nothing until the generation has ended, on a connection whose buffers hold less than two
+    events (a tiny receive window here, a tiny send buffer on the server's side; each event carries ~1,800
+    attention weights per head): uvicorn pauses the route's writes (its own sign that the stream fell behind),
+    the engine's events wait in the job's mailbox, and the route writes them together once the reader reads."""
     body = {
-        "prompt": "ROMEO:",
-        "max_new_tokens": 58,
+        "prompt": "ROMEO: " * 257,  # 1,799 bytes
+        "max_new_tokens": 12,
         "temperature": 0.9,
         "seed": 5,
         "logprobs": 20,
@@ -158,18 +158,30 @@ def test_a_slow_reader_gets_every_byte_once_in_order_with_the_last_event_whole(t
         "stream": True,
         "utf8": "any",
     }
-    with running_server(tiny_checkpoint) as srv:
-        port = int(srv.url.rsplit(":", 1)[1])
-        _, fast = read_stream(port, body, slow=False)
-        head, slow = read_stream(port, body, slow=True)
+    with live_app(long_checkpoint) as live:
+        port = int(live.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:  # a reader that keeps up
+            send_request(sock, body)
+            _, fast = read_response(sock)
+        before = live.connections()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        sock.connect(("127.0.0.1", port))
+        wait_for(lambda: live.connections() - before, "the server to take the connection")
+        (connection,) = live.connections() - before
+        connection.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        send_request(sock, body)
+        wait_for(lambda: connection.flow.write_paused, "the server's writes to back up")
+        wait_for(lambda: live.engine().active_count == 0, "the generation to end")
+        head, slow = read_response(sock)
     assert head.startswith(b"HTTP/1.1 200") and b"text/event-stream" in head
     assert without_timing(b"".join(slow)) == without_timing(b"".join(fast))
     events = without_timing(b"".join(slow))
     assert events[-1] == "[DONE]"
     tokens, last = events[:-2], events[-2]
-    assert len(tokens) == last["usage"]["completion_tokens"] == 58 and last["finish_reason"] == "length"
+    assert len(tokens) == last["usage"]["completion_tokens"] == 12 and last["finish_reason"] == "length"
     assert "".join(e["text"] for e in tokens) == last["text"]
-    # the stream fell behind: some of the server's writes carry several events, none carries a part of one
-    per_chunk = [chunk.count(b"data: ") for chunk in slow]
-    assert max(per_chunk) > 1, per_chunk
-    assert all(chunk.startswith(b"data: ") and chunk.endswith(b"\n\n") for chunk in slow)
+    # an engine loop hands out a prompt's first two tokens together: more than two in one write is the waiting
+    tokens_per_write = [chunk.count(b'"token":') for chunk in slow]
+    assert max(tokens_per_write) > 2, tokens_per_write
+    assert all(chunk.startswith(b"data: ") and chunk.endswith(b"\n\n") for chunk in slow)  # no write cuts an event
