@@ -8,6 +8,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -301,13 +302,18 @@ def test_sigkill_during_saves_leaves_a_checkpoint_to_resume(tmp_path, data_file)
     last_step, kills = 0, 0
     while kills < 3:
         proc = start(train_cmd(*args, "--eval-every", 1, *(["--resume"] if checkpoint.exists(out) else [])))
-        # Wait until a save is under way past the one we resumed from, then kill at a random moment.
+        # Wait until a save is under way past the one we resumed from and stop the run there (SIGSTOP: it cannot go
+        # on to finish, however fast the machine); let it run on for a random moment, stopped again, then kill it.
         deadline = time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < deadline:
             if tmp.exists() and saved_step(out) > last_step:
                 break
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0, 0.25))
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGSTOP)
+        if rng.random() < 0.5:  # half the kills land later in the save, or just after it
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(rng.uniform(0, 0.01))
+            proc.send_signal(signal.SIGSTOP)
         proc.kill()
         _, err = proc.communicate()
         assert proc.returncode != 0, f"the run ended before it was killed:\n{err[-2000:]}"
@@ -364,10 +370,26 @@ def test_every_save_carries_its_metrics_and_plot(tmp_path, data_file, monkeypatc
     assert seen == [(2, 2, True), (4, 4, True)]
 
 
-def run_in_process(argv: list) -> None:
+def train_loop():
     from model import train as train_script
 
-    train_script.main([str(a) for a in argv])
+    return train_script
+
+
+def run_in_process(argv: list) -> None:
+    train_loop().main([str(a) for a in argv])
+
+
+class SteppedClock:
+    """A stand-in for the time module in the training loop: each reading is `step` seconds after the last, so a
+    time budget ends after the same steps on a fast machine and a slow one."""
+
+    def __init__(self, step: float):
+        self.now, self.step = 1e9, step
+
+    def time(self) -> float:
+        self.now += self.step
+        return self.now
 
 
 @pytest.mark.parametrize(
@@ -391,9 +413,10 @@ def test_resume_without_optimizer_state_is_refused(tiny_checkpoint, tmp_path, da
     assert "optimizer.pt: missing" in message
 
 
-def test_a_time_budget_stops_the_run_decayed(tmp_path, data_file, capsys):
+def test_a_time_budget_stops_the_run_decayed(tmp_path, data_file, capsys, monkeypatch):
     """--max-minutes alone: the schedule is laid over the time, so the last steps run at the final rate."""
     out = tmp_path / "ck"
+    monkeypatch.setattr(train_loop(), "time", SteppedClock(0.1))  # the run's clock: 0.1 s a reading, on any machine
     run_in_process([*TINY, "--data", data_file, "--out", out, "--max-minutes", 0.05, "--eval-every", 10**6])
     t = checkpoint.load_training(out)
     assert t["schedule"]["seconds"] == 3.0 and t["schedule"]["max_steps"] is None and t["step"] > 10
