@@ -22,7 +22,7 @@ import pytest
 from live import live_app, wait_for
 from model import checkpoint
 from server.process import running_server
-from support import assert_envelope, metric, sse_events, start_fails, tiny_model
+from support import assert_envelope, metric, rss_kib, sse_events, start_fails, tiny_model
 
 LONG = 2000  # tokens a long request asks for: seconds of decoding, so it is surely in flight
 
@@ -121,11 +121,6 @@ def test_max_streams_refuses_the_extra_stream_while_the_open_ones_finish(long_ch
 
 
 # ------------------------------------------------------------------ load with faults
-
-
-def rss_kib(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
 
 
 async def one_client(c: httpx.AsyncClient, rng: random.Random, deadline: float, walk_away: bool, stats: dict):
