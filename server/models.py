@@ -95,12 +95,16 @@ class ServedModel:
     llm: TinyLLM
     engine: Engine
     fingerprint: str  # OpenAI's system_fingerprint: what decides the bytes (Runner.fingerprint)
+    weights_sha256: str  # checkpoint.content_sha256 of the checkpoint as it was loaded: the weights served
     _atlas: tuple[float | None, Atlas] | None = field(default=None, repr=False)  # (its file's mtime, the atlas)
     _atlas_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def atlas(self) -> Atlas:
         """The checkpoint's attention atlas (model/atlas_store.py), loaded once per version of its file; a 404 naming
-        the command that makes it when there is none."""
+        the command that makes it when there is none, or when it was made for other weights than those served. The
+        weights' hash is the one taken at start-up: hashing the file for each request would read the whole checkpoint
+        each time a model without an atlas is asked (on the event loop, for /v1/detectors), and would check the atlas
+        against whatever the file holds now, not against the weights this server loaded."""
         try:
             mtime = (Path(self.checkpoint) / ATLAS_JSON).stat().st_mtime
         except OSError:
@@ -110,7 +114,7 @@ class ServedModel:
                 return self._atlas[1]
             cfg = self.llm.config
             try:
-                atlas = Atlas.load(self.checkpoint, cfg.n_layer, cfg.n_head, checkpoint.content_sha256(self.checkpoint))
+                atlas = Atlas.load(self.checkpoint, cfg.n_layer, cfg.n_head, self.weights_sha256)
             except AtlasMissing as e:
                 raise APIError(404, str(e), "not_found", param="model") from None
             self._atlas = (mtime, atlas)
@@ -139,8 +143,9 @@ class ServedModels:
                 exact_rows=EXACT_ROWS,
             )
             engine = Engine(runner, settings.max_queue, settings.prefill_chunk, llm=llm)
-            fingerprint = runner.fingerprint(checkpoint.content_sha256(path))
-            self.by_name[model_name(path)] = ServedModel(model_name(path), path, llm, engine, fingerprint)
+            weights = checkpoint.content_sha256(path)
+            served = ServedModel(model_name(path), path, llm, engine, runner.fingerprint(weights), weights)
+            self.by_name[served.name] = served
         self.default = next(iter(self.by_name.values()))
 
     def __iter__(self) -> Iterator[ServedModel]:
