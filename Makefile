@@ -4,7 +4,7 @@ PYTHON ?= python3
 TORCH ?= torch==2.13.0
 BIN := .venv/bin
 
-.PHONY: setup eval serve test lint browser clean
+.PHONY: setup eval serve test soak lint browser clean
 
 # A binary built from other sources than those here (model/native/sources.py) is rebuilt.
 setup: .venv/.installed
@@ -37,6 +37,12 @@ serve: setup
 
 test: setup eval browser lint
 	$(BIN)/python -m pytest -q
+
+# The shipped server (every bundled model, default settings) under a mix of clients over every route for
+# SOAK_SECONDS, then its invariants (tests/test_soak.py); figures in test-artifacts/soak.json. Too long for CI.
+SOAK_SECONDS ?= 180
+soak: setup
+	TINYLLM_SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m pytest -q -s -m slow tests/test_soak.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -20,7 +21,7 @@ def render_png(attention: np.ndarray, labels: list[str], title: str) -> bytes:
     fig, ax = plt.subplots(figsize=(side + 1.2, side), dpi=100)
     masked = np.ma.masked_where(np.triu(np.ones_like(attention, dtype=bool), 1), attention)
     im = ax.imshow(masked, cmap="viridis", vmin=0.0, vmax=float(attention.max()) or 1.0, interpolation="nearest")
-    shown = [("␣" if lab == " " else lab) for lab in labels]
+    shown = drawable_labels(labels)
     ax.set_xticks(range(T), shown, fontsize=font, rotation=90)
     ax.set_yticks(range(T), shown, fontsize=font)
     ax.tick_params(length=0)
@@ -33,3 +34,27 @@ def render_png(attention: np.ndarray, labels: list[str], title: str) -> bytes:
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+def drawable_labels(labels: list[str]) -> list[str]:
+    """The labels as the PNG writes them: a space as ␣, and a character the font has no glyph for as its code point
+    (U+6771): matplotlib draws with the DejaVu Sans it bundles, which has no CJK, and this server installs no other
+    font, so Chinese or Japanese text would be labelled with empty boxes (and a warning logged for each character)."""
+    has_glyph = _font().get_char_index
+    shown = []
+    for label in labels:
+        if label == " ":
+            label = "␣"
+        elif not all(has_glyph(ord(c)) for c in label):
+            label = " ".join(f"U+{ord(c):04X}" for c in label)
+        shown.append(label)
+    return shown
+
+
+@functools.cache
+def _font():
+    """The font matplotlib draws the tick labels with (its default family, found once per process)."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    return FT2Font(font_manager.findfont(font_manager.FontProperties()))

@@ -95,14 +95,18 @@ class ServedModel:
     llm: TinyLLM
     engine: Engine
     fingerprint: str  # OpenAI's system_fingerprint: what decides the bytes (Runner.fingerprint)
-    # (its file's mtime, the atlas or why there is none): a missing or stale atlas is not looked for again (hashing
-    # the weights each time) until its file changes
+    weights_sha256: str  # checkpoint.content_sha256 of the checkpoint as it was loaded: the weights served
+    # (its file's mtime, the atlas or why there is none): a missing or stale atlas is not looked for again until its
+    # file changes
     _atlas: tuple[float | None, Atlas | str] | None = field(default=None, repr=False)
     _atlas_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def atlas(self) -> Atlas:
         """The checkpoint's attention atlas (model/atlas_store.py), loaded once per version of its file; a 404 naming
-        the command that makes it when there is none."""
+        the command that makes it when there is none, or when it was made for other weights than those served. The
+        weights' hash is the one taken at start-up: hashing the file for each request would read the whole checkpoint
+        each time a model without an atlas is asked (on the event loop, for /v1/detectors), and would check the atlas
+        against whatever the file holds now, not against the weights this server loaded."""
         try:
             mtime = (Path(self.checkpoint) / ATLAS_JSON).stat().st_mtime
         except OSError:
@@ -111,9 +115,7 @@ class ServedModel:
             if self._atlas is None or self._atlas[0] != mtime:
                 cfg = self.llm.config
                 try:
-                    found = Atlas.load(
-                        self.checkpoint, cfg.n_layer, cfg.n_head, checkpoint.content_sha256(self.checkpoint)
-                    )
+                    found = Atlas.load(self.checkpoint, cfg.n_layer, cfg.n_head, self.weights_sha256)
                 except AtlasMissing as e:
                     found = str(e)
                 self._atlas = (mtime, found)
@@ -145,8 +147,9 @@ class ServedModels:
                 exact_rows=EXACT_ROWS,
             )
             engine = Engine(runner, settings.max_queue, settings.prefill_chunk, llm=llm)
-            fingerprint = runner.fingerprint(checkpoint.content_sha256(path))
-            self.by_name[model_name(path)] = ServedModel(model_name(path), path, llm, engine, fingerprint)
+            weights = checkpoint.content_sha256(path)
+            served = ServedModel(model_name(path), path, llm, engine, runner.fingerprint(weights), weights)
+            self.by_name[served.name] = served
         self.default = next(iter(self.by_name.values()))
 
     def __iter__(self) -> Iterator[ServedModel]:

@@ -6,7 +6,6 @@ that ran."""
 from __future__ import annotations
 
 import contextlib
-import platform
 import re
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from model.native import step as native
 from server.app import create_app
 from server.config import Settings
 from server.process import running_server
-from support import require_native, sharp_model, tiny_model, wait_healthy
+from support import cpu_model, require_native, sharp_model, tiny_model, wait_healthy
 
 pytest.register_assert_rewrite("page_panels", "page_panels_across")  # the page tests' checks, in helper modules
 
@@ -158,12 +157,3 @@ def kernel_lines() -> list[str]:
         f"with {torch.get_num_threads()} threads",
         f"cpu: {cpu_model()}",
     ]
-
-
-def cpu_model() -> str:
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        cpuinfo = ""
-    name = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
-    return name.group(1).strip() if name else platform.processor() or platform.machine()

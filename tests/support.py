@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -112,8 +114,30 @@ def start_fails(checkpoint, *args: str) -> str:
     return lines[0]
 
 
+def metric_samples(url: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of a metric on /metrics: its labels and its value (metric() reads the first alone)."""
+    text = httpx.get(f"{url}/metrics").text
+    found = re.finditer(rf"^{name}(?:{{([^}}]*)}})? ([0-9.e+-]+|NaN|[+-]Inf)$", text, re.M)
+    return [(dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or "")), float(m.group(2))) for m in found]
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident memory (VmRSS in /proc), in KiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+
+
 def metric(url: str, name: str) -> float:
     text = httpx.get(f"{url}/metrics").text
     m = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M)
     assert m, f"{name} not in /metrics"
     return float(m.group(1))
+
+
+def cpu_model() -> str:
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    name = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
+    return name.group(1).strip() if name else platform.processor() or platform.machine()

@@ -5,6 +5,8 @@ hand; bad input and a missing atlas as 4xx naming the field."""
 from __future__ import annotations
 
 import io
+import os
+import shutil
 from collections import defaultdict
 
 import httpx
@@ -175,6 +177,28 @@ def test_the_character_atlas_is_the_byte_atlas_aggregated_by_hand(served, folder
 def test_bad_input_names_the_field(served, path, params, param):
     r = get(served, path, **params)
     assert_envelope(r, 404 if param == "model" else 400, param)
+
+
+def test_the_atlas_is_checked_against_the_weights_served_not_the_file_now(tmp_path):
+    """The server hashes the weights it loaded once, at start-up. It used to hash the checkpoint's file again for each
+    atlas it loaded, and for every atlas route or /v1/detectors call on a model without an atlas (read whole, on the
+    event loop for /v1/detectors: the soak's multilingual model): an atlas was then checked against the file as it is
+    now. Made for the weights served, it answers after the file changed; made for the new file, it is refused."""
+    path, other = tmp_path / "sharp", tmp_path / "other"
+    checkpoint.save(path, sharp_model(seed=7), training={})
+    checkpoint.save(other, sharp_model(seed=8), training={})
+    data = tmp_path / "corpus.txt"
+    data.write_bytes(CORPUS)
+    assert atlas_main([str(path), "--data", str(data)]) == 0
+    with running_server(path) as srv:
+        assert get(srv, "/v1/atlas", query="H", key="i").status_code == 200
+        shutil.copyfile(other / checkpoint.WEIGHTS, path / checkpoint.WEIGHTS)  # other weights on disk, not served
+        later = (path / ATLAS_JSON).stat().st_mtime + 10
+        os.utime(path / ATLAS_JSON, (later, later))  # a new version of the atlas's file: the server loads it again
+        assert get(srv, "/v1/atlas", query="H", key="i").status_code == 200
+        assert atlas_main([str(path), "--data", str(data)]) == 0  # an atlas of the weights on disk
+        error = assert_envelope(get(srv, "/v1/atlas", query="H", key="i"), 404, "model")
+        assert "other weights" in error["message"]
 
 
 def test_a_character_the_corpus_never_has_is_a_404(served):

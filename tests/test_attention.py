@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from safetensors.numpy import load_file
 from model import checkpoint
 from model.config import ModelConfig
 from model.model import Transformer
+from server.heatmap import drawable_labels, render_png
 
 CONFIG = ModelConfig(context_length=64, n_layer=3, n_head=2, d_model=32, mlp_hidden=64)
 JSON_CAP = 20_000  # low, so the tiny model can reach it: 3 layers x 2 heads x 58² > 20,000
@@ -142,6 +144,17 @@ def test_png_is_a_heatmap_that_grows_with_the_text(client):
     assert r.status_code == 200 and png_size(r.content)
     status, message = error(client, "/v1/attention", {"text": "two", "layers": [0, 1], "heads": [0], "format": "png"})
     assert status == 400 and "one layer" in message
+
+
+def test_png_labels_a_character_without_a_glyph_by_its_code_point():
+    """The soak's PNGs of Japanese text came out with empty boxes on their axes, and the log took a warning per
+    character: the bundled font has no CJK. Such a character is labelled U+XXXX; what the font has stays as it is."""
+    labels = ["a", " ", "é", "", "東", "", "", "\\n", "\\xe2", "Ж", ""]
+    assert drawable_labels(labels) == ["a", "␣", "é", "", "U+6771", "", "", "\\n", "\\xe2", "Ж", ""]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        png = render_png(np.tril(np.ones((len(labels), len(labels)), np.float32)), labels, "layer 0, head 0")
+    assert png_size(png) and not [w for w in caught if "missing from font" in str(w.message)], caught
 
 
 # ------------------------------------------------------------------ limits

@@ -24,7 +24,7 @@ import pytest
 
 from live import live_app, until, wait_for
 from server.process import running_server
-from support import assert_envelope, metric, sse_events, start_fails
+from support import assert_envelope, metric, rss_kib, sse_events, start_fails
 
 LONG = 2000  # tokens: at a loop every 10 ms, 20 s of decoding, far past a request timeout of 2 s
 
@@ -121,11 +121,6 @@ def test_max_streams_refuses_the_extra_stream_while_the_open_ones_finish(long_ch
 
 
 # ------------------------------------------------------------------ load with faults
-
-
-def rss_kib(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
 
 
 async def one_client(c: httpx.AsyncClient, rng: random.Random, deadline: float, walk_away: bool, stats: dict):
