@@ -32,15 +32,19 @@ class Model:
     context: int
     max_batch: int
     has_atlas: bool
+    characters: tuple[str, ...]  # multi-byte characters its atlas holds (the most seen): what /v1/atlas/character finds
 
 
 def served_models(url: str) -> list[Model]:
     models = []
     for card in httpx.get(f"{url}/v1/models").json()["data"]:
         info = httpx.get(f"{url}/v1/model", params={"model": card["id"]}).json()
-        atlas = httpx.get(f"{url}/v1/atlas/binding", params={"model": card["id"]}).status_code == 200
+        binding = httpx.get(f"{url}/v1/atlas/binding", params={"model": card["id"]})
+        atlas = binding.status_code == 200
+        chars = tuple(c["character"] for c in binding.json()["characters"]) if atlas else ()
         cfg = info["config"]
-        models.append(Model(card["id"], cfg["n_layer"], cfg["n_head"], cfg["context_length"], info["max_batch"], atlas))
+        shape = (cfg["n_layer"], cfg["n_head"], cfg["context_length"], info["max_batch"])
+        models.append(Model(card["id"], *shape, atlas, chars))
     return models
 
 
@@ -161,9 +165,12 @@ def inspect_calls(rng: random.Random, m: Model) -> list[Call]:
     return [Call("POST", path, body, model=m.name) for path, body in bodies]
 
 
+CHARACTER = "/v1/atlas/character"
+
+
 def atlas_calls(rng: random.Random, m: Model) -> list[Call]:
-    """The atlas routes with parameters that reach its data (a 404 naming the model where it has no atlas); a character
-    the corpus never holds whole (the Shakespeare corpus is ASCII) is a 404 naming it."""
+    """The atlas routes with parameters that reach its data (a 404 naming the model where it has no atlas): a character
+    the atlas holds, or, over a corpus without one (the Shakespeare corpus is ASCII), "é" and its 404 naming it."""
     layer, h = head(rng, m)
     query, key = rng.choice(ATLAS_PAIRS)
     choices = [
@@ -174,7 +181,10 @@ def atlas_calls(rng: random.Random, m: Model) -> list[Call]:
         ("/v1/atlas/binding", {}),
     ]
     calls = [Call("GET", path, params={"model": m.name, **q}, model=m.name) for path, q in choices]
-    calls.append(Call("GET", "/v1/atlas/character", params={"model": m.name, "char": "é"}, expect=404, param="char"))
+    if m.characters:
+        calls.append(Call("GET", CHARACTER, params={"model": m.name, "char": rng.choice(m.characters)}, model=m.name))
+    else:
+        calls.append(Call("GET", CHARACTER, params={"model": m.name, "char": "é"}, expect=404, param="char"))
     if not m.has_atlas:
         for call in calls:
             call.expect, call.param = 404, "model"
